@@ -1,0 +1,1 @@
+"""The maintenance procedure: tasks run in sequence, one run fleet-wide."""

@@ -1,0 +1,1 @@
+"""One module per maintenance task; see maintenance.registry for the contract."""

@@ -1,0 +1,64 @@
+"""The setup process: wait for PostgreSQL, create the database, migrate, seed the configuration."""
+
+import hashlib
+import secrets as secrets_mod
+import sys
+import time
+
+from procs.common import open_database, start
+from server import config, db, migrations
+from server.errors import run_main
+
+TOKEN_SECRET = "admin_token_sha256"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def ensure_admin_token(cur, configured: str) -> str | None:
+    """With no AYON_ADMIN_TOKEN, generate one on the first run; returns it only when new."""
+    if configured:
+        return None
+    token = secrets_mod.token_urlsafe(32)
+    cur.execute(
+        "INSERT INTO secrets (name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+        (TOKEN_SECRET, token_hash(token)),
+    )
+    return token if cur.rowcount == 1 else None
+
+
+def main() -> int:
+    values, log = start("setup")
+    started = time.monotonic()
+    # The file is checked before anything touches the database: a bad file changes nothing.
+    file_doc = config.load_file(values.config_file) if values.config_file else None
+    url = values.postgres_url
+    db.wait_for_postgres(url, values.db_wait_timeout, log.info)
+    if db.create_database_if_missing(url):
+        log.info("created database %s", db.database_name(url))
+    applied = migrations.migrate(url, log.info)
+    database = open_database(values, "setup")
+    with database.transaction() as cur:
+        if config.seed(cur):
+            log.info("seeded the server configuration with its defaults")
+        if file_doc:
+            _, changes = config.update(cur, file_doc, who="setup (AYON_CONFIG_FILE)")
+            if changes:
+                log.info("applied %s: %s", values.config_file, ", ".join(sorted(changes)))
+        token = ensure_admin_token(cur, values.admin_token)
+    if token:
+        # Printed once, straight to the terminal: the database keeps only its hash.
+        print(f"Generated admin token (shown once, keep it): {token}", flush=True)
+    status = migrations.status(database)
+    log.info(
+        "setup done in %.2f s: schema version %d%s",
+        time.monotonic() - started,
+        status.version,
+        f", {applied} migration(s) applied" if applied else ", nothing to migrate",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,3 @@
+"""The web app and the core every process shares."""
+
+VERSION = "0.1.0"

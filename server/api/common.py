@@ -1,0 +1,90 @@
+"""What every resource shares: the app context, JSON bodies, query parameter parsing."""
+
+import datetime
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import falcon
+
+from server.db import Database
+
+
+@dataclass
+class AppContext:
+    """The collaborators handed to every resource."""
+
+    settings: Any
+    db: Database
+    started: float = field(default_factory=time.time)
+    schema: Any = None  # the last SchemaStatus seen by the readiness check
+
+
+def json_default(value: Any) -> Any:
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    return str(value)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=json_default)
+
+
+def read_json(req: falcon.Request) -> Any:
+    """The request body as JSON; a malformed body is a 400."""
+    raw = req.bounded_stream.read()
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise falcon.HTTPBadRequest(title="Malformed JSON", description="the request body is not valid JSON") from None
+
+
+def check_params(req: falcon.Request, allowed: set[str]) -> None:
+    """Unknown query parameters are a 400 naming them."""
+    unknown = sorted(set(req.params) - allowed)
+    if unknown:
+        raise falcon.HTTPBadRequest(
+            title="Unknown query parameter",
+            description=f"unknown query parameter '{unknown[0]}'; allowed: {', '.join(sorted(allowed)) or 'none'}",
+        )
+
+
+def param(req: falcon.Request, name: str, convert: Callable[[str], Any], default: Any = None) -> Any:
+    """One query parameter converted; a malformed value is a 400 naming it."""
+    raw = req.params.get(name)
+    if raw is None or raw == "":
+        return default
+    if isinstance(raw, list):
+        raise falcon.HTTPBadRequest(title="Invalid query parameter", description=f"'{name}' given more than once")
+    try:
+        return convert(raw)
+    except ValueError as exc:
+        raise falcon.HTTPBadRequest(
+            title="Invalid query parameter", description=f"'{name}': {exc}"
+        ) from None
+
+
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    def convert(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a number from {low} to {high}, got {value}")
+        return value
+
+    return convert
+
+
+def timestamp(raw: str) -> datetime.datetime:
+    try:
+        value = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"expected an ISO 8601 time such as 2026-01-31T12:00:00Z, got {raw!r}") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    return value

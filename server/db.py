@@ -1,0 +1,208 @@
+"""PostgreSQL access for every process: a small pool, transactions, advisory locks."""
+
+import hashlib
+import logging
+import select
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import psycopg2.extras
+from psycopg2 import sql
+
+from server.errors import DatabaseUnavailable
+
+log = logging.getLogger("ayon.db")
+
+psycopg2.extras.register_uuid()
+
+# Errors that mean the connection itself is gone, not that the statement failed.
+BROKEN = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory-lock key for a name."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def host_port(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 5432}"
+
+
+def database_name(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL pointing at another database."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+def connect(url: str, application_name: str = "ayon", timeout: int = 5):
+    return psycopg2.connect(url, application_name=application_name, connect_timeout=timeout)
+
+
+class Database:
+    """A thread-safe pool that connects lazily and drops broken connections."""
+
+    def __init__(self, url: str, size: int = 4, application_name: str = "ayon"):
+        self.url = url
+        self.size = size
+        self.application_name = application_name
+        self._idle: list = []
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(size)
+
+    def _checkout(self):
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                return connect(self.url, self.application_name)
+            if self._alive(conn):
+                return conn
+            conn.close()
+
+    @staticmethod
+    def _alive(conn) -> bool:
+        # An idle pooled connection has nothing to read: if its socket is readable,
+        # the server sent a termination notice or closed it (a PostgreSQL restart).
+        if conn.closed:
+            return False
+        try:
+            readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        except (OSError, ValueError, *BROKEN):
+            return False
+        return not readable and conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        """Borrow a connection; it goes back rolled back, or is dropped if broken."""
+        if not self._slots.acquire(timeout=30):
+            raise DatabaseUnavailable("no free database connection within 30 s")
+        conn = None
+        try:
+            conn = self._checkout()
+            yield conn
+        except BROKEN:
+            if conn is not None:
+                conn.close()
+            raise
+        finally:
+            if conn is not None and not conn.closed:
+                try:
+                    if conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+                        conn.rollback()
+                    if conn.autocommit:
+                        conn.autocommit = False
+                    with self._lock:
+                        self._idle.append(conn)
+                except BROKEN:
+                    conn.close()
+            self._slots.release()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A cursor inside one transaction: committed on success, rolled back on error."""
+        with self.connection() as conn:
+            with conn:
+                with conn.cursor() as cur:
+                    yield cur
+
+    def fetchall(self, sql: str, params: Any = None) -> list[tuple]:
+        with self.transaction() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall()
+
+    def fetchone(self, sql: str, params: Any = None) -> tuple | None:
+        with self.transaction() as cur:
+            cur.execute(sql, params)
+            return cur.fetchone()
+
+    def execute(self, sql: str, params: Any = None) -> int:
+        with self.transaction() as cur:
+            cur.execute(sql, params)
+            return cur.rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._idle:
+                conn.close()
+            self._idle.clear()
+
+
+@contextmanager
+def advisory_lock(conn, name: str) -> Iterator[None]:
+    """Hold a session-level advisory lock on `conn` for the block (waits for it)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s)", (lock_key(name),))
+    conn.commit() if not conn.autocommit else None
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_unlock(%s)", (lock_key(name),))
+            conn.commit() if not conn.autocommit else None
+
+
+def try_advisory_lock(conn, name: str) -> bool:
+    """Take a session-level advisory lock if free; True when taken."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(name),))
+        taken = cur.fetchone()[0]
+    if not conn.autocommit:
+        conn.commit()
+    return taken
+
+
+def wait_for_postgres(url: str, timeout: float, say: Callable[[str], None], every: float = 3.0) -> None:
+    """Poll until the server at `url` accepts connections; a progress line every few seconds."""
+    start = time.monotonic()
+    next_say = start
+    where = host_port(url)
+    server_url = with_database(url, "postgres")
+    while True:
+        try:
+            connect(server_url, "ayon-wait", timeout=max(1, min(3, int(timeout)))).close()
+            return
+        except psycopg2.OperationalError as exc:
+            reason = (str(exc).strip().splitlines() or ["no answer"])[-1]
+            reason = reason.removeprefix("connection to server at ").strip()
+        now = time.monotonic()
+        waited = now - start
+        if waited >= timeout:
+            raise DatabaseUnavailable(
+                f"PostgreSQL at {where} did not answer within {int(timeout)} s ({reason}); "
+                "check AYON_POSTGRES_URL and that the server is running"
+            )
+        if now >= next_say:
+            say(f"waiting for PostgreSQL at {where} ({int(waited)}/{int(timeout)} s): {reason}")
+            next_say = now + every
+        time.sleep(min(0.5, max(0.05, timeout - waited)))
+
+
+def create_database_if_missing(url: str) -> bool:
+    """Create the database named in `url`; True when this call created it."""
+    name = database_name(url)
+    conn = connect(with_database(url, "postgres"), "ayon-setup")
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone():
+                return False
+            try:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            except (psycopg2.errors.DuplicateDatabase, psycopg2.errors.UniqueViolation):
+                return False  # another setup won the race
+            return True
+    finally:
+        conn.close()

@@ -1,0 +1,59 @@
+"""Fixtures: a real PostgreSQL for the session, a fresh database per test."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from server.db import Database  # noqa: E402
+from tests.pg import TestServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pg():
+    server = TestServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def database_url(pg):
+    url = pg.new_database()
+    yield url
+    pg.drop_database(url)
+
+
+@pytest.fixture
+def empty_database_url(pg):
+    url = pg.new_database(migrated=False)
+    yield url
+    pg.drop_database(url)
+
+
+@pytest.fixture
+def database(database_url):
+    database = Database(database_url, size=4, application_name="ayon-test")
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def env(tmp_path, database_url):
+    """An environment for a child process of ours, pointed at this test's database."""
+    values = {
+        key: value for key, value in os.environ.items() if not key.startswith("AYON_")
+    }
+    values.update(
+        AYON_POSTGRES_URL=database_url,
+        AYON_DATA_DIR=str(tmp_path / "data"),
+        AYON_INSTANCE_ID="test",
+        AYON_ADMIN_TOKEN="test-token",
+        AYON_DB_WAIT_TIMEOUT="10",
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+    )
+    return values

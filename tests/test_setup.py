@@ -1,0 +1,102 @@
+"""The setup process, run for real as `python -m procs.setup`."""
+
+import re
+import subprocess
+import sys
+import time
+
+from server import config, db
+from tests.conftest import ROOT
+from tests.pg import free_port
+
+
+def run_setup(env, timeout=60):
+    return subprocess.run(
+        [sys.executable, "-m", "procs.setup"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_eight_concurrent_setups_on_an_empty_server(pg, env):
+    url = pg.url_for("race_" + str(free_port()))
+    env["AYON_POSTGRES_URL"] = url
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "procs.setup"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for _ in range(8)
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    try:
+        assert [p.returncode for p in procs] == [0] * 8, outputs
+        text = "\n".join(outputs)
+        assert text.count("created database") == 1
+        assert text.count("applied migration 0001_initial.sql") == 1
+        database = db.Database(url)
+        rows = database.fetchall("SELECT version FROM schema_migrations")
+        assert len(rows) == len(set(rows)) >= 1
+        assert database.fetchone("SELECT count(*) FROM server_config") == (1,)
+        database.close()
+    finally:
+        pg.drop_database(url)
+
+
+def test_closed_port_gives_up_with_waiting_lines(env):
+    port = free_port()
+    env["AYON_POSTGRES_URL"] = f"postgresql://ayon@127.0.0.1:{port}/ayon"
+    env["AYON_DB_WAIT_TIMEOUT"] = "3"
+    started = time.monotonic()
+    result = run_setup(env)
+    assert time.monotonic() - started < 5
+    assert result.returncode == 1
+    assert re.search(rf"waiting for PostgreSQL at 127\.0\.0\.1:{port} \(\d/3 s\): ", result.stdout)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Error: PostgreSQL at 127.0.0.1:{port} did not answer within 3 s")
+
+
+def test_second_run_is_a_fast_noop(env):
+    first = run_setup(env)
+    assert first.returncode == 0, first.stderr
+    second = run_setup(env)
+    assert second.returncode == 0, second.stderr
+    assert "applied migration" not in second.stdout
+    took = float(re.search(r"setup done in ([\d.]+) s: schema version \d+, nothing to migrate", second.stdout)[1])
+    assert took < 1.0
+
+
+def test_config_file_is_applied(env, tmp_path, database):
+    path = tmp_path / "ayon.yaml"
+    path.write_text("maintenance:\n  time: '04:30'\n  tasks:\n    remove_old_logs: {retention_days: 14}\n")
+    env["AYON_CONFIG_FILE"] = str(path)
+    result = run_setup(env)
+    assert result.returncode == 0, result.stderr
+    with database.transaction() as cur:
+        doc = config.get(cur)
+    assert doc["maintenance"]["time"] == "04:30"
+    assert doc["maintenance"]["tasks"]["remove_old_logs"]["retention_days"] == 14
+    assert doc["maintenance"]["timezone"] == "UTC"
+
+
+def test_invalid_config_file_changes_nothing(pg, env, tmp_path):
+    url = pg.url_for("never_" + str(free_port()))
+    env["AYON_POSTGRES_URL"] = url
+    path = tmp_path / "ayon.yaml"
+    path.write_text("maintenance:\n  time: '25:00'\n")
+    env["AYON_CONFIG_FILE"] = str(path)
+    result = run_setup(env)
+    assert result.returncode == 2
+    assert result.stderr == f"Error: AYON_CONFIG_FILE {path}: maintenance.time: expected HH:MM (24-hour), got '25:00'\n"
+    conn = pg.admin()
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db.database_name(url),))
+        assert cur.fetchone() is None
+    conn.close()
+
+
+def test_generated_admin_token_is_printed_once_and_stored_hashed(env, database):
+    env.pop("AYON_ADMIN_TOKEN")
+    first = run_setup(env)
+    assert first.returncode == 0, first.stderr
+    token = re.search(r"Generated admin token \(shown once, keep it\): (\S+)", first.stdout)[1]
+    second = run_setup(env)
+    assert "Generated admin token" not in second.stdout
+    stored = database.fetchone("SELECT value FROM secrets WHERE name = 'admin_token_sha256'")[0]
+    assert token not in stored and len(stored) == 64
