@@ -1,0 +1,3 @@
+from maintenance.cli import main
+
+main()
