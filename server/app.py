@@ -1,10 +1,11 @@
-"""The falcon app: `create_app` wires routes and middleware; `get_app` reads settings for gunicorn."""
+"""The falcon ASGI app: `create_app` wires routes and middleware; `get_app` reads settings for gunicorn."""
 
 import hmac
 import hashlib
 import logging
 
 import falcon
+import falcon.asgi
 
 from server.api import health
 from server.api.common import AppContext, dumps
@@ -36,7 +37,7 @@ class Auth:
         row = self.ctx.db.fetchone("SELECT value FROM secrets WHERE name = 'admin_token_sha256'")
         return row[0] if row else None
 
-    def process_request(self, req, resp):
+    async def process_request(self, req, resp):
         if not req.path.startswith("/api/") or req.path in PUBLIC_API:
             return
         header = req.get_header("Authorization") or ""
@@ -47,7 +48,7 @@ class Auth:
                 description="send the admin token as 'Authorization: Bearer <token>'",
                 challenges=["Bearer"],
             )
-        if not self.token_ok(token.strip()):
+        if not await self.ctx.run(self.token_ok, token.strip()):
             raise falcon.HTTPUnauthorized(title="Invalid token", description="the admin token is not valid",
                                           challenges=["Bearer"])
 
@@ -58,12 +59,12 @@ class SchemaGate:
     def __init__(self, ctx):
         self.ctx = ctx
 
-    def process_request(self, req, resp):
+    async def process_request(self, req, resp):
         if not req.path.startswith("/api/") or req.path in PUBLIC_API:
             return
         if self.ctx.schema is not None and self.ctx.schema.current:
             return
-        ready, reason = health.is_ready(self.ctx)
+        ready, reason = await self.ctx.run(health.is_ready, self.ctx)
         if not ready:
             raise falcon.HTTPServiceUnavailable(
                 title="Not ready", description=f"the server is not ready yet: {reason}",
@@ -77,21 +78,21 @@ def _error_serializer(req, resp, exc: falcon.HTTPError) -> None:
     resp.text = dumps({"error": {"status": exc.status_code, "title": exc.title, "description": exc.description}})
 
 
-def _database_down(req, resp, exc, params):
+async def _database_down(req, resp, exc, params):
     raise falcon.HTTPServiceUnavailable(
         title="Database unavailable", description="PostgreSQL is not reachable; retry shortly", retry_after=5
     )
 
 
-def _unexpected(req, resp, exc, params):
+async def _unexpected(req, resp, exc, params):
     if isinstance(exc, falcon.HTTPError):
         raise exc
     log.exception("unhandled error on %s %s", req.method, req.path)
     raise falcon.HTTPInternalServerError(title="Internal error", description="see the server log")
 
 
-def create_app(ctx: AppContext) -> falcon.App:
-    app = falcon.App(middleware=[SchemaGate(ctx), Auth(ctx)])
+def create_app(ctx: AppContext) -> falcon.asgi.App:
+    app = falcon.asgi.App(middleware=[SchemaGate(ctx), Auth(ctx)])
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(_error_serializer)
     app.add_error_handler(Exception, _unexpected)
@@ -102,7 +103,7 @@ def create_app(ctx: AppContext) -> falcon.App:
     return app
 
 
-def get_app() -> falcon.App:
+def get_app() -> falcon.asgi.App:
     """The app for gunicorn, from the environment's settings."""
     from procs.common import start
 

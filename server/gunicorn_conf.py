@@ -9,8 +9,9 @@ _settings = settings_mod.load()
 wsgi_app = "server.app:get_app()"
 bind = [_settings.http_bind]
 workers = _settings.server_workers
-worker_class = "gthread"
-threads = _settings.server_threads
+# falcon ASGI under gunicorn's own asyncio worker: see docs/benchmarks.md for the numbers.
+worker_class = "asgi"
+worker_connections = 1000
 # Long-lived requests (the event stream) must not be killed as hung workers.
 timeout = 120
 graceful_timeout = 20  # supervisord's stopwaitsecs for the server is longer

@@ -142,7 +142,6 @@ SETTINGS = [
     Setting("AYON_INSTANCE_ID", to_slug, _hostname, "This instance's name in heartbeats, logs and install states."),
     Setting("AYON_HTTP_BIND", to_bind, "0.0.0.0:5000", "Address the web server listens on."),
     Setting("AYON_SERVER_WORKERS", to_positive_int, "2", "Number of gunicorn worker processes."),
-    Setting("AYON_SERVER_THREADS", to_positive_int, "4", "Threads per gunicorn worker (gthread)."),
     Setting("AYON_LOG_LEVEL", one_of("debug", "info", "warning", "error"), "info", "Lowest level of log records kept."),
     Setting("AYON_LOG_FORMAT", one_of("text", "json"), "text", "Format of log lines on stdout."),
     Setting("AYON_ADMIN_TOKEN", to_text, "", "Admin API token; unset lets setup generate one on first run and print it once.", secret=True),

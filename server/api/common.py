@@ -1,8 +1,10 @@
 """What every resource shares: the app context, JSON bodies, query parameter parsing."""
 
+import asyncio
 import datetime
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -19,6 +21,13 @@ class AppContext:
     db: Database
     started: float = field(default_factory=time.time)
     schema: Any = None  # the last SchemaStatus seen by the readiness check
+    executor: ThreadPoolExecutor | None = None
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking work (psycopg2) in this worker's thread pool, off the event loop."""
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(max_workers=self.db.size, thread_name_prefix="db")
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
 
 def json_default(value: Any) -> Any:
@@ -31,9 +40,9 @@ def dumps(value: Any) -> str:
     return json.dumps(value, default=json_default)
 
 
-def read_json(req: falcon.Request) -> Any:
+async def read_json(req) -> Any:
     """The request body as JSON; a malformed body is a 400."""
-    raw = req.bounded_stream.read()
+    raw = await req.stream.read()
     if not raw:
         return None
     try:

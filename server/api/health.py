@@ -12,7 +12,7 @@ READY_RETRY_AFTER = "5"
 
 
 class Live:
-    def on_get(self, req, resp):
+    async def on_get(self, req, resp):
         resp.media = {"status": "alive"}
 
 
@@ -22,8 +22,8 @@ class Ready:
     def __init__(self, ctx):
         self.ctx = ctx
 
-    def on_get(self, req, resp):
-        ready, reason = is_ready(self.ctx)
+    async def on_get(self, req, resp):
+        ready, reason = await self.ctx.run(is_ready, self.ctx)
         if not ready:
             resp.status = falcon.HTTP_503
             resp.set_header("Retry-After", READY_RETRY_AFTER)
@@ -43,11 +43,11 @@ class Info:
     def __init__(self, ctx):
         self.ctx = ctx
 
-    def on_get(self, req, resp):
+    async def on_get(self, req, resp):
         schema = self.ctx.schema
-        if schema is None:
+        if schema is None or not schema.current:
             try:
-                schema = self.ctx.schema = migrations.status(self.ctx.db)
+                schema = self.ctx.schema = await self.ctx.run(migrations.status, self.ctx.db)
             except BROKEN:
                 schema = None
         resp.media = {
