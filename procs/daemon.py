@@ -55,7 +55,7 @@ class Daemon:
                 self.log.info("stopping on %s before the schema was current", self.stop_reason)
                 return 0
             self.log.error("%s", exc)
-            return 1
+            return exc.exit_code
         Heartbeat(self.db, self.settings.instance_id, self.program, self.stop, self.heartbeat_info).start()
         self.prepare()
         self.log.info("%s started", self.program)

