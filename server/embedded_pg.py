@@ -16,6 +16,8 @@ from pathlib import Path
 
 import psycopg2
 
+from server.errors import AyonError
+
 PG_USER = "embedded_postgres"
 
 
@@ -54,6 +56,14 @@ def run_as() -> str | None:
     return PG_USER
 
 
+def as_user(user: str | None) -> dict:
+    """subprocess arguments that fully switch to `user`: its group too, not root's."""
+    if not user:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+
 def _chown_tree(path: Path, user: str) -> None:
     entry = pwd.getpwnam(user)
     for parent in [path, *path.parents]:
@@ -78,11 +88,14 @@ def initdb(datadir: Path, say=print) -> bool:
     if user:
         _chown_tree(staging, user)
     say(f"initializing embedded PostgreSQL data in {datadir}")
-    subprocess.run(
+    result = subprocess.run(
         [bin_path("initdb"), "-D", str(staging), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
          "--no-instructions", "--no-sync"],
-        check=True, user=user, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        **as_user(user), cwd=staging, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise AyonError(f"initdb of {datadir} failed: {last}")
     # Initialize beside and rename, so a crash mid-initdb never leaves a half cluster in place.
     if datadir.exists():
         datadir.rmdir()
@@ -128,7 +141,7 @@ class EmbeddedPostgres:
     def start(self) -> None:
         initdb(self.datadir, say=lambda _: None)
         self.proc = subprocess.Popen(
-            server_command(self.datadir, self.port, self.extra), user=run_as(),
+            server_command(self.datadir, self.port, self.extra), **as_user(run_as()),
             stdout=subprocess.DEVNULL, stderr=open(self.datadir / "server.log", "ab"),
         )
         wait_ready(self.port, proc=self.proc)
