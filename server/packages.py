@@ -1,0 +1,192 @@
+"""Packages: manifest validation, storage deduplicated by sha256, install requests and states.
+
+A package is a zip with `package.yaml` at its root (`name`: a lowercase
+slug, `version`: a version string). The content is stored once in
+`package_blobs`; `packages` lists what should be installed; each
+instance's installer records what it did in `package_installs`.
+"""
+
+import re
+from dataclasses import dataclass
+
+import psycopg2
+import yaml
+
+from server import archive
+from server.errors import AyonError
+
+KINDS = ("addon", "dependency_package")
+FOLDERS = {"addon": "addons", "dependency_package": "dependency_packages"}
+MANIFEST = "package.yaml"
+MANIFEST_MAX_BYTES = 64 * 1024
+NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+class PackageError(AyonError):
+    """A package that cannot be accepted; the message names the problem."""
+
+
+class PackageConflict(PackageError):
+    """The same name and version already exist with other content or kind."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+
+
+def check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise PackageError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    return kind
+
+
+def valid_name(name: str) -> bool:
+    return bool(NAME_RE.fullmatch(name))
+
+
+def valid_version(version: str) -> bool:
+    return bool(VERSION_RE.fullmatch(version))
+
+
+def parse_manifest(text: bytes) -> Manifest:
+    """Validate the content of package.yaml."""
+    try:
+        doc = yaml.safe_load(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PackageError(f"{MANIFEST} is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise PackageError(f"{MANIFEST} is not valid YAML{where}") from None
+    if not isinstance(doc, dict):
+        raise PackageError(f"{MANIFEST} must be a mapping with 'name' and 'version'")
+    for key in ("name", "version"):
+        if key not in doc:
+            raise PackageError(f"{MANIFEST} has no '{key}'")
+    name, version = doc["name"], doc["version"]
+    if not isinstance(name, str) or not valid_name(name):
+        raise PackageError(
+            f"{MANIFEST}: name {name!r} is not a lowercase slug "
+            "(a letter, then up to 63 of a-z, 0-9, '-', '_')"
+        )
+    if not isinstance(version, str):
+        raise PackageError(f"{MANIFEST}: version {version!r} must be a string (quote it: '{version}')")
+    if not valid_version(version):
+        raise PackageError(
+            f"{MANIFEST}: version {version!r} is not a version string "
+            "(a letter or digit, then up to 63 of letters, digits, '.', '+', '-', '_')"
+        )
+    return Manifest(name, version)
+
+
+def validate(data: bytes, limits: archive.Limits = archive.DEFAULT_LIMITS) -> Manifest:
+    """Check an uploaded zip: a safe archive with a valid package.yaml at its root."""
+    with archive.open_zip(data) as zf:
+        archive.inspect(zf, limits)
+        try:
+            info = zf.getinfo(MANIFEST)
+        except KeyError:
+            raise PackageError(f"{MANIFEST} is missing at the archive's root") from None
+        if info.file_size > MANIFEST_MAX_BYTES:
+            raise PackageError(f"{MANIFEST} is larger than {MANIFEST_MAX_BYTES} bytes")
+        try:
+            text = zf.read(info)
+        except archive.CORRUPT + (OSError,) as exc:
+            raise PackageError(f"{MANIFEST} is corrupt ({exc})") from None
+    return parse_manifest(text)
+
+
+def store(cur, data: bytes, kind: str) -> dict:
+    """Validate and store a package, then request its install on every known instance.
+
+    Returns the package with `created` (False when the same content was already there).
+    """
+    check_kind(kind)
+    manifest = validate(data)
+    sha256 = archive.sha256_of(data)
+    # On a re-upload, touching the row locks it and restarts the maintenance grace period, so
+    # an orphan-blob cleanup cannot delete it between here and the package row referencing it.
+    cur.execute(
+        "INSERT INTO package_blobs (sha256, data, size) VALUES (%s, %s, %s) "
+        "ON CONFLICT (sha256) DO UPDATE SET created_at = now()",
+        (sha256, psycopg2.Binary(data), len(data)),
+    )
+    cur.execute(
+        "SELECT kind, sha256, active FROM packages WHERE name = %s AND version = %s FOR UPDATE",
+        (manifest.name, manifest.version),
+    )
+    row = cur.fetchone()
+    created = True
+    if row is None:
+        cur.execute(
+            "INSERT INTO packages (name, version, kind, sha256) VALUES (%s, %s, %s, %s)",
+            (manifest.name, manifest.version, kind, sha256),
+        )
+    elif row[2] and (row[0], row[1]) != (kind, sha256):
+        what = "kind" if row[0] != kind else "content"
+        raise PackageConflict(
+            f"{manifest.name} {manifest.version} already exists with another {what}; "
+            "delete it first or give it a new version"
+        )
+    else:
+        created = not row[2]
+        cur.execute(
+            "UPDATE packages SET kind = %s, sha256 = %s, active = true, removed_at = NULL "
+            "WHERE name = %s AND version = %s",
+            (kind, sha256, manifest.name, manifest.version),
+        )
+    request_installs(cur, manifest.name, manifest.version)
+    return {"name": manifest.name, "version": manifest.version, "kind": kind, "sha256": sha256,
+            "size": len(data), "created": created}
+
+
+def request_installs(cur, name: str, version: str) -> None:
+    """A pending install on every instance whose installer has reported; retried from scratch."""
+    cur.execute(
+        "INSERT INTO package_installs (instance_id, name, version, status) "
+        "SELECT DISTINCT instance_id, %s, %s, 'pending' FROM instances WHERE program = 'installer' "
+        "ON CONFLICT (instance_id, name, version) DO UPDATE SET status = 'pending', reason = NULL, "
+        "attempts = 0, next_attempt_at = NULL, updated_at = now() "
+        "WHERE package_installs.status IN ('failed', 'removed')",
+        (name, version),
+    )
+
+
+def remove(cur, name: str, version: str) -> bool:
+    """Mark a package removed; every installer then deletes its folder. False when not active."""
+    cur.execute(
+        "UPDATE packages SET active = false, removed_at = now() WHERE name = %s AND version = %s AND active",
+        (name, version),
+    )
+    return cur.rowcount == 1
+
+
+def listing(cur, include_removed: bool = False) -> list[dict]:
+    """Every package with its state on each instance."""
+    where = "" if include_removed else "WHERE p.active"
+    cur.execute(
+        "SELECT p.name, p.version, p.kind, p.sha256, b.size, p.active, p.created_at, p.removed_at "
+        f"FROM packages p JOIN package_blobs b USING (sha256) {where} ORDER BY p.name, p.version"
+    )
+    found = {}
+    for name, version, kind, sha256, size, active, created_at, removed_at in cur.fetchall():
+        found[(name, version)] = {
+            "name": name, "version": version, "kind": kind, "sha256": sha256, "size": size,
+            "active": active, "created_at": created_at, "removed_at": removed_at, "instances": [],
+        }
+    cur.execute(
+        "SELECT name, version, instance_id, status, reason, attempts, next_attempt_at, updated_at "
+        "FROM package_installs ORDER BY instance_id"
+    )
+    for name, version, instance_id, status, reason, attempts, next_at, updated_at in cur.fetchall():
+        package = found.get((name, version))
+        if package is not None:
+            package["instances"].append({
+                "instance_id": instance_id, "status": status, "reason": reason, "attempts": attempts,
+                "next_attempt_at": next_at, "updated_at": updated_at,
+            })
+    return list(found.values())
