@@ -1,17 +1,24 @@
 """The ordered registry of maintenance tasks, one module each under maintenance/tasks/.
 
-A task module declares DESCRIPTION (one line), ENABLED (default switch),
-OPTIONS (a list of Option), ORDER (a number; lower runs earlier) and
-`run(ctx)`; its name is the module's file name. `vacuum` declares LAST and
-always runs after every other task, whatever their ORDER.
+A task module declares DESCRIPTION (one line, may name its options as
+`{retention_days}`), ENABLED (default switch), OPTIONS (a list of Option),
+ORDER (a number; lower runs earlier) and `run(ctx)` returning the number of
+rows it affected; its name is the module's file name. Modules whose name
+starts with `_` are helpers, not tasks. `vacuum` declares LAST and always runs
+after every other task, whatever their ORDER, also when a module is added later.
 """
 
 import importlib
 import pkgutil
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import maintenance.tasks as tasks_package
+
+
+class Interrupted(Exception):
+    """Raised by a task at a safe point once the run has been asked to stop."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,32 @@ class Task:
     options: tuple[Option, ...] = field(default_factory=tuple)
     order: int = 100
     last: bool = False
+
+    def describe(self, options: dict) -> str:
+        """The one-line description with this configuration's option values filled in."""
+        try:
+            return self.description.format(**options)
+        except (KeyError, IndexError, ValueError):
+            return self.description
+
+    def switch(self) -> str:
+        return f"maintenance.tasks.{self.name}.enabled"
+
+
+@dataclass
+class Context:
+    """What a task receives: the database, its options, a progress reporter and the stop flag."""
+
+    db: Any  # server.db.Database dedicated to the run's tasks
+    options: dict
+    progress: Callable[[str], None]
+    stop: threading.Event
+    event_id: str  # the run's own event, which no task may remove
+
+    def check_stop(self) -> None:
+        """A safe point: raise Interrupted when the run has been asked to stop."""
+        if self.stop.is_set():
+            raise Interrupted("interrupted by shutdown")
 
 
 def _from_module(name: str) -> Task:

@@ -6,9 +6,11 @@ LAST = True
 
 
 def run(ctx):
+    ctx.check_stop()
     with ctx.db.connection() as conn:
         conn.autocommit = True  # VACUUM cannot run inside a transaction
         with conn.cursor() as cur:
+            # Plain VACUUM takes no exclusive locks, so the API keeps serving; FULL would rewrite and lock.
             cur.execute("VACUUM (ANALYZE)")
     ctx.progress("vacuum done")
     return 0

@@ -1,0 +1,1 @@
+"""Benchmark of the maintenance procedure: see run.py."""

@@ -1,0 +1,3 @@
+from bench.maintenance.run import main
+
+main()

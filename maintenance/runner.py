@@ -1,0 +1,265 @@
+"""One maintenance run: the fleet-wide lock, the tasks in sequence, the `server.maintenance` event."""
+
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import psycopg2
+
+from maintenance import registry
+from server import config, events
+from server.db import BROKEN, Database, connect, try_advisory_lock
+
+LOCK = "ayon.maintenance"
+TOPIC = "server.maintenance"
+REQUEST_TOPIC = "server.maintenance.request"
+SHUTDOWN = "interrupted by shutdown"
+# After a stop request a task gets this long to reach a safe point before its query is cancelled.
+CANCEL_AFTER = 3.0
+# ...and this long in all before the run is closed without it (the process must exit within 10 s).
+ABANDON_AFTER = 7.0
+
+
+@dataclass
+class Outcome:
+    """How a call to `Runner.run` ended: finished/failed/aborted, or busy/skipped without running."""
+
+    status: str
+    message: str
+    event_id: str | None = None
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.status in ("failed", "aborted") else 0
+
+
+def plan(doc: dict, names: list[str] | None = None) -> list[tuple[registry.Task, bool, dict]]:
+    """The tasks of a run in order, each with its switch and options from the configuration."""
+    chosen = []
+    for task in registry.tasks():
+        if names is not None and task.name not in names:
+            continue
+        settings = doc["maintenance"]["tasks"].get(task.name, {})
+        options = {k: v for k, v in settings.items() if k != "enabled"}
+        chosen.append((task, bool(settings.get("enabled", task.enabled_by_default)), options))
+    return chosen
+
+
+def recover_orphans(cur) -> list[str]:
+    """Mark runs left in_progress by a dead process failed. Only call while holding the lock."""
+    found = []
+    for topic in (TOPIC, REQUEST_TOPIC):
+        cur.execute(
+            "UPDATE events SET status = 'failed', description = 'interrupted: ' || description "
+            "WHERE topic = %s AND status = 'in_progress' RETURNING id",
+            (topic,),
+        )
+        found += [str(row[0]) for row in cur.fetchall()]
+    return found
+
+
+def task_line(name: str, status: str, duration: float, rows: int | None, note: str = "") -> str:
+    line = f"{name:<24} {status:<8} {duration:8.2f} s {rows or 0:>10} rows"
+    return f"{line}  {note}" if note else line
+
+
+class Runner:
+    """Runs the procedure once per `run()` call; `out` receives one line per task."""
+
+    def __init__(self, url: str, out: Callable[[str], None], stop: threading.Event, tty: bool = False):
+        self.url = url
+        self.out = out
+        self.stop = stop
+        self.tty = tty
+        self.app_name = f"ayon-maintenance-task-{os.getpid()}"
+
+    # --- the lock ---
+
+    def _holder_event(self, conn) -> str | None:
+        # The holder creates its event just after taking the lock: give it a moment to appear.
+        deadline = time.monotonic() + 2.0
+        while True:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT id FROM events WHERE topic = %s AND status = 'in_progress' "
+                    "ORDER BY created_at DESC LIMIT 1",
+                    (TOPIC,),
+                )
+                row = cur.fetchone()
+            if row or time.monotonic() > deadline:
+                return str(row[0]) if row else None
+            time.sleep(0.1)
+
+    def recover(self) -> list[str]:
+        """When no run holds the lock, mark orphaned in_progress runs failed; returns their ids."""
+        conn = connect(self.url, "ayon-maintenance-lock")
+        conn.autocommit = True
+        try:
+            if not try_advisory_lock(conn, LOCK):
+                return []
+            with conn.cursor() as cur:
+                return recover_orphans(cur)
+        finally:
+            conn.close()  # closing the session releases the lock
+
+    def run(
+        self,
+        names: list[str] | None = None,
+        trigger: str = "manual",
+        slot: str | None = None,
+        request_id: str | None = None,
+    ) -> Outcome:
+        """Take the fleet-wide lock and run the tasks; without the lock, say who holds it."""
+        conn = connect(self.url, "ayon-maintenance-lock")
+        conn.autocommit = True
+        try:
+            if self.stop.is_set():
+                return Outcome("skipped", "stopped before the run started")
+            if not try_advisory_lock(conn, LOCK):
+                holder = self._holder_event(conn) or "starting"
+                return Outcome("busy", f"another maintenance run is in progress (event {holder})", holder)
+            with conn.cursor() as cur:
+                for orphan in recover_orphans(cur):
+                    self.out(f"marked the interrupted run {orphan} failed")
+                if slot is not None:
+                    cur.execute(
+                        "SELECT id FROM events WHERE topic = %s AND payload->>'slot' = %s LIMIT 1", (TOPIC, slot)
+                    )
+                    done = cur.fetchone()
+                    if done:
+                        return Outcome("skipped", f"the run due at {slot} already happened (event {done[0]})")
+                if request_id is not None:
+                    if events.update(cur, request_id, status="in_progress", only_if=("pending",)) is None:
+                        return Outcome("skipped", f"request {request_id} was already taken")
+                doc = config.get(cur)
+            return self._run_locked(conn, doc, names, trigger, slot, request_id)
+        finally:
+            conn.close()
+
+    # --- the run itself ---
+
+    def _run_locked(self, lock_conn, doc, names, trigger, slot, request_id) -> Outcome:
+        # The lock connection is autocommit: each event change is visible (and NOTIFYed) at once.
+        with lock_conn.cursor() as cur:
+            return self._run_steps(cur, lock_conn, doc, names, trigger, slot, request_id)
+
+    def _run_steps(self, cur, lock_conn, doc, names, trigger, slot, request_id) -> Outcome:
+        steps = plan(doc, names)
+        enabled = [task for task, on, _ in steps if on]
+        payload = {"trigger": trigger, "tasks": [t.name for t, _, _ in steps]}
+        if slot:
+            payload["slot"] = slot
+        if request_id:
+            payload["request_id"] = request_id
+        event_id = events.dispatch(
+            cur, TOPIC, status="in_progress",
+            description=f"starting: {len(enabled)} tasks", payload=payload,
+        )
+        if request_id:
+            events.update(cur, request_id, description=f"running as event {event_id}",
+                          summary={"run_event_id": event_id})
+        started = time.monotonic()
+        results = []
+        task_db = Database(self.url, size=2, application_name=self.app_name)
+        try:
+            number = 0
+            for task, on, options in steps:
+                if not on:
+                    reason = f"switched off by {task.switch()} = false"
+                    results.append(self._result(task.name, "skipped", 0.0, 0, reason=reason))
+                    self.out(task_line(task.name, "skipped", 0.0, 0, reason))
+                    continue
+                if self.stop.is_set():
+                    results.append(self._result(task.name, "skipped", 0.0, 0, reason=SHUTDOWN))
+                    self.out(task_line(task.name, "skipped", 0.0, 0, SHUTDOWN))
+                    continue
+                number += 1
+                description = f"task {number}/{len(enabled)}: {task.name} — {task.describe(options)}"
+                events.update(cur, event_id, description=description)
+                ctx = registry.Context(task_db, options, self._progress(number, len(enabled), task.name),
+                                       self.stop, event_id)
+                results.append(self._execute(task, ctx, lock_conn))
+                result = results[-1]
+                note = result["error"] or ""
+                self.out(task_line(task.name, result["status"], result["duration_s"], result["rows"], note))
+        finally:
+            task_db.close()
+        duration = round(time.monotonic() - started, 3)
+        summary = {"tasks": results, "duration_s": duration}
+        failed = [r["name"] for r in results if r["status"] == "failed"]
+        if self.stop.is_set():
+            status, description = "aborted", SHUTDOWN
+        elif failed:
+            status, description = "failed", f"{len(failed)} of {len(results)} tasks failed: {', '.join(failed)}"
+        else:
+            status, description = "finished", f"{len(enabled)} tasks finished in {duration:.1f} s"
+        events.update(cur, event_id, status=status, description=description, summary=summary)
+        if request_id:
+            events.update(cur, request_id, status="finished" if status == "finished" else "failed",
+                          description=f"run {event_id} {status}", summary={"run_event_id": event_id, "status": status})
+        return Outcome(status, f"maintenance {status}: {description} (event {event_id})", event_id, summary)
+
+    @staticmethod
+    def _result(name, status, duration, rows, error=None, reason=None) -> dict:
+        return {"name": name, "status": status, "duration_s": round(duration, 3), "rows": rows,
+                "error": error, "reason": reason}
+
+    def _progress(self, number: int, total: int, name: str) -> Callable[[str], None]:
+        if not self.tty:
+            return lambda message: None
+
+        def show(message: str) -> None:
+            sys.stdout.write(f"\r\033[K[{number}/{total}] {name}: {message}")
+            sys.stdout.flush()
+
+        return show
+
+    def _execute(self, task: registry.Task, ctx: registry.Context, lock_conn) -> dict:
+        """Run one task in a worker thread, so a stop request can cancel its query; never raises."""
+        outcome: dict = {}
+
+        def target() -> None:
+            try:
+                outcome["rows"] = task.run(ctx)
+            except BaseException as exc:  # isolated: recorded in the summary, the next task still runs
+                outcome["error"] = exc
+
+        started = time.monotonic()
+        worker = threading.Thread(target=target, name=f"task-{task.name}", daemon=True)
+        worker.start()
+        stop_seen = cancelled = None
+        while worker.is_alive():
+            worker.join(0.1)
+            if not self.stop.is_set() or not worker.is_alive():
+                continue
+            stop_seen = stop_seen or time.monotonic()
+            if not cancelled and time.monotonic() - stop_seen > CANCEL_AFTER:
+                cancelled = self._cancel_queries(lock_conn)
+            if time.monotonic() - stop_seen > ABANDON_AFTER:
+                break  # the daemon thread dies with the process
+        if self.tty:
+            sys.stdout.write("\r\033[K")
+        duration = time.monotonic() - started
+        error = outcome.get("error")
+        if self.stop.is_set() and (error is not None or worker.is_alive()):
+            return self._result(task.name, "failed", duration, outcome.get("rows"), error=SHUTDOWN)
+        if error is not None:
+            text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            return self._result(task.name, "failed", duration, outcome.get("rows"), error=text)
+        rows = outcome.get("rows")
+        return self._result(task.name, "finished", duration, rows if isinstance(rows, int) else 0)
+
+    def _cancel_queries(self, lock_conn) -> bool:
+        try:
+            with lock_conn.cursor() as cur:
+                cur.execute(
+                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                    (self.app_name,),
+                )
+        except (psycopg2.Error, *BROKEN):
+            pass
+        return True

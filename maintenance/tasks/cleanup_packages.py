@@ -1,0 +1,50 @@
+"""Remove package data nobody references any more and install records of instances that are gone."""
+
+from maintenance.registry import Option
+from server.config import integer
+
+DESCRIPTION = "remove unreferenced package data, packages removed over {removed_retention_days} days ago"
+ENABLED = True
+ORDER = 50
+OPTIONS = [
+    Option("removed_retention_days", integer(1, 3650), 30, "Days a removed package is kept before it is deleted."),
+]
+
+# A blob is stored before the package row that references it; a young orphan may be an upload in flight.
+BLOB_GRACE = "1 hour"
+# An installer may record installs just before its first heartbeat lands.
+INSTALL_GRACE = "1 day"
+
+
+def _exists(cur, table: str) -> bool:
+    cur.execute("SELECT to_regclass(%s)", (table,))
+    return cur.fetchone()[0] is not None
+
+
+def run(ctx):
+    removed = 0
+    with ctx.db.transaction() as cur:
+        # The packages tables come with their own migration; without them there is nothing to do.
+        if not all(_exists(cur, t) for t in ("packages", "package_blobs", "package_installs")):
+            ctx.progress("no package tables")
+            return 0
+        cur.execute(
+            "DELETE FROM packages WHERE NOT active AND removed_at < now() - make_interval(days => %s)",
+            (ctx.options["removed_retention_days"],),
+        )
+        removed += cur.rowcount
+        cur.execute(
+            "DELETE FROM package_installs p "
+            f"WHERE p.updated_at < now() - interval '{INSTALL_GRACE}' "
+            "AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.instance_id = p.instance_id)"
+        )
+        removed += cur.rowcount
+    ctx.check_stop()
+    with ctx.db.transaction() as cur:
+        cur.execute(
+            f"DELETE FROM package_blobs b WHERE b.created_at < now() - interval '{BLOB_GRACE}' "
+            "AND NOT EXISTS (SELECT 1 FROM packages p WHERE p.sha256 = b.sha256)"
+        )
+        removed += cur.rowcount
+    ctx.progress(f"{removed} rows removed")
+    return removed

@@ -1,0 +1,14 @@
+"""Remove finished or failed webactions (`action.*` events) past their own retention."""
+
+from maintenance.registry import Option
+from maintenance.tasks import _events
+from server.config import integer
+
+DESCRIPTION = "remove finished or failed webactions older than {retention_days} days"
+ENABLED = True
+ORDER = 30
+OPTIONS = [Option("retention_days", integer(1, 36500), 30, "Days of finished or failed webactions to keep.")]
+
+
+def run(ctx):
+    return _events.remove(ctx, ctx.options["retention_days"], "e.topic LIKE 'action.%%'", "webactions")

@@ -1,0 +1,133 @@
+"""`python -m maintenance --daemon` run for real: one run fleet-wide, requests, rescheduling, signals."""
+
+import datetime
+import re
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+from server import events
+from server.api.maintenance import request_run
+from tests.conftest import ROOT
+from tests.test_maintenance import command, poll, runs, set_config, start_cli, wait_for_task, write_task
+
+LEAD = 6.0  # seconds of real time between a daemon's start and its (shifted) due minute
+
+
+class DaemonProcess:
+    """A daemon subprocess whose output lines are collected as they come."""
+
+    def __init__(self, env, offset=0.0, extra=""):
+        self.proc = subprocess.Popen(command("--daemon", extra=extra, offset=offset), env=env, cwd=ROOT,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, pattern, timeout=20, start=0):
+        found = poll(lambda: next((m for line in self.lines[start:] if (m := re.search(pattern, line))), None)
+                     or (self.proc.poll() is not None and pytest.fail("\n".join(self.lines))), timeout,
+                     f"{pattern!r} in the daemon's output:\n" + "\n".join(self.lines))
+        return found
+
+    def terminate(self, within=10.0) -> float:
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(within + 5)
+        finally:
+            self.proc.kill()
+        self.reader.join(5)
+        return time.monotonic() - started
+
+
+@pytest.fixture
+def daemons():
+    started: list[DaemonProcess] = []
+    yield started
+    for daemon in started:
+        daemon.proc.kill()
+        daemon.proc.wait(10)
+
+
+def test_three_daemons_due_the_same_minute_make_one_run(env, database, daemons):
+    now = time.time()
+    due = (int(now // 60) + 1) * 60  # a minute boundary the shifted clocks reach LEAD seconds from now
+    offset = due - (now + LEAD)
+    due_hhmm = datetime.datetime.fromtimestamp(due, datetime.timezone.utc).strftime("%H:%M")
+    set_config(database, {"maintenance": {"time": due_hhmm, "timezone": "UTC"}})
+    daemons += [DaemonProcess(env, offset) for _ in range(3)]
+    for daemon in daemons:
+        daemon.wait_for(rf"next maintenance run at \S+ {due_hhmm} UTC \({due_hhmm} UTC\)")
+    for daemon in daemons:
+        daemon.wait_for(r"maintenance finished|already happened|another maintenance run is in progress",
+                        timeout=LEAD + 20)
+    [run] = runs(database)
+    assert run["status"] == "finished" and run["payload"]["trigger"] == "schedule"
+    slot = datetime.datetime.fromtimestamp(due, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+    assert run["payload"]["slot"] == slot
+    heartbeats = database.fetchall("SELECT program FROM instances WHERE program = 'maintenance'")
+    assert heartbeats == [("maintenance",)]  # same instance id: one row, kept fresh by each
+
+    # A request (what POST /api/maintenance/run stores) is taken within 2 s.
+    request_id, created = request_run(database, ["vacuum"])
+    asked = time.monotonic()
+    taken = poll(lambda: events.get(database, request_id)["status"] != "pending" and time.monotonic(), 10,
+                 "a daemon to take the request")
+    assert taken - asked < 2.0
+    done = poll(lambda: (e := events.get(database, request_id))["status"] in ("finished", "failed") and e, 20,
+                "the requested run to end")
+    assert done["status"] == "finished", done
+    by_request = events.get(database, done["summary"]["run_event_id"])
+    assert by_request["payload"]["trigger"] == "request" and by_request["payload"]["tasks"] == ["vacuum"]
+    assert len(runs(database)) == 2
+
+    # A new time through the configuration moves every daemon's next run, without a restart.
+    marks = [len(d.lines) for d in daemons]
+    set_config(database, {"maintenance": {"time": "04:17", "timezone": "Europe/Prague"}})
+    for daemon, mark in zip(daemons, marks):
+        daemon.wait_for(r"next maintenance run at \S+ \d\d:17 UTC \(04:17 Europe/Prague\)", start=mark)
+
+    for daemon in daemons:
+        assert daemon.terminate() < 10
+        assert daemon.proc.returncode == 0, "\n".join(daemon.lines)
+        assert "maintenance stopping on SIGTERM" in daemon.lines[-1]
+
+
+def test_daemon_recovers_orphans_only_when_the_lock_is_free_and_stops_mid_run(env, database, daemons, tmp_path):
+    slow = write_task(tmp_path / "tasks", "slow_query", """
+        def run(ctx):
+            with ctx.db.transaction() as cur:
+                cur.execute("SELECT pg_sleep(60)")
+    """, order=15)
+    cli = start_cli(env, extra=slow)
+    try:
+        live = wait_for_task(database, "slow_query")
+        daemons.append(DaemonProcess(env, extra=slow))
+        daemons[0].wait_for(r"maintenance started")
+        assert events.get(database, live["id"])["status"] == "in_progress"  # a live run elsewhere is not touched
+        cli.kill()
+        cli.wait(10)
+    finally:
+        cli.kill()
+    assert daemons[0].terminate() < 10
+    daemons.append(DaemonProcess(env, extra=slow))
+    daemons[1].wait_for(rf"marked the interrupted run {live['id']} failed")
+    assert events.get(database, live["id"])["status"] == "failed"
+
+    request_id, _ = request_run(database, ["slow_query"])
+    running = poll(lambda: next((r for r in runs(database) if r["id"] != live["id"]
+                                 and ": slow_query — " in r["description"]), None), 10, "the requested run")
+    took = daemons[1].terminate()
+    assert took < 10 and daemons[1].proc.returncode == 0, "\n".join(daemons[1].lines)
+    aborted = events.get(database, running["id"])
+    assert aborted["status"] == "aborted" and aborted["description"] == "interrupted by shutdown"
+    request = events.get(database, request_id)
+    assert request["status"] == "failed" and request["summary"]["status"] == "aborted"
