@@ -1,0 +1,3 @@
+from bench.logs.run import main
+
+main()
