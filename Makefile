@@ -27,5 +27,15 @@ readme: venv
 bench: venv
 	$(PY) -m bench.startup
 
+# The container image, built from the Dockerfile with buildah (see docs/deployment.md).
+IMAGE ?= localhost/ayon-server:latest
+
+image: venv
+	PYTHON=$(PY) scripts/build-image.sh $(IMAGE)
+
+# Black-box tests of the real image under podman (tests/image); not part of `make test`.
+image-test: image
+	AYON_TEST_IMAGE=$(IMAGE) $(PY) -m pytest -v -s -p no:cacheprovider tests/image
+
 clean:
 	rm -rf $(VENV) .run

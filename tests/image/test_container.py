@@ -1,0 +1,147 @@
+"""The image as users run it: one container per role set, checked from outside."""
+
+import time
+import uuid
+
+import psycopg2
+import pytest
+
+from tests.image.podman import (
+    HARDENED_OPTIONS, STOP_GRACE, TOKEN, Container, podman, progress, run_once, supervisor_status,
+)
+from tests.pg import free_port
+
+IMAGE_USER_ID = "10001"
+# The supervisord event listener that ends the instance when a program goes FATAL;
+# it is listed by supervisorctl beside the programs but is not one of them.
+LISTENER = "watchdog"
+
+
+def programs_of(states: dict[str, str]) -> dict[str, str]:
+    return {name: state for name, state in states.items() if name != LISTENER}
+
+
+def query(url: str, sql: str, args: tuple = ()) -> list[tuple]:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def all_in_one():
+    """Every role and the embedded PostgreSQL in one container, as `docker run IMAGE` does."""
+    pg_port = free_port()
+    container = Container({
+        "AYON_INSTANCE_ID": "all-in-one",
+        "AYON_HTTP_BIND": f"127.0.0.1:{free_port()}",
+        "AYON_EMBEDDED_PG_PORT": str(pg_port),
+        "AYON_ADMIN_TOKEN": TOKEN,
+    })
+    container.pg_url = f"postgresql://postgres@127.0.0.1:{pg_port}/ayon"
+    try:
+        yield container.start()
+    finally:
+        container.remove()
+
+
+def test_all_in_one_becomes_healthy(all_in_one):
+    started = time.monotonic()
+    verdict = all_in_one.wait_healthy()
+    progress(f"all-in-one healthy in {time.monotonic() - started:.1f} s: {verdict}")
+    assert all_in_one.inspect("{{.State.Health.Status}}") == "healthy"
+    states = programs_of(supervisor_status(all_in_one))
+    assert states == {
+        "postgres": "RUNNING", "setup": "EXITED", "server": "RUNNING", "webactions": "RUNNING",
+        "installer": "RUNNING", "logcollector": "RUNNING", "maintenance": "RUNNING",
+    }
+
+
+def test_all_in_one_processes_run_as_the_image_user(all_in_one):
+    all_in_one.wait_healthy()
+    table = podman("top", all_in_one.name, "huser", "args", check=True).stdout.splitlines()[1:]
+    assert len(table) > 8, table  # supervisord, its programs, gunicorn workers, PostgreSQL
+    assert {line.split()[0] for line in table} == {IMAGE_USER_ID}, "\n".join(table)
+    assert all_in_one.exec("id", "-un").stdout.strip() == "ayon"
+
+
+def test_all_in_one_stops_within_the_grace_period(all_in_one):
+    all_in_one.wait_healthy()
+    started = time.monotonic()
+    podman("stop", "--time", str(STOP_GRACE), all_in_one.name, timeout=STOP_GRACE + 30, check=True)
+    took = time.monotonic() - started
+    progress(f"podman stop took {took:.1f} s")
+    assert took < STOP_GRACE, all_in_one.logs()
+    assert all_in_one.inspect("{{.State.ExitCode}}") == "0", all_in_one.logs()
+    assert "stopped: server (exit status 0)" in all_in_one.logs(tail=200)
+
+
+def test_bad_flag_exits_2_with_one_error_line():
+    result = run_once({"AYON_RUN_SERVER": "maybe"})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "Error: AYON_RUN_SERVER='maybe': expected one of true/false/1/0/yes/no/on/off"
+    ]
+
+
+def test_setup_only_exits_0_against_a_postgresql(pg):
+    url = pg.url_for("img_" + uuid.uuid4().hex[:10])  # setup must create it
+    try:
+        started = time.monotonic()
+        result = run_once({
+            "AYON_RUN_SERVER": "false", "AYON_RUN_MAINTENANCE": "false",
+            "AYON_POSTGRES_URL": url, "AYON_ADMIN_TOKEN": TOKEN,
+        })
+        progress(f"setup-only container exited {result.returncode} in {time.monotonic() - started:.1f} s")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert query(url, "SELECT count(*) FROM schema_migrations")[0][0] >= 1
+        assert query(url, "SELECT count(*) FROM server_config")[0][0] == 1
+    finally:
+        pg.drop_database(url)
+
+
+def test_server_only_runs_exactly_its_programs(container_factory, database_url):
+    # Hardened as the Kubernetes Deployment runs it: read-only root, no capabilities.
+    container = container_factory({
+        "AYON_RUN_SETUP": "false", "AYON_RUN_MAINTENANCE": "false",
+        "AYON_POSTGRES_URL": database_url, "AYON_ADMIN_TOKEN": TOKEN,
+        "AYON_INSTANCE_ID": "server-only", "AYON_HTTP_BIND": f"127.0.0.1:{free_port()}",
+    }, options=HARDENED_OPTIONS)
+    container.wait_healthy()
+    assert programs_of(supervisor_status(container)) == {
+        "server": "RUNNING", "webactions": "RUNNING", "installer": "RUNNING", "logcollector": "RUNNING",
+    }
+
+    # The health check fails as soon as one expected program is not running.
+    assert container.exec("supervisorctl", "stop", "webactions").returncode == 0
+    verdict = podman("healthcheck", "run", container.name)
+    assert verdict.returncode != 0
+    assert container.exec("/app/scripts/healthcheck").stdout.strip() == "unhealthy: webactions is STOPPED"
+    assert container.exec("supervisorctl", "start", "webactions").returncode == 0
+    container.wait_healthy()
+
+
+def test_maintenance_only_runs_exactly_its_programs_and_runs_the_procedure(container_factory, database_url):
+    container = container_factory({
+        "AYON_RUN_SETUP": "false", "AYON_RUN_SERVER": "false",
+        "AYON_POSTGRES_URL": database_url, "AYON_INSTANCE_ID": "maintenance-only",
+    })
+    container.wait_healthy()
+    assert programs_of(supervisor_status(container)) == {"maintenance": "RUNNING", "logcollector": "RUNNING"}
+
+    result = container.exec("python", "-m", "maintenance", timeout=180)
+    progress("python -m maintenance: " + (result.stdout.strip().splitlines() or ["(no output)"])[-1])
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = query(database_url, "SELECT status FROM events WHERE topic = 'server.maintenance'")
+    assert ("finished",) in rows, rows
+
+
+def test_one_shot_maintenance_run_as_the_cronjob_does(database_url):
+    result = run_once({"AYON_POSTGRES_URL": database_url, "AYON_INSTANCE_ID": "cronjob"},
+                      "python", "-m", "maintenance", timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = query(database_url, "SELECT status FROM events WHERE topic = 'server.maintenance'")
+    assert rows == [("finished",)], rows
