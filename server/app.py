@@ -1,22 +1,36 @@
 """The falcon ASGI app: `create_app` wires routes and middleware; `get_app` reads settings for gunicorn."""
 
-import hmac
 import hashlib
+import hmac
 import logging
+import time
 
 import falcon
 import falcon.asgi
+import psycopg2
 
-from server.api import health
+from server import metrics
+from server.api import config as config_api
+from server.api import events as events_api
+from server.api import frontend, health, instances, openapi, stream
+from server.api import actions, addons
+from server.api import logs as logs_api
+from server.api import maintenance
 from server.api.common import AppContext, dumps
 from server.db import BROKEN, Database
 
 log = logging.getLogger("ayon.server")
 
-# Every area of the API; each module has register(app, ctx).
-AREAS = [health]
+# Every area of the HTTP interface; each module has register(app, ctx) and may
+# describe its routes in an OPENAPI dict (merged by server/api/openapi.py).
+AREAS = [health, events_api, stream, config_api, logs_api, instances, metrics, openapi, frontend, actions, addons,
+         maintenance]
 
 PUBLIC_API = ("/api/info",)
+
+# Request bodies are JSON documents unless a resource says otherwise with a
+# `max_body_bytes` attribute (package uploads do).
+DEFAULT_MAX_BODY = 1024 * 1024
 
 
 class Auth:
@@ -24,31 +38,40 @@ class Auth:
 
     def __init__(self, ctx):
         self.ctx = ctx
+        self._hash = None  # setup stores the token's sha256 once; it never changes afterwards
+
+    def _stored_hash(self):
+        if self._hash is None:
+            row = self.ctx.db.fetchone("SELECT value FROM secrets WHERE name = 'admin_token_sha256'")
+            self._hash = row[0] if row else None
+        return self._hash
 
     def token_ok(self, token: str) -> bool:
-        configured = self.ctx.settings.admin_token
-        if configured:
-            return hmac.compare_digest(token.encode(), configured.encode())
         stored = self._stored_hash()
         candidate = hashlib.sha256(token.encode()).hexdigest()
         return stored is not None and hmac.compare_digest(candidate, stored)
-
-    def _stored_hash(self):
-        row = self.ctx.db.fetchone("SELECT value FROM secrets WHERE name = 'admin_token_sha256'")
-        return row[0] if row else None
 
     async def process_request(self, req, resp):
         if not req.path.startswith("/api/") or req.path in PUBLIC_API:
             return
         header = req.get_header("Authorization") or ""
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise falcon.HTTPUnauthorized(
                 title="Authentication required",
                 description="send the admin token as 'Authorization: Bearer <token>'",
                 challenges=["Bearer"],
             )
-        if not await self.ctx.run(self.token_ok, token.strip()):
+        configured = self.ctx.settings.admin_token
+        if configured:
+            # No thread hop on the hot path: the comparison needs no database.
+            ok = hmac.compare_digest(token.encode(), configured.encode())
+        elif self._hash is not None:
+            ok = self.token_ok(token)
+        else:
+            ok = await self.ctx.run(self.token_ok, token)
+        if not ok:
             raise falcon.HTTPUnauthorized(title="Invalid token", description="the admin token is not valid",
                                           challenges=["Bearer"])
 
@@ -72,6 +95,50 @@ class SchemaGate:
             )
 
 
+class QueryText:
+    """A NUL character in a query parameter is a 400 naming it (PostgreSQL text cannot hold one)."""
+
+    async def process_request(self, req, resp):
+        for name, value in req.params.items():
+            values = value if isinstance(value, list) else [value]
+            if "\x00" in name or any("\x00" in v for v in values):
+                raise falcon.HTTPBadRequest(title="Invalid query parameter",
+                                            description=f"'{name}' contains a NUL character")
+
+
+class BodyLimit:
+    """Refuse request bodies above the resource's limit before anything reads them (413)."""
+
+    async def process_resource(self, req, resp, resource, params):
+        limit = getattr(resource, "max_body_bytes", DEFAULT_MAX_BODY)
+        length = req.content_length
+        if length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower():
+            # Without a length the limit could only be found by reading: ask for one instead.
+            raise falcon.HTTPLengthRequired(
+                title="Length required", description="send the request body with a Content-Length header"
+            )
+        if length is not None and length > limit:
+            raise falcon.HTTPContentTooLarge(
+                title="Request body too large",
+                description=f"the request body is {length} bytes; this route accepts at most {limit} bytes",
+            )
+
+
+class RequestMetrics:
+    """Counts every request by method, route template and status, and times it."""
+
+    async def process_request(self, req, resp):
+        req.context.started = time.perf_counter()
+
+    async def process_response(self, req, resp, resource, req_succeeded):
+        started = getattr(req.context, "started", None)
+        if started is None:
+            return
+        # The route template, never the raw path: unmatched paths would make labels unbounded.
+        route = req.uri_template or "(unmatched)"
+        metrics.observe_request(req.method, route, resp.status_code, time.perf_counter() - started)
+
+
 def _error_serializer(req, resp, exc: falcon.HTTPError) -> None:
     # One JSON error shape for every 4xx/5xx.
     resp.content_type = falcon.MEDIA_JSON
@@ -84,18 +151,43 @@ async def _database_down(req, resp, exc, params):
     )
 
 
+async def _bad_value(req, resp, exc, params):
+    # PostgreSQL refused a value the client sent (a NUL character, a number out of range...).
+    detail = (getattr(exc, "pgerror", None) or str(exc)).strip().splitlines()[0].removeprefix("ERROR:").strip()
+    raise falcon.HTTPBadRequest(title="Invalid value", description=f"a value cannot be stored: {detail}")
+
+
+async def _route_not_found(req, resp, exc, params):
+    raise falcon.HTTPNotFound(title="Not found", description=f"no route for {req.method} {req.path}")
+
+
+async def _method_not_allowed(req, resp, exc, params):
+    allowed = exc.headers.get("Allow", "") if exc.headers else ""
+    raise falcon.HTTPMethodNotAllowed(
+        allowed.split(", ") if allowed else [], title="Method not allowed",
+        description=f"{req.method} is not allowed on {req.path}; allowed: {allowed or 'none'}",
+    )
+
+
 async def _unexpected(req, resp, exc, params):
     if isinstance(exc, falcon.HTTPError):
         raise exc
+    if isinstance(exc, ValueError) and "NUL (0x00)" in str(exc):
+        # psycopg2 refuses text with a NUL character, from any client value.
+        raise falcon.HTTPBadRequest(title="Invalid value",
+                                    description="a text value contains a NUL character, which cannot be stored")
     log.exception("unhandled error on %s %s", req.method, req.path)
     raise falcon.HTTPInternalServerError(title="Internal error", description="see the server log")
 
 
 def create_app(ctx: AppContext) -> falcon.asgi.App:
-    app = falcon.asgi.App(middleware=[SchemaGate(ctx), Auth(ctx)])
+    app = falcon.asgi.App(middleware=[RequestMetrics(), SchemaGate(ctx), Auth(ctx), QueryText(), BodyLimit()])
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(_error_serializer)
     app.add_error_handler(Exception, _unexpected)
+    app.add_error_handler(falcon.HTTPRouteNotFound, _route_not_found)
+    app.add_error_handler(falcon.HTTPMethodNotAllowed, _method_not_allowed)
+    app.add_error_handler(psycopg2.DataError, _bad_value)
     for exc_type in BROKEN:
         app.add_error_handler(exc_type, _database_down)
     for area in AREAS:

@@ -23,3 +23,28 @@ control_socket_disable = True
 proc_name = "ayon-server"
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"
+
+# Metrics: each worker writes its counters to files in this folder and a scrape
+# sums them (server/metrics.py). Set before any worker imports prometheus_client.
+_metrics_dir = os.path.join(_settings.data_dir, "run", "metrics")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+
+
+def on_starting(server):
+    from server.metrics import prepare_multiprocess_dir
+
+    prepare_multiprocess_dir(_metrics_dir)
+
+
+def child_exit(server, worker):
+    from server.metrics import worker_exited
+
+    worker_exited(worker.pid)
+
+
+def post_worker_init(worker):
+    # Open event streams end as soon as this worker is told to stop, instead of
+    # holding it for the whole graceful timeout.
+    from server.api import stream
+
+    stream.watch_worker(worker)

@@ -11,7 +11,7 @@ from pathlib import Path
 import falcon
 
 from server import archive, packages
-from server.api.common import check_params, dumps, read_json
+from server.api.common import check_params, dumps, param, read_json
 
 MAX_PACKAGE_BYTES = 512 * 1024 * 1024
 FETCH_TIMEOUT = 60  # seconds, per network operation of install-from-url
@@ -82,6 +82,15 @@ def fetch(url: str, limit: int = MAX_PACKAGE_BYTES, timeout: float = FETCH_TIMEO
         raise packages.PackageError(f"{url}: cannot fetch it ({reason})") from None
 
 
+def _boolean(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in ("true", "1", "yes", "on"):
+        return True
+    if word in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
 class Collection:
     max_body_bytes = MAX_PACKAGE_BYTES  # the app's body limit for this route (uploads)
 
@@ -90,7 +99,7 @@ class Collection:
 
     async def on_get(self, req, resp):
         check_params(req, {"removed"})
-        include_removed = req.get_param_as_bool("removed") or False
+        include_removed = param(req, "removed", _boolean, False)
 
         def work():
             with self.ctx.db.transaction() as cur:

@@ -64,8 +64,11 @@ def check_params(req: falcon.Request, allowed: set[str]) -> None:
 def param(req: falcon.Request, name: str, convert: Callable[[str], Any], default: Any = None) -> Any:
     """One query parameter converted; a malformed value is a 400 naming it."""
     raw = req.params.get(name)
-    if raw is None or raw == "":
+    if raw is None or (raw == "" and convert is str):
         return default
+    if raw == "":
+        # `?limit=` is not a number: an empty value only means "not given" for text filters.
+        raise falcon.HTTPBadRequest(title="Invalid query parameter", description=f"'{name}': empty value")
     if isinstance(raw, list):
         raise falcon.HTTPBadRequest(title="Invalid query parameter", description=f"'{name}' given more than once")
     try:

@@ -65,3 +65,43 @@ def register(app, ctx) -> None:
     app.add_route("/health/live", Live())
     app.add_route("/health/ready", Ready(ctx))
     app.add_route("/api/info", Info(ctx))
+
+
+_STATUS = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"},
+                                                                    "reason": {"type": "string"}}}
+
+OPENAPI = {
+    "/health/live": {
+        "get": {
+            "summary": "The process answers",
+            "tags": ["health"],
+            "responses": {"200": {"description": "Alive", "content": {"application/json": {"schema": _STATUS}}}},
+        }
+    },
+    "/health/ready": {
+        "get": {
+            "summary": "The database answers and the schema is current",
+            "tags": ["health"],
+            "responses": {
+                "200": {"description": "Ready", "content": {"application/json": {"schema": _STATUS}}},
+                "503": {"description": "Not ready yet; the reason says why (see Retry-After)",
+                        "content": {"application/json": {"schema": _STATUS}}},
+            },
+        }
+    },
+    "/api/info": {
+        "get": {
+            "summary": "Version, instance, roles, schema version and uptime (no token needed)",
+            "tags": ["health"],
+            "responses": {"200": {"description": "About this server", "content": {"application/json": {"schema": {
+                "type": "object",
+                "required": ["version", "instance_id", "roles", "schema_version", "schema_current", "uptime_seconds"],
+                "properties": {
+                    "version": {"type": "string"}, "instance_id": {"type": "string"},
+                    "roles": {"type": "array", "items": {"type": "string"}},
+                    "schema_version": {"type": ["integer", "null"]}, "schema_current": {"type": "boolean"},
+                    "uptime_seconds": {"type": "number"}, "pid": {"type": "integer"},
+                }}}}}},
+        }
+    },
+}

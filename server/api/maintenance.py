@@ -1,13 +1,14 @@
 """GET /api/maintenance (configuration, next run, last runs) and POST /api/maintenance/run."""
 
 import datetime
+import json
 
 import falcon
 
 from maintenance import registry
 from maintenance.runner import REQUEST_TOPIC, TOPIC, plan
 from server import config, events
-from server.api.common import check_params, dumps, int_between, param, read_json
+from server.api.common import check_params, dumps, int_between, param
 
 LAST_RUNS = 10
 
@@ -61,18 +62,23 @@ def request_run(db, names: list[str] | None) -> tuple[str, bool]:
     return event_id, True
 
 
+def _decode(raw: bytes):
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise falcon.HTTPBadRequest(title="Malformed JSON", description="the request body is not valid JSON") from None
+
+
 def _task_names(body) -> list[str] | None:
-    if body is None:
-        return None
     if not isinstance(body, dict):
         raise falcon.HTTPBadRequest(title="Invalid body",
                                     description="expected a JSON object such as {\"tasks\": [...]}")
     unknown = sorted(set(body) - {"tasks"})
     if unknown:
         raise falcon.HTTPBadRequest(title="Invalid body", description=f"unknown field '{unknown[0]}'; allowed: tasks")
-    names = body.get("tasks")
-    if names is None:
+    if "tasks" not in body:
         return None
+    names = body["tasks"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise falcon.HTTPBadRequest(title="Invalid body",
                                     description="'tasks': expected a non-empty list of task names")
@@ -102,7 +108,8 @@ class Run:
 
     async def on_post(self, req, resp):
         check_params(req, set())
-        names = _task_names(await read_json(req))
+        raw = await req.stream.read()
+        names = _task_names(_decode(raw) if raw.strip() else {})
         event_id, created = await self.ctx.run(request_run, self.ctx.db, names)
         resp.status = falcon.HTTP_202
         resp.location = f"/api/events/{event_id}"

@@ -1,0 +1,156 @@
+"""The dashboard: GET / and GET /static/{name}, from the files in server/static.
+
+The files are read once per worker into memory and looked up by exact name, so
+no request path can reach a file outside the folder. Each asset gets an ETag;
+the page links its assets with `?v=<etag>` so a browser can keep a versioned
+asset for a year and only revalidates the page itself.
+"""
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import falcon
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+PAGE = "index.html"
+
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".json": "application/json",
+}
+
+# The page holds the admin token: only its own scripts and styles, only its own origin, never framed.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+REVALIDATE = "no-cache"
+
+
+@dataclass(frozen=True)
+class Asset:
+    body: bytes
+    content_type: str
+    etag: str
+
+
+def _asset(name: str, body: bytes) -> Asset:
+    return Asset(body, CONTENT_TYPES[Path(name).suffix], hashlib.sha256(body).hexdigest()[:16])
+
+
+def load_assets(folder: Path = STATIC_DIR) -> dict[str, Asset]:
+    """Every servable file of the folder by name, the page's asset links versioned."""
+    assets = {
+        path.name: _asset(path.name, path.read_bytes())
+        for path in sorted(folder.iterdir())
+        if path.is_file() and path.suffix in CONTENT_TYPES and not path.name.startswith(".")
+    }
+    if PAGE in assets:
+        def versioned(match: re.Match) -> str:
+            name = match.group(2)
+            asset = assets.get(name)
+            return match.group(0) if asset is None else f'{match.group(1)}/static/{name}?v={asset.etag}"'
+
+        page = re.sub(r'((?:src|href)=")/static/([\w.-]+)"', versioned, assets[PAGE].body.decode())
+        assets[PAGE] = _asset(PAGE, page.encode())
+    return assets
+
+
+def _send(req, resp, asset: Asset, cache_control: str, head: bool) -> None:
+    resp.content_type = asset.content_type
+    resp.etag = asset.etag
+    resp.cache_control = [cache_control]
+    for name, value in SECURITY_HEADERS.items():
+        resp.set_header(name, value)
+    if req.if_none_match and any(tag == "*" or tag == asset.etag for tag in req.if_none_match):
+        resp.status = falcon.HTTP_304
+        return
+    if head:
+        resp.content_length = len(asset.body)
+    else:
+        resp.data = asset.body
+
+
+class Page:
+    """GET / : the dashboard page; always revalidated so a new release shows at once."""
+
+    def __init__(self, assets: dict[str, Asset]):
+        self.assets = assets
+
+    async def on_get(self, req, resp, head: bool = False):
+        asset = self.assets.get(PAGE)
+        if asset is None:
+            raise falcon.HTTPNotFound(title="Not found", description="the dashboard is not installed")
+        _send(req, resp, asset, REVALIDATE, head)
+
+    async def on_head(self, req, resp):
+        await self.on_get(req, resp, head=True)
+
+
+class Static:
+    """GET /static/{name}: one file of server/static by exact name."""
+
+    def __init__(self, assets: dict[str, Asset]):
+        self.assets = assets
+
+    async def on_get(self, req, resp, name: str, head: bool = False):
+        asset = self.assets.get(name)
+        if asset is None:
+            raise falcon.HTTPNotFound(title="Not found", description=f"no static file '{name}'")
+        # Only a link carrying the current version may be kept for good.
+        cache = IMMUTABLE if req.get_param("v") == asset.etag else REVALIDATE
+        _send(req, resp, asset, cache, head)
+
+    async def on_head(self, req, resp, name: str):
+        await self.on_get(req, resp, name, head=True)
+
+
+OPENAPI = {
+    "/": {
+        "get": {
+            "summary": "The dashboard page (HTML)",
+            "tags": ["dashboard"],
+            "security": [],
+            "responses": {"200": {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}},
+                          "304": {"description": "Not modified (If-None-Match)"}},
+        }
+    },
+    "/static/{name}": {
+        "get": {
+            "summary": "A file of the dashboard (script, style sheet, image)",
+            "tags": ["dashboard"],
+            "security": [],
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                {"name": "v", "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": "The file's version; a current one makes the response cacheable for a year"},
+            ],
+            "responses": {
+                "200": {"description": "The file"},
+                "304": {"description": "Not modified (If-None-Match)"},
+                "404": {"description": "No such file", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Error"}}}},
+            },
+        }
+    },
+}
+
+
+def register(app, ctx) -> None:
+    assets = load_assets()
+    app.add_route("/", Page(assets))
+    app.add_route("/static/{name}", Static(assets))

@@ -1,0 +1,96 @@
+"""GET /api/instances: every instance, its programs and their last heartbeat; stale ones flagged."""
+
+from server.api.common import check_params
+from server.api.pages import fetch_text, send_json_text
+
+# stale_after comes from the configuration (instances.stale_after), read in the same statement.
+SQL = """
+WITH cfg AS (
+    SELECT coalesce((SELECT (data #>> '{instances,stale_after}')::int FROM server_config WHERE id = 1),
+                    %(default)s) AS stale_after
+), beats AS (
+    SELECT i.*, i.last_seen < clock_timestamp() - make_interval(secs => cfg.stale_after) AS stale
+    FROM instances i, cfg
+)
+SELECT json_build_object(
+    'stale_after', (SELECT stale_after FROM cfg),
+    'instances', coalesce((
+        SELECT json_agg(json_build_object(
+            'instance_id', instance_id,
+            'stale', bool_and_stale,
+            'last_seen', last_seen,
+            'programs', programs) ORDER BY instance_id)
+        FROM (
+            SELECT instance_id, bool_and(stale) AS bool_and_stale, max(last_seen) AS last_seen,
+                   json_agg(json_build_object(
+                       'program', program, 'pid', pid, 'hostname', hostname, 'version', version,
+                       'started_at', started_at, 'last_seen', last_seen,
+                       'stale', stale, 'info', info) ORDER BY program) AS programs
+            FROM beats GROUP BY instance_id
+        ) grouped), '[]'::json)
+)::text
+"""
+
+
+def _stale_default() -> int:
+    from server.config import FIELDS
+
+    return next(f.default for f in FIELDS if f.path == "instances.stale_after")
+
+
+class Instances:
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    async def on_get(self, req, resp):
+        check_params(req, set())
+        text = await self.ctx.run(fetch_text, self.ctx.db, SQL, {"default": _stale_default()})
+        send_json_text(resp, text)
+
+
+def register(app, ctx) -> None:
+    app.add_route("/api/instances", Instances(ctx))
+
+
+_TIME = {"type": "string", "format": "date-time"}
+
+OPENAPI = {
+    "/api/instances": {
+        "get": {
+            "summary": "Every instance and its programs",
+            "description": "Each long-running program heartbeats every few seconds; one not seen for "
+                           "instances.stale_after seconds (configuration) is stale, and an instance is stale "
+                           "when all its programs are.",
+            "tags": ["instances"],
+            "responses": {
+                "200": {"description": "The instances", "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["stale_after", "instances"],
+                    "properties": {
+                        "stale_after": {"type": "integer"},
+                        "instances": {"type": "array", "items": {"$ref": "#/components/schemas/Instance"}},
+                    }}}}},
+            },
+        }
+    }
+}
+
+SCHEMAS = {
+    "Instance": {
+        "type": "object",
+        "required": ["instance_id", "stale", "last_seen", "programs"],
+        "properties": {
+            "instance_id": {"type": "string"},
+            "stale": {"type": "boolean"},
+            "last_seen": _TIME,
+            "programs": {"type": "array", "items": {
+                "type": "object",
+                "required": ["program", "last_seen", "started_at", "stale", "info"],
+                "properties": {
+                    "program": {"type": "string"}, "pid": {"type": ["integer", "null"]},
+                    "hostname": {"type": ["string", "null"]}, "version": {"type": ["string", "null"]},
+                    "started_at": _TIME, "last_seen": _TIME, "stale": {"type": "boolean"},
+                    "info": {"type": "object"},
+                }}},
+        },
+    }
+}

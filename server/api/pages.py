@@ -1,0 +1,98 @@
+"""List endpoints whose JSON PostgreSQL builds: one round trip, opaque cursors, UTC timestamps."""
+
+import base64
+import datetime
+import uuid
+from typing import Any, Callable
+
+import falcon
+
+from server.api.common import param
+from server.db import Database
+
+
+def utc_json(column: str) -> str:
+    """SQL rendering a timestamptz as ISO 8601 in UTC, whatever the session's time zone."""
+    return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+
+
+def cursor_sql(*parts: str) -> str:
+    """SQL building an opaque, URL-safe cursor (base64url without padding) from text parts."""
+    joined = " || '|' || ".join(f"({p})::text" for p in parts)
+    return f"translate(encode(convert_to({joined}, 'UTF8'), 'base64'), E'+/=\\n', '-_')"
+
+
+def decode_cursor(raw: str, name: str = "cursor") -> list[str]:
+    """The parts of a cursor made by cursor_sql; anything else is a 400 naming the parameter."""
+    try:
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        text = ""
+    parts = text.split("|")
+    if len(parts) < 2:
+        raise falcon.HTTPBadRequest(title="Invalid query parameter",
+                                    description=f"'{name}': not a cursor returned by a previous page")
+    return parts
+
+
+def cursor_time(value: str, name: str = "cursor") -> datetime.datetime:
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise falcon.HTTPBadRequest(title="Invalid query parameter",
+                                    description=f"'{name}': not a cursor returned by a previous page") from None
+
+
+def cursor_uuid(value: str, name: str = "cursor") -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise falcon.HTTPBadRequest(title="Invalid query parameter",
+                                    description=f"'{name}': not a cursor returned by a previous page") from None
+
+
+def cursor_int(value: str, name: str = "cursor") -> int:
+    if not value.isdigit():
+        raise falcon.HTTPBadRequest(title="Invalid query parameter",
+                                    description=f"'{name}': not a cursor returned by a previous page")
+    return int(value)
+
+
+def text_param(req, name: str, convert: Callable[[str], Any], default: Any = None) -> Any:
+    """A text filter checked by `convert`; empty means not given (typed values use common.param)."""
+    raw = param(req, name, str)
+    if raw is None:
+        return default
+    try:
+        return convert(raw)
+    except ValueError as exc:
+        raise falcon.HTTPBadRequest(title="Invalid query parameter", description=f"'{name}': {exc}") from None
+
+
+def fetch_text(db: Database, sql: str, params: Any = None) -> str | None:
+    """First column of the first row of one read-only statement, in autocommit: a single round trip.
+
+    PostgreSQL renders times in JSON in the session's time zone; the API's
+    answers are in UTC whatever the server's default, so a connection that is
+    not in UTC yet is switched once (it carries no other state).
+    """
+    with db.connection() as conn:
+        conn.autocommit = True  # the pool turns it off again when the connection goes back
+        if conn.get_parameter_status("TimeZone") not in UTC_NAMES:
+            sql = "SET TIME ZONE 'UTC'; " + sql
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            row = cur.fetchone()
+    return row[0] if row else None
+
+
+UTC_NAMES = ("UTC", "Etc/UTC", "Etc/UCT", "UCT", "Etc/Universal", "Universal", "Zulu", "Etc/Zulu", "GMT", "Etc/GMT")
+
+
+def like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def send_json_text(resp, text: str) -> None:
+    resp.text = text
+    resp.content_type = falcon.MEDIA_JSON

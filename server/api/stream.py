@@ -1,0 +1,348 @@
+"""GET /api/events/stream: Server-Sent Events fed by PostgreSQL LISTEN/NOTIFY.
+
+Each worker keeps one LISTEN connection (the Broker), watched by the event
+loop, and fans notifications out to its open streams. Each message's SSE id is
+a cursor on (updated_at, id): a client that reconnects with Last-Event-ID gets
+the events changed since then replayed from the table first. When the LISTEN
+connection is lost, every stream replays from its own cursor once the
+connection is back, so an outage loses nothing.
+"""
+
+import asyncio
+import base64
+import collections
+import datetime
+import json
+import logging
+import time
+
+import falcon
+from falcon.asgi import SSEvent
+
+from server import events
+from server.api.common import check_params
+from server.api.pages import cursor_time, cursor_uuid, decode_cursor, like_escape, text_param
+from server.db import BROKEN, connect
+
+log = logging.getLogger("ayon.stream")
+
+HEARTBEAT_SECONDS = 15.0
+RETRY_MS = 3000
+QUEUE_SIZE = 1000
+REPLAY_PAGE = 500
+REPLAY_PAGES = 20
+RECONNECT_DELAYS = (0.5, 1, 2, 5)
+RESYNC = object()  # queued to a stream when notifications may have been missed
+
+_worker = None  # the gunicorn worker, when running under one (see server/gunicorn_conf.py)
+
+
+def watch_worker(worker) -> None:
+    """Let streams notice that this gunicorn worker is stopping."""
+    global _worker
+    _worker = worker
+
+
+def shutting_down() -> bool:
+    return _worker is not None and not _worker.alive
+
+
+def topic_patterns(raw: str) -> list[str]:
+    """Comma-separated exact topics or prefixes ending in '*'."""
+    found = [t.strip() for t in raw.split(",") if t.strip()]
+    for topic in found:
+        if "*" in topic[:-1]:
+            raise ValueError(f"expected exact topics or prefixes ending in '*' such as 'server.*', got {topic!r}")
+    return found
+
+
+def matches(topic: str, patterns: list[str]) -> bool:
+    if not patterns:
+        return True
+    return any(topic.startswith(p[:-1]) if p.endswith("*") else topic == p for p in patterns)
+
+
+def utc_iso(value: datetime.datetime) -> str:
+    """PostgreSQL's JSON rendering (as in GET /api/events): UTC, trailing zeros of the fraction dropped."""
+    text = value.astimezone(datetime.timezone.utc).isoformat()
+    if "." not in text:
+        return text
+    head, tail = text.split(".")
+    fraction = tail[:6].rstrip("0")
+    return head + ("." + fraction if fraction else "") + tail[6:]
+
+
+def encode_id(updated_at: datetime.datetime, event_id: str) -> str:
+    raw = f"{utc_iso(updated_at)}|{event_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+class Broker:
+    """One LISTEN connection per worker, read by the event loop, fanned out to every stream's queue."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.queues: set[asyncio.Queue] = set()
+        self.conn = None
+        self.fd = -1
+        self.connecting: asyncio.Task | None = None
+        self.ready = asyncio.Event()
+
+    async def subscribe(self) -> asyncio.Queue:
+        queue: asyncio.Queue = asyncio.Queue(QUEUE_SIZE)
+        self.queues.add(queue)
+        if self.conn is None and self.connecting is None:
+            self.connecting = asyncio.get_running_loop().create_task(self._connect())
+        # A stream starts once LISTEN is active, so nothing committed after its replay is missed.
+        await asyncio.wait_for(self.ready.wait(), timeout=10)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue) -> None:
+        self.queues.discard(queue)
+
+    def _listen(self):
+        conn = connect(self.ctx.db.url, "ayon-stream")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f"LISTEN {events.CHANNEL}")
+        return conn
+
+    async def _connect(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                self.conn = await self.ctx.run(self._listen)
+                break
+            except BROKEN as exc:
+                delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
+                if attempt == 0:
+                    log.warning("event stream: cannot LISTEN, retrying: %s", str(exc).strip().splitlines()[:1])
+                attempt += 1
+                await asyncio.sleep(delay)
+        self.fd = self.conn.fileno()  # kept: a dead connection can no longer tell its socket
+        asyncio.get_running_loop().add_reader(self.fd, self._readable)
+        self.connecting = None
+        if attempt:
+            log.info("event stream: LISTEN restored")
+        self.ready.set()
+        self._broadcast(RESYNC)  # whatever happened while not listening is replayed
+
+    def _readable(self) -> None:
+        try:
+            self.conn.poll()
+        except BROKEN:
+            self._lost()
+            return
+        while self.conn.notifies:
+            note = self.conn.notifies.pop(0)
+            self._broadcast(note.payload)
+
+    def _broadcast(self, item) -> None:
+        for queue in list(self.queues):
+            try:
+                queue.put_nowait(item)
+            except asyncio.QueueFull:
+                # A slow client: drop what is queued and let it catch up from the table.
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(RESYNC)
+
+    def _lost(self) -> None:
+        log.warning("event stream: LISTEN connection lost; reconnecting")
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.fd)
+        try:
+            self.conn.close()
+        except BROKEN:
+            pass
+        self.conn = None
+        self.ready.clear()
+        self.connecting = loop.create_task(self._connect())
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self.fd)
+            except RuntimeError:
+                pass  # no loop running any more: nothing watches the socket
+            self.conn.close()
+            self.conn = None
+
+
+REPLAY_SQL = """
+SELECT id::text, topic, status, left(description, 500), updated_at
+FROM events WHERE (updated_at, id) > (%(after)s, %(after_id)s::uuid) {topics}
+ORDER BY updated_at, id LIMIT %(limit)s
+"""
+
+
+def replay(db, after: tuple[datetime.datetime, str], patterns: list[str]) -> list[tuple]:
+    """Events changed after the cursor, oldest first, one page."""
+    clauses, params = [], {"after": after[0], "after_id": after[1], "limit": REPLAY_PAGE}
+    for i, pattern in enumerate(patterns):
+        if pattern.endswith("*"):
+            clauses.append(f"topic LIKE %(t{i})s")
+            params[f"t{i}"] = like_escape(pattern[:-1]) + "%"
+        else:
+            clauses.append(f"topic = %(t{i})s")
+            params[f"t{i}"] = pattern
+    topics = f"AND ({' OR '.join(clauses)})" if clauses else ""
+    return db.fetchall(REPLAY_SQL.format(topics=topics), params)
+
+
+def message(event_id: str, topic: str, status: str, description: str, updated_at: datetime.datetime) -> SSEvent:
+    body = {"id": event_id, "topic": topic, "status": status, "description": description,
+            "updated_at": utc_iso(updated_at)}
+    return SSEvent(json=body, event_id=encode_id(updated_at, event_id))
+
+
+class Stream:
+    """One client's stream: replay from its cursor, then live notifications, heartbeats between."""
+
+    def __init__(self, ctx, broker: Broker, heartbeat: float):
+        self.ctx, self.broker, self.heartbeat = ctx, broker, heartbeat
+
+    async def run(self, queue, patterns, cursor, replay_first: bool):
+        sent = collections.OrderedDict()  # (id, updated_at) recently sent: replay and live overlap
+        try:
+            yield SSEvent(retry=RETRY_MS, comment="connected")
+            if replay_first:
+                async for item in self._replay(cursor, patterns, sent):
+                    cursor = item[0]
+                    yield item[1]
+            last_beat = time.monotonic()
+            while not shutting_down():
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout=min(1.0, self.heartbeat))
+                except asyncio.TimeoutError:
+                    if time.monotonic() - last_beat >= self.heartbeat:
+                        last_beat = time.monotonic()
+                        yield SSEvent(comment="keepalive")
+                    continue
+                if item is RESYNC:
+                    async for replayed in self._replay(cursor, patterns, sent):
+                        cursor = replayed[0]
+                        yield replayed[1]
+                    continue
+                note = _decode(item)
+                if note is None or not matches(note[1], patterns):
+                    continue
+                key = (note[0], note[4])
+                if key in sent:
+                    continue
+                _remember(sent, key)
+                cursor = max(cursor, (note[4], note[0]))
+                last_beat = time.monotonic()
+                yield message(*note)
+        finally:
+            self.broker.unsubscribe(queue)
+
+    async def _replay(self, cursor, patterns, sent):
+        for _ in range(REPLAY_PAGES):
+            try:
+                rows = await self.ctx.run(replay, self.ctx.db, cursor, patterns)
+            except BROKEN:
+                return  # the broker reconnects and asks for another replay
+            for event_id, topic, status, description, updated_at in rows:
+                cursor = (updated_at, event_id)
+                if (event_id, updated_at) in sent:
+                    continue
+                _remember(sent, (event_id, updated_at))
+                yield cursor, message(event_id, topic, status, description, updated_at)
+            if len(rows) < REPLAY_PAGE:
+                return
+
+
+def _remember(sent: collections.OrderedDict, key) -> None:
+    sent[key] = True
+    while len(sent) > QUEUE_SIZE:
+        sent.popitem(last=False)
+
+
+def _decode(payload: str):
+    try:
+        doc = json.loads(payload)
+        updated_at = datetime.datetime.fromisoformat(doc["updated_at"])
+        return str(doc["id"]), doc["topic"], doc["status"], doc.get("description") or "", updated_at
+    except (ValueError, KeyError, TypeError):
+        log.warning("event stream: ignored a malformed notification")
+        return None
+
+
+class EventStream:
+    def __init__(self, ctx, heartbeat: float | None = None):
+        self.ctx = ctx
+        self.heartbeat = HEARTBEAT_SECONDS if heartbeat is None else heartbeat
+        self.broker = None
+
+    async def on_get(self, req, resp):
+        check_params(req, {"topic"})
+        patterns = text_param(req, "topic", topic_patterns, [])
+        cursor = self._last_event_id(req)
+        if self.broker is None:
+            self.broker = Broker(self.ctx)
+        try:
+            queue = await self.broker.subscribe()
+        except asyncio.TimeoutError:
+            raise falcon.HTTPServiceUnavailable(title="Event stream unavailable",
+                                                description="cannot LISTEN on PostgreSQL; retry shortly",
+                                                retry_after=5) from None
+        replay_first = cursor is not None
+        if cursor is None:
+            # Changes from now on (LISTEN is already active); a resync after an outage replays from here.
+            now = await self.ctx.run(self.ctx.db.fetchone, "SELECT clock_timestamp()")
+            cursor = (now[0], "00000000-0000-0000-0000-000000000000")
+        resp.sse = Stream(self.ctx, self.broker, self.heartbeat).run(queue, patterns, cursor, replay_first)
+        resp.set_header("Cache-Control", "no-store")
+        resp.set_header("X-Accel-Buffering", "no")  # proxies must not hold the stream back
+
+    @staticmethod
+    def _last_event_id(req):
+        raw = req.get_header("Last-Event-ID")
+        if not raw:
+            return None
+        parts = decode_cursor(raw.strip(), "Last-Event-ID")
+        return cursor_time(parts[0], "Last-Event-ID"), cursor_uuid(parts[1], "Last-Event-ID")
+
+    async def on_shutdown(self):
+        if self.broker is not None:
+            self.broker.close()
+
+
+def register(app, ctx) -> None:
+    resource = EventStream(ctx)
+    app.add_route("/api/events/stream", resource)
+    app.add_middleware(_Shutdown(resource))
+
+
+class _Shutdown:
+    """Closes the worker's LISTEN connection at ASGI lifespan shutdown."""
+
+    def __init__(self, resource):
+        self.resource = resource
+
+    async def process_shutdown(self, scope, event):
+        await self.resource.on_shutdown()
+
+
+OPENAPI = {
+    "/api/events/stream": {
+        "get": {
+            "summary": "Live events (Server-Sent Events)",
+            "description": "Each message's data is {id, topic, status, description, updated_at} as JSON and its "
+                           "id a cursor: reconnect with the Last-Event-ID header to replay what changed since. "
+                           f"A comment line is sent every {int(HEARTBEAT_SECONDS)} s when nothing happens.",
+            "tags": ["events"],
+            "parameters": [
+                {"name": "topic", "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": "Comma-separated exact topics or prefixes ending in '*'."},
+                {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+                 "description": "The id of the last message received: replay from there."},
+            ],
+            "responses": {
+                "200": {"description": "An endless text/event-stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+            },
+        }
+    }
+}

@@ -1,0 +1,197 @@
+"""Prometheus metrics: HTTP figures kept per worker and summed at scrape time, database figures read at scrape time.
+
+Under gunicorn every worker is a separate process. server/gunicorn_conf.py
+points PROMETHEUS_MULTIPROC_DIR at a folder it empties when the master
+starts, before any worker imports prometheus_client, so each worker writes its
+counters to its own memory-mapped files there and a scrape (served by whichever
+worker) adds them all up. Without that variable (tests, one process) the
+ordinary in-process registry is used.
+"""
+
+import logging
+import os
+import shutil
+
+import psycopg2
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import multiprocess
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+log = logging.getLogger("ayon.metrics")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+REQUESTS = Counter(
+    "ayon_http_requests", "HTTP requests answered, by method, route template and status.",
+    ["method", "route", "status"],
+)
+LATENCY = Histogram(
+    "ayon_http_request_duration_seconds", "Time to answer an HTTP request (to the first byte of a stream).",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+# Figures the long-running programs put in their heartbeat (instances.info), by program.
+HEARTBEAT_FIGURES = {
+    "logcollector": [
+        ("lag_seconds", "ayon_logcollector_lag_seconds", "Age of the oldest log record not yet stored.", "gauge"),
+        ("spool_bytes", "ayon_logcollector_spool_bytes", "Bytes waiting in the local log spool.", "gauge"),
+        ("dropped_total", "ayon_logcollector_dropped", "Log records dropped because the spool was full.", "counter"),
+        ("ingested_total", "ayon_logcollector_ingested", "Log records stored in PostgreSQL.", "counter"),
+    ],
+    "installer": [
+        ("queue_depth", "ayon_installer_queue_depth", "Packages waiting to be installed on the instance.", "gauge"),
+    ],
+}
+
+
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    """Count one answered request and record its latency."""
+    REQUESTS.labels(method, route, str(status)).inc()
+    LATENCY.labels(method, route).observe(seconds)
+
+
+def prepare_multiprocess_dir(path: str) -> None:
+    """Empty the folder at master start: files of a previous run would add stale counts."""
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, exist_ok=True)
+
+
+def worker_exited(pid: int) -> None:
+    """Forget a dead worker's live gauges (its counters stay, so totals never go down)."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)
+
+
+class DatabaseCollector:
+    """Figures read from PostgreSQL at scrape time, so every worker reports the same values."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def describe(self):
+        return []  # nothing to check at registration: the figures come from the database
+
+    def collect(self):
+        up = GaugeMetricFamily("ayon_metrics_database_up", "1 when the database figures below could be read.")
+        try:
+            with self.db.transaction() as cur:
+                families = list(self._families(cur))
+        except psycopg2.Error as exc:
+            log.warning("metrics: database figures unavailable: %s", str(exc).strip().splitlines()[:1])
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _families(self, cur):
+        events = GaugeMetricFamily("ayon_events", "Events in the events table, by topic and status.",
+                                   labels=["topic", "status"])
+        cur.execute("SELECT topic, status, count(*) FROM events GROUP BY topic, status")
+        for topic, status, count in cur.fetchall():
+            events.add_metric([topic, status], count)
+        yield events
+        yield from self._maintenance(cur)
+        yield from self._heartbeats(cur)
+
+    @staticmethod
+    def _maintenance(cur):
+        cur.execute(
+            "SELECT extract(epoch FROM updated_at), summary FROM events "
+            "WHERE topic = 'server.maintenance' AND status = 'finished' "
+            "ORDER BY created_at DESC, id DESC LIMIT 1"
+        )
+        row = cur.fetchone()
+        success = GaugeMetricFamily("ayon_maintenance_last_success_timestamp_seconds",
+                                    "When the latest maintenance run that finished ended (Unix time).")
+        duration = GaugeMetricFamily("ayon_maintenance_last_duration_seconds",
+                                     "How long the latest maintenance run that finished took.")
+        tasks = GaugeMetricFamily("ayon_maintenance_task_duration_seconds",
+                                  "How long each task of the latest finished maintenance run took.", labels=["task"])
+        if row:
+            ended, summary = row
+            success.add_metric([], float(ended))
+            summary = summary if isinstance(summary, dict) else {}
+            if isinstance(summary.get("duration_s"), (int, float)):
+                duration.add_metric([], float(summary["duration_s"]))
+            for task in summary.get("tasks") or []:
+                if isinstance(task, dict) and isinstance(task.get("duration_s"), (int, float)):
+                    tasks.add_metric([str(task.get("name"))], float(task["duration_s"]))
+        yield from (success, duration, tasks)
+
+    @staticmethod
+    def _heartbeats(cur):
+        cur.execute("SELECT instance_id, program, extract(epoch FROM last_seen), info FROM instances")
+        rows = cur.fetchall()
+        seen = GaugeMetricFamily("ayon_instance_last_seen_timestamp_seconds",
+                                 "Last heartbeat of each program of each instance (Unix time).",
+                                 labels=["instance", "program"])
+        families = {}
+        for program, figures in HEARTBEAT_FIGURES.items():
+            for key, name, help_text, kind in figures:
+                family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+                    name, help_text, labels=["instance"])
+                families[(program, key)] = family
+        for instance, program, last_seen, info in rows:
+            seen.add_metric([instance, program], float(last_seen))
+            info = info if isinstance(info, dict) else {}
+            for key, *_ in HEARTBEAT_FIGURES.get(program, []):
+                value = info.get(key)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    families[(program, key)].add_metric([instance], float(value))
+        yield seen
+        yield from families.values()
+
+
+def scrape(db) -> bytes:
+    """The text exposition of every metric: all workers' HTTP figures plus the database figures."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = CollectorRegistry()
+        registry.register(_Forward(REGISTRY))
+    registry.register(DatabaseCollector(db))
+    return generate_latest(registry)
+
+
+class _Forward:
+    """The process's own registry inside a per-scrape registry."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def collect(self):
+        return self.source.collect()
+
+
+class Metrics:
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    async def on_get(self, req, resp):
+        resp.data = await self.ctx.run(scrape, self.ctx.db)
+        resp.content_type = CONTENT_TYPE_LATEST
+
+
+def register(app, ctx) -> None:
+    app.add_route("/metrics", Metrics(ctx))
+
+
+OPENAPI = {
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics",
+            "description": "Requests by route and status and their latency (summed over every worker), events "
+                           "by topic and status, the latest maintenance run, log collector and installer figures.",
+            "tags": ["metrics"],
+            "responses": {
+                "200": {"description": "Prometheus text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}},
+            },
+        }
+    }
+}
+
