@@ -15,7 +15,8 @@ def test_schemathesis_finds_nothing(gunicorn, tmp_path):
         sys.executable, "-m", "schemathesis.cli", "run", f"{gunicorn.url}/api/openapi.json",
         "--header", f"Authorization: Bearer {TOKEN}",
         "--checks", "all", "--exclude-checks", "use_after_free,ensure_resource_availability,positive_data_acceptance",
-        "--max-examples", "20", "--seed", "20261127", "--workers", "2", "--request-timeout", "10",
+        # One worker: two threads have crashed CPython 3.11's ast module inside schemathesis.
+        "--max-examples", "20", "--seed", "20261127", "--workers", "1", "--request-timeout", "10",
         "--report", "junit", "--report-dir", str(tmp_path / "report"),
         *[arg for path in EXCLUDED for arg in ("--exclude-path", path)],
     ]
