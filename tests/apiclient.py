@@ -45,15 +45,15 @@ def assert_error(result, status: int, *words: str) -> dict:
     return body
 
 
-def wait_for(condition, timeout: float, what: str, every: float = 0.1):
-    """Poll `condition` until truthy; fail naming `what` after `timeout` seconds."""
+def wait_for(condition, timeout: float, what, every: float = 0.1):
+    """Poll `condition` until truthy; fail naming `what` (text, or a callable for text) after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
         time.sleep(every)
 
 

@@ -6,37 +6,19 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import psutil
 
+from tests.apiclient import http
+from tests.apiclient import wait_for as poll  # noqa: F401  (re-exported for the tests)
 from tests.conftest import ROOT
 from tests.pg import free_port
 
 
-def poll(condition, timeout: float, what, every: float = 0.2):
-    """Call `condition` until it returns something truthy; fail naming `what` (text or callable) after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
-        time.sleep(every)
-
-
 def http_get(url: str, token: str | None = None, timeout: float = 5) -> tuple[int, bytes, dict]:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read(), {k.lower(): v for k, v in response.headers.items()}
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), {k.lower(): v for k, v in exc.headers.items()}
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0, b"", {}
+    """(status, body, headers by lower-case name) of a GET, with the admin token when given; 0 when nothing answers."""
+    return http(url, headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=timeout)
 
 
 class Instance:

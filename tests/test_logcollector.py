@@ -11,6 +11,7 @@ import time
 import pytest
 
 from server import logspool, settings
+from tests.apiclient import wait_for
 from tests.conftest import ROOT
 
 # A producer: `python -c PRODUCER NAME COUNT RATE PAD` logs COUNT numbered records through setup_logging.
@@ -39,15 +40,6 @@ def collector(env, out):
                             stdout=out, stderr=subprocess.STDOUT)
 
 
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def counts(database, prefix="producer"):

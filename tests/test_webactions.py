@@ -12,6 +12,7 @@ import pytest
 
 from server import config, events, webactions
 from server.db import Database
+from tests.apiclient import wait_for
 from tests.conftest import ROOT
 
 
@@ -53,16 +54,6 @@ class Program:
         self.proc.wait(10)
 
 
-def wait_for(condition, timeout: float, what: str, every: float = 0.05):
-    """Poll `condition` until it returns something true; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
 
 
 def make_actions(database, count: int, status: str, age_seconds: int = 0) -> list[str]:

@@ -6,22 +6,10 @@ import falcon
 
 from server import events, webactions
 from server.api.common import check_params, dumps, int_between, param
+from server.api.events import EVENT_SCHEMA
 
-ACTION_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "id": {"type": "string", "format": "uuid"},
-        "topic": {"type": "string"},
-        "status": {"type": "string", "enum": list(events.STATUSES)},
-        "description": {"type": "string"},
-        "summary": {"type": "object"},
-        "payload": {"type": "object"},
-        "sender": {"type": ["string", "null"]},
-        "depends_on": {"type": ["string", "null"]},
-        "created_at": {"type": "string", "format": "date-time"},
-        "updated_at": {"type": "string", "format": "date-time"},
-    },
-}
+# A webaction is an event: the same shape on the wire.
+ACTION_SCHEMA = EVENT_SCHEMA
 TYPE_NAMES = {str: "a string", dict: "an object"}
 ID_PARAM = {"name": "action_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
 

@@ -1,0 +1,143 @@
+"""The dashboard in a real browser (Debian's chromium) against a real gunicorn and PostgreSQL."""
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from server import config, events
+from tests.conftest import ROOT
+from tests.pg import free_port
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+TIMEOUT_MS = 20_000
+
+pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                reason=f"{CHROMIUM} is missing (Debian: apt-get install chromium)")
+
+
+@pytest.fixture
+def server(env, tmp_path):
+    """gunicorn with the app on a free port, ready once /health/ready answers 200."""
+    port = free_port()
+    env = dict(env, AYON_HTTP_BIND=f"127.0.0.1:{port}", AYON_SERVER_WORKERS="1")
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "server/gunicorn_conf.py"], cwd=ROOT,
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, f"gunicorn exited with {proc.returncode}:\n{log_path.read_text()}"
+            try:
+                with urllib.request.urlopen(base + "/health/ready", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"gunicorn not ready within 60 s:\n{log_path.read_text()}"
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert "test-token" not in log_path.read_text(), "the admin token reached the server log"
+
+
+@pytest.fixture
+def page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.set_default_timeout(TIMEOUT_MS)
+            yield page
+        finally:
+            browser.close()
+
+
+def sign_in(page, token: str) -> None:
+    page.fill("#token", token)
+    page.click("#login-form button")
+
+
+def test_dashboard_follows_a_maintenance_run_live(server, page, database, tmp_path):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    database.execute("INSERT INTO instances (instance_id, program, pid, info) VALUES "
+                     "('render-01', 'installer', 4242, '{\"queue_depth\": 3}')")
+    page.goto(server + "/")
+
+    # A wrong token: one clear line, and the dashboard stays hidden.
+    sign_in(page, "not-the-token")
+    expect(page.locator("#login-error")).to_contain_text("The token was refused: the admin token is not valid")
+    expect(page.locator("#dashboard")).to_be_hidden()
+
+    sign_in(page, "test-token")
+    expect(page.locator("#dashboard")).to_be_visible()
+    expect(page.locator("#live")).to_have_text("live")
+    expect(page.locator("#instances tbody")).to_contain_text("render-01")
+    expect(page.locator("#instances tbody")).to_contain_text('"queue_depth":3')
+
+    # The token is kept: a reload goes straight to the dashboard.
+    page.reload()
+    expect(page.locator("#live")).to_have_text("live")
+    expect(page.locator("#login")).to_be_hidden()
+    page.evaluate("window.notReloaded = true")
+
+    tasks = ["remove_old_logs", "remove_old_events", "vacuum"]
+    run_id = events.dispatch(database, "server.maintenance", status="in_progress",
+                             description=f"starting: {len(tasks)} tasks", sender="test")
+    expect(page.locator("#run-status")).to_have_text("in_progress")
+    for number, name in enumerate(tasks, 1):
+        events.update(database, run_id, description=f"task {number}/{len(tasks)}: {name} — step")
+        expect(page.locator("#run-step")).to_have_text(f"Task {number} of {len(tasks)}: {name} — step")
+        assert page.eval_on_selector("#run-bar", "bar => [bar.value, bar.max]") == [number - 1, len(tasks)]
+    summary = {"tasks": [{"name": n, "status": "finished", "duration_s": 0.1, "rows": 2, "error": None,
+                          "reason": None} for n in tasks], "duration_s": 0.3}
+    events.update(database, run_id, status="finished", description="3 tasks finished in 0.3 s", summary=summary)
+    expect(page.locator("#run-status")).to_have_text("finished")
+    expect(page.locator("#run-summary")).to_have_text(
+        "remove_old_logs finished (2 rows), remove_old_events finished (2 rows), vacuum finished (2 rows) in 0.3 s")
+    assert page.eval_on_selector("#run-bar", "bar => bar.value") == 1
+    expect(page.locator("#events tbody")).to_contain_text("3 tasks finished in 0.3 s")
+    assert page.evaluate("window.notReloaded") is True, "the page reloaded"
+    page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+    assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+
+
+def test_configuration_is_edited_and_a_bad_value_named(server, page, database):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    page.goto(server + "/")
+    sign_in(page, "test-token")
+    expect(page.locator("#cfg-time")).to_have_value("03:00")
+    page.fill("#cfg-time", "04:30")
+    page.uncheck("#cfg-tasks input[name=remove_old_events]")
+    page.click("#config-form button[type=submit]")
+    expect(page.locator("#config-result")).to_have_text("Saved.")
+    with database.transaction() as cur:
+        doc = config.get(cur)
+    assert doc["maintenance"]["time"] == "04:30"
+    assert doc["maintenance"]["tasks"]["remove_old_events"]["enabled"] is False
+    assert doc["maintenance"]["tasks"]["remove_old_logs"]["enabled"] is True
+
+    page.fill("#cfg-timezone", "Mars/Olympus")
+    page.click("#config-form button[type=submit]")
+    expect(page.locator("#config-result")).to_contain_text("Not saved: maintenance.timezone")
+    with database.transaction() as cur:
+        assert config.get(cur)["maintenance"]["timezone"] == "UTC"
