@@ -25,8 +25,9 @@ SELECT json_build_object(
     'events', coalesce((SELECT json_agg(p ORDER BY created_at DESC, id DESC)
                         FROM (SELECT * FROM found ORDER BY created_at DESC, id DESC LIMIT %(limit)s) p), '[]'::json),
     'next_cursor', CASE WHEN EXISTS (SELECT FROM found OFFSET %(limit)s) THEN
-        (SELECT {cursor_sql(utc_json('created_at'), 'id')} FROM found
-         ORDER BY created_at DESC, id DESC OFFSET %(limit)s - 1 LIMIT 1) END
+        (SELECT {cursor_sql(utc_json('created_at'), 'id')} FROM (
+            -- Only the page's last row is encoded, not every row the OFFSET skips.
+            SELECT created_at, id FROM found ORDER BY created_at DESC, id DESC OFFSET %(limit)s - 1 LIMIT 1) last) END
 )::text
 """
 
