@@ -12,12 +12,11 @@ import psycopg2
 from server import metrics
 from server.api import config as config_api
 from server.api import events as events_api
-from server.api import frontend, health, instances, openapi, stream
-from server.api import actions, addons
+from server.api import actions, addons, frontend, health, instances, maintenance, openapi, stream
 from server.api import logs as logs_api
-from server.api import maintenance
 from server.api.common import AppContext, dumps
 from server.db import BROKEN, Database
+from server.logs import AccessLog
 
 log = logging.getLogger("ayon.server")
 
@@ -99,6 +98,8 @@ class QueryText:
     """A NUL character in a query parameter is a 400 naming it (PostgreSQL text cannot hold one)."""
 
     async def process_request(self, req, resp):
+        if not req.query_string:
+            return
         for name, value in req.params.items():
             values = value if isinstance(value, list) else [value]
             if "\x00" in name or any("\x00" in v for v in values):
@@ -110,8 +111,10 @@ class BodyLimit:
     """Refuse request bodies above the resource's limit before anything reads them (413)."""
 
     async def process_resource(self, req, resp, resource, params):
-        limit = getattr(resource, "max_body_bytes", DEFAULT_MAX_BODY)
         length = req.content_length
+        if length is None and req.method in ("GET", "HEAD"):
+            return  # the common case, without looking further
+        limit = getattr(resource, "max_body_bytes", DEFAULT_MAX_BODY)
         if length is None and "chunked" in (req.get_header("Transfer-Encoding") or "").lower():
             # Without a length the limit could only be found by reading: ask for one instead.
             raise falcon.HTTPLengthRequired(
@@ -125,7 +128,10 @@ class BodyLimit:
 
 
 class RequestMetrics:
-    """Counts every request by method, route template and status, and times it."""
+    """Counts every request by method, route template and status, times it, and logs an access line."""
+
+    def __init__(self, access=None):
+        self.access = access
 
     async def process_request(self, req, resp):
         req.context.started = time.perf_counter()
@@ -136,7 +142,11 @@ class RequestMetrics:
             return
         # The route template, never the raw path: unmatched paths would make labels unbounded.
         route = req.uri_template or "(unmatched)"
-        metrics.observe_request(req.method, route, resp.status_code, time.perf_counter() - started)
+        took = time.perf_counter() - started
+        metrics.observe_request(req.method, route, resp.status_code, took)
+        if self.access is not None:
+            target = req.path + ("?" + req.query_string if req.query_string else "")
+            self.access.write(req.remote_addr or "-", req.method, target, resp.status_code, took * 1000)
 
 
 def _error_serializer(req, resp, exc: falcon.HTTPError) -> None:
@@ -181,7 +191,7 @@ async def _unexpected(req, resp, exc, params):
 
 
 def create_app(ctx: AppContext) -> falcon.asgi.App:
-    app = falcon.asgi.App(middleware=[RequestMetrics(), SchemaGate(ctx), Auth(ctx), QueryText(), BodyLimit()])
+    app = falcon.asgi.App(middleware=[RequestMetrics(AccessLog(ctx.settings)), SchemaGate(ctx), Auth(ctx), QueryText(), BodyLimit()])
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(_error_serializer)
     app.add_error_handler(Exception, _unexpected)

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 
 from server import events
@@ -57,6 +58,43 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             doc["exc"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
         return json.dumps(doc, default=str)
+
+
+class AccessLog:
+    """One stdout line per HTTP request, in the process's log format, never spooled.
+
+    Written directly rather than through logging (and instead of gunicorn's
+    access log, which cost 40% of the throughput of a constant route):
+    access lines are for the container's log, not the logs table.
+    """
+
+    def __init__(self, settings, program: str = "server", stream=None):
+        self.stream = stream or sys.stdout
+        self.json = settings.log_format == "json"
+        self.instance, self.program = settings.instance_id, program
+        self.prefix = f"INFO    [{settings.instance_id}/{program}] access: "
+        self._second, self._stamp = -1, ""
+
+    def _now(self) -> str:
+        # The timestamp's text up to the second changes once a second: render it once.
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second, self._stamp = second, iso_time(second)[:19]
+        return f"{self._stamp}.{int((now - second) * 1000):03d}+00:00"
+
+    def write(self, client: str, method: str, target: str, status: int, ms: float) -> None:
+        now = self._now()
+        if self.json:
+            line = json.dumps({"ts": now, "level": "INFO", "instance": self.instance, "program": self.program,
+                               "pid": os.getpid(), "logger": "access",
+                               "message": f'{client} "{method} {target}" {status} {ms:.1f}ms'})
+        else:
+            line = f'{now} {self.prefix}{client} "{method} {target}" {status} {ms:.1f}ms'
+        try:
+            self.stream.write(line + "\n")
+        except (OSError, ValueError):
+            pass  # a closed stdout must never fail a request
 
 
 def setup_logging(program: str, settings, spool: bool = True) -> logging.Logger:

@@ -51,7 +51,9 @@ def test_counts_add_up_across_two_workers(gunicorn):
             return len(pids) == 2
 
         wait_for(spread, 30, "both workers to answer /api/info")
-    for _ in range(3):  # whichever worker serves the scrape, the sum is the same
+    # Workers add their figures within half a second; then, whichever worker serves the scrape, the sum is the same.
+    wait_for(lambda: request_count(scrape(gunicorn.url), "/api/info") == sent, 10, "every worker's counts")
+    for _ in range(3):
         figures = scrape(gunicorn.url)
         assert request_count(figures, "/api/info") == sent
     assert sum(v for (name, labels), v in figures.items()
@@ -59,7 +61,7 @@ def test_counts_add_up_across_two_workers(gunicorn):
     assert request_count(figures, "/metrics") >= 2
     unmatched = http(gunicorn.url + "/no/such/path")[0]
     assert unmatched == 404
-    assert request_count(scrape(gunicorn.url), "(unmatched)", "404") == 1
+    wait_for(lambda: request_count(scrape(gunicorn.url), "(unmatched)", "404") == 1, 10, "the unmatched request counted")
 
     # A worker that dies takes none of the counts with it.
     os.kill(pids.pop(), signal.SIGKILL)

@@ -130,9 +130,7 @@ def ceiling(database_url: str, token: str, port: int, folder: Path, gunicorn_arg
 def fastapi(database_url: str, token: str, port: int, folder: Path, workers: int, reuse_port: bool) -> Stack:
     env = _clean_env()
     env.update(BENCH_POSTGRES_URL=database_url, BENCH_TOKEN=token, PYTHONPATH=str(ROOT))
-    if reuse_port:
-        command = [sys.executable, "-m", "bench.http.peer_fastapi", "--port", str(port), "--workers", str(workers)]
-    else:
-        command = [sys.executable, "-m", "uvicorn", "bench.http.peer_fastapi:app", "--host", "127.0.0.1",
-                   "--port", str(port), "--workers", str(workers)]
+    # Always the peer's own launcher: uvicorn's --workers sockets lack TCP_NODELAY, which
+    # held every response ~40 ms on a delayed ACK and made the peer look 10x slower.
+    command = [sys.executable, "-m", "bench.http.peer_fastapi", "--port", str(port), "--workers", str(workers)]
     return Stack("fastapi-uvicorn", command, env, port, folder / "fastapi.log")

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import falcon
 
 from server.api.common import param
-from server.db import Database
+from server.db import Connection, Database, execute_prepared
 
 
 def utc_json(column: str) -> str:
@@ -78,10 +78,13 @@ def fetch_text(db: Database, sql: str, params: Any = None) -> str | None:
     """
     with db.connection() as conn:
         conn.autocommit = True  # the pool turns it off again when the connection goes back
-        if conn.get_parameter_status("TimeZone") not in UTC_NAMES:
-            sql = "SET TIME ZONE 'UTC'; " + sql
         with conn.cursor() as cur:
-            cur.execute(sql, params)
+            if conn.get_parameter_status("TimeZone") not in UTC_NAMES:
+                cur.execute("SET TIME ZONE 'UTC'")
+            if isinstance(params, dict) and isinstance(conn, Connection):
+                execute_prepared(conn, cur, sql, params)
+            else:
+                cur.execute(sql, params)
             row = cur.fetchone()
     return row[0] if row else None
 
