@@ -51,7 +51,7 @@ class BenchDatabase:
             summary = json.dumps({"n": i}) if i % 3 else "{}"
             payload = json.dumps({"user": f"user{i % 17}", "project": f"project{i % 5}", "n": i})
             rows.write("\t".join((TOPICS[i % len(TOPICS)], STATUSES[i % len(STATUSES)], f"event number {i}",
-                                  summary, payload, "bench", created, created)) + "\n")
+                                  summary, payload, "bench", created, created, "")) + "\n")
         rows.seek(0)
         conn = db.connect(self.url, "ayon-bench")
         try:
@@ -59,7 +59,9 @@ class BenchDatabase:
                 # Triggers would NOTIFY every row for nobody; the seed is plain data.
                 cur.execute("SET session_replication_role = replica")
                 cur.copy_expert("COPY events (topic, status, description, summary, payload, sender, created_at,"
-                                " updated_at) FROM STDIN", rows)
+                                " updated_at, doc) FROM STDIN", rows)
+                # With the triggers off, each event's API document is rendered here.
+                cur.execute("UPDATE events SET doc = ayon_event_doc(events)")
             conn.autocommit = True
             with conn.cursor() as cur:
                 cur.execute("VACUUM ANALYZE events")

@@ -54,14 +54,16 @@ def seed_events(url: str, old: int, recent: int) -> None:
             cur.execute("SET session_replication_role = replica")
             for count, age in ((old, "200 days"), (recent, "1 day")):
                 cur.execute(
-                    "INSERT INTO events (topic, status, description, payload, sender, created_at, updated_at) "
+                    "INSERT INTO events (topic, status, description, payload, sender, created_at, updated_at, doc) "
                     "SELECT CASE WHEN i %% 10 = 0 THEN 'action.launch' ELSE 'entity.task.changed' END, "
                     "CASE WHEN i %% 7 = 0 THEN 'failed' ELSE 'finished' END, 'event number ' || i, "
-                    "jsonb_build_object('n', i, 'project', 'project' || (i %% 5)), 'bench', t, t "
+                    "jsonb_build_object('n', i, 'project', 'project' || (i %% 5)), 'bench', t, t, '' "
                     f"FROM generate_series(1, %s) i, LATERAL (SELECT now() - interval '{age}' "
                     "+ i * interval '1 millisecond' AS t) ts",
                     (count,),
                 )
+            # With the triggers off, each event's API document is rendered here.
+            cur.execute("UPDATE events SET doc = ayon_event_doc(events) WHERE doc = ''")
             cur.execute("RESET session_replication_role")
             cur.execute("VACUUM ANALYZE events")
     finally:

@@ -14,24 +14,24 @@ DEFAULT_LIMIT = 100
 
 COLUMNS = events.COLUMNS
 
-# The page and the cursor of its last row in one statement: PostgreSQL builds the
-# JSON text (rows as they are, times in UTC: see pages.fetch_text), Python only
-# passes it on. One row more than asked tells whether there is a next page.
+# The page and the cursor of its last row in one statement. Each event's JSON is
+# rendered when it is written (migration 0004: events.doc, times in UTC), so a
+# page is a join of stored texts and Python only passes it on. One row more
+# than asked tells whether there is a next page.
 LIST_SQL = f"""
 WITH found AS (
-    SELECT {COLUMNS} FROM events {{where}} ORDER BY created_at DESC, id DESC LIMIT %(limit)s + 1
+    SELECT created_at, id, doc FROM events {{where}} ORDER BY created_at DESC, id DESC LIMIT %(limit)s + 1
 )
-SELECT json_build_object(
-    'events', coalesce((SELECT json_agg(p ORDER BY created_at DESC, id DESC)
-                        FROM (SELECT * FROM found ORDER BY created_at DESC, id DESC LIMIT %(limit)s) p), '[]'::json),
-    'next_cursor', CASE WHEN EXISTS (SELECT FROM found OFFSET %(limit)s) THEN
+SELECT '{{{{"events": [' || coalesce((SELECT string_agg(doc, ',' ORDER BY created_at DESC, id DESC)
+                        FROM (SELECT * FROM found ORDER BY created_at DESC, id DESC LIMIT %(limit)s) p), '')
+    || '], "next_cursor": ' || coalesce(to_json(CASE WHEN EXISTS (SELECT FROM found OFFSET %(limit)s) THEN
         (SELECT {cursor_sql(utc_json('created_at'), 'id')} FROM (
             -- Only the page's last row is encoded, not every row the OFFSET skips.
-            SELECT created_at, id FROM found ORDER BY created_at DESC, id DESC OFFSET %(limit)s - 1 LIMIT 1) last) END
-)::text
+            SELECT created_at, id FROM found ORDER BY created_at DESC, id DESC OFFSET %(limit)s - 1 LIMIT 1) last)
+        END)::text, 'null') || '}}}}'
 """
 
-GET_SQL = f"SELECT row_to_json(e)::text FROM (SELECT {COLUMNS} FROM events WHERE id = %s) e"
+GET_SQL = "SELECT doc FROM events WHERE id = %s"
 
 FILTERS = {"topic", "status", "created_since", "created_until", "updated_since", "updated_until", "limit", "cursor"}
 
