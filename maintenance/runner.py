@@ -17,6 +17,8 @@ LOCK = "ayon.maintenance"
 TOPIC = "server.maintenance"
 REQUEST_TOPIC = "server.maintenance.request"
 SHUTDOWN = "interrupted by shutdown"
+ONE_CORE = "-c max_parallel_workers_per_gather=0 -c max_parallel_maintenance_workers=0"
+
 # After a stop request a task gets this long to reach a safe point before its query is cancelled.
 CANCEL_AFTER = 3.0
 # ...and this long in all before the run is closed without it (the process must exit within 10 s).
@@ -164,7 +166,9 @@ class Runner:
                           summary={"run_event_id": event_id})
         started = time.monotonic()
         results = []
-        task_db = Database(self.url, size=2, application_name=self.app_name)
+        # One core at most for maintenance: parallel query and index-vacuum workers would take
+        # the CPU the API needs (the point of running tasks one after another).
+        task_db = Database(self.url, size=2, application_name=self.app_name, options=ONE_CORE)
         try:
             number = 0
             for task, on, options in steps:

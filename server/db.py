@@ -54,9 +54,10 @@ class Connection(psycopg2.extensions.connection):
         self.prepared: dict[str, tuple[str, list[str]]] = {}
 
 
-def connect(url: str, application_name: str = "ayon", timeout: int = 5):
+def connect(url: str, application_name: str = "ayon", timeout: int = 5, options: str | None = None):
+    extra = {"options": options} if options else {}
     return psycopg2.connect(url, application_name=application_name, connect_timeout=timeout,
-                            connection_factory=Connection)
+                            connection_factory=Connection, **extra)
 
 
 _NAMED = re.compile(r"%\((\w+)\)s")
@@ -85,8 +86,9 @@ def execute_prepared(conn, cur, sql: str, params: dict) -> None:
 class Database:
     """A thread-safe pool that connects lazily and drops broken connections."""
 
-    def __init__(self, url: str, size: int = 4, application_name: str = "ayon"):
+    def __init__(self, url: str, size: int = 4, application_name: str = "ayon", options: str | None = None):
         self.url = url
+        self.options = options  # session settings for every connection (libpq `options`)
         self.size = size
         self.application_name = application_name
         self._idle: list = []
@@ -98,7 +100,7 @@ class Database:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
-                return connect(self.url, self.application_name)
+                return connect(self.url, self.application_name, options=self.options)
             if self._alive(conn):
                 return conn
             conn.close()

@@ -1,6 +1,7 @@
 """Batched removal of old, finished events (shared by remove_old_events and remove_old_webactions)."""
 
 import datetime
+import time
 
 BATCH = 5000
 UNFINISHED = ("pending", "in_progress")
@@ -21,6 +22,7 @@ def remove(ctx, retention_days: int, topic_clause: str, what: str) -> int:
     removed = 0
     while True:
         ctx.check_stop()
+        started = time.monotonic()
         with ctx.db.transaction() as cur:
             cur.execute(
                 "SELECT id, updated_at FROM events WHERE updated_at < %s AND updated_at >= %s "
@@ -39,3 +41,4 @@ def remove(ctx, retention_days: int, topic_clause: str, what: str) -> int:
             )
             removed += cur.rowcount
         ctx.progress(f"{removed} {what} removed")
+        ctx.yield_to_traffic(time.monotonic() - started)
