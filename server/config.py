@@ -70,6 +70,8 @@ FIELDS = [
     Field("webactions.timeout", integer(1, 30 * 86400), 3600, "Seconds after which an unfinished webaction fails."),
     Field("installer.poll_interval", integer(1, 3600), 60, "Seconds between installer polls (NOTIFY wakes it sooner)."),
     Field("installer.max_attempts", integer(1, 100), 5, "Install attempts per package before it stays failed."),
+    Field("installer.allow_private_urls", boolean, False,
+          "install-from-url may fetch from loopback, private, link-local and other non-public addresses."),
     Field("instances.stale_after", integer(5, 86400), 30, "Seconds without a heartbeat before an instance shows stale."),
 ]
 
