@@ -25,15 +25,25 @@ log = logging.getLogger("ayon.server")
 AREAS = [health, events_api, stream, config_api, logs_api, instances, metrics, openapi, frontend, actions, addons,
          maintenance]
 
-PUBLIC_API = ("/api/info",)
-
 # Request bodies are JSON documents unless a resource says otherwise with a
 # `max_body_bytes` attribute (package uploads do).
 DEFAULT_MAX_BODY = 1024 * 1024
+# ... and must say they are JSON unless the resource declares its own `accepts`.
+JSON_TYPES = ("application/json",)
+
+
+def is_public(resource) -> bool:
+    """A resource answers without the token only when it says so itself (deny by default)."""
+    return getattr(resource, "public", False) is True
 
 
 class Auth:
-    """Bearer admin token on /api/ (but /api/info); compared in constant time."""
+    """The bearer admin token on every routed resource but the public ones; compared in constant time.
+
+    The decision is made after routing, on the resource that will answer, so no
+    spelling of a path (doubled or encoded slashes, a trailing slash, HEAD)
+    reaches a protected resource without the token.
+    """
 
     def __init__(self, ctx):
         self.ctx = ctx
@@ -50,8 +60,8 @@ class Auth:
         candidate = hashlib.sha256(token.encode()).hexdigest()
         return stored is not None and hmac.compare_digest(candidate, stored)
 
-    async def process_request(self, req, resp):
-        if not req.path.startswith("/api/") or req.path in PUBLIC_API:
+    async def process_resource(self, req, resp, resource, params):
+        if is_public(resource):
             return
         header = req.get_header("Authorization") or ""
         scheme, _, token = header.partition(" ")
@@ -81,8 +91,8 @@ class SchemaGate:
     def __init__(self, ctx):
         self.ctx = ctx
 
-    async def process_request(self, req, resp):
-        if not req.path.startswith("/api/") or req.path in PUBLIC_API:
+    async def process_resource(self, req, resp, resource, params):
+        if is_public(resource):
             return
         if self.ctx.schema is not None and self.ctx.schema.current:
             return
@@ -91,6 +101,44 @@ class SchemaGate:
             raise falcon.HTTPServiceUnavailable(
                 title="Not ready", description=f"the server is not ready yet: {reason}",
                 retry_after=int(health.READY_RETRY_AFTER),
+            )
+
+
+class CanonicalPath:
+    """Refuse paths that name a route only after folding: empty or dot segments, encoded slashes (404).
+
+    Authentication does not rely on this (it is decided on the routed
+    resource); it keeps one spelling per resource for logs, metrics and caches.
+    """
+
+    async def process_request(self, req, resp):
+        path = req.path
+        raw = req.scope.get("raw_path") or b""
+        folded = "//" in path or "\\" in path or any(part in (".", "..") for part in path.split("/"))
+        if folded or b"%2f" in raw.lower() or b"%5c" in raw.lower():
+            raise falcon.HTTPNotFound(title="Not found",
+                                      description="the path is not in canonical form (empty, dot or encoded segments)")
+
+
+class ContentType:
+    """A request body must come in a type its resource accepts (415): JSON unless the resource says otherwise.
+
+    A cross-site form can only send form, multipart or text bodies, so none of
+    them reaches a resource; a write without a body needs no type.
+    """
+
+    async def process_resource(self, req, resp, resource, params):
+        if req.method in ("GET", "HEAD", "OPTIONS"):
+            return
+        declared = req.get_header("Content-Type")
+        if declared is None and not req.content_length:
+            return
+        media = (declared or "").split(";")[0].strip().lower()
+        accepted = getattr(resource, "accepts", JSON_TYPES)
+        if media not in accepted:
+            raise falcon.HTTPUnsupportedMediaType(
+                title="Unsupported content type",
+                description=f"send the body as {' or '.join(accepted)}, not {media or 'an untyped body'!r}",
             )
 
 
@@ -190,8 +238,37 @@ async def _unexpected(req, resp, exc, params):
     raise falcon.HTTPInternalServerError(title="Internal error", description="see the server log")
 
 
+class App(falcon.asgi.App):
+    """falcon's ASGI app, answering HEAD wherever a resource answers GET."""
+
+    def add_route(self, uri_template, resource, **kwargs):
+        suffix = "_" + kwargs["suffix"] if kwargs.get("suffix") else ""
+        get = getattr(resource, "on_get" + suffix, None)
+        if get is not None and not hasattr(resource, "on_head" + suffix):
+            # falcon sends no body for HEAD, and keeps the headers GET would set.
+            setattr(resource, "on_head" + suffix, get)
+        super().add_route(uri_template, resource, **kwargs)
+
+
+def routes(app: falcon.asgi.App) -> list[tuple[str, object, tuple[str, ...]]]:
+    """Every route of the app from its router: (URI template, resource, methods it answers itself)."""
+    found = []
+
+    def walk(nodes):
+        for node in nodes:
+            if node.resource is not None:
+                methods = tuple(sorted(method for method, responder in node.method_map.items()
+                                       if getattr(responder, "__self__", None) is node.resource))
+                found.append((node.uri_template, node.resource, methods))
+            walk(node.children)
+
+    walk(app._router._roots)
+    return sorted(found, key=lambda route: route[0])
+
+
 def create_app(ctx: AppContext) -> falcon.asgi.App:
-    app = falcon.asgi.App(middleware=[RequestMetrics(AccessLog(ctx.settings)), SchemaGate(ctx), Auth(ctx), QueryText(), BodyLimit()])
+    app = App(middleware=[RequestMetrics(AccessLog(ctx.settings)), CanonicalPath(), SchemaGate(ctx), Auth(ctx),
+                          ContentType(), QueryText(), BodyLimit()])
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(_error_serializer)
     app.add_error_handler(Exception, _unexpected)

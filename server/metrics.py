@@ -226,6 +226,8 @@ class _Forward:
 
 
 class Metrics:
+    public = True  # scraped without credentials; counts only, every label from a fixed set
+
     def __init__(self, ctx):
         self.ctx = ctx
 

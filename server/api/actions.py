@@ -1,11 +1,10 @@
 """Webactions over HTTP: create, take (one winner), finish, fail, list."""
 
-import json
 
 import falcon
 
 from server import events, webactions
-from server.api.common import check_params, dumps, int_between, param
+from server.api.common import check_params, dumps, int_between, param, parse_json
 from server.api.events import EVENT_SCHEMA
 
 # A webaction is an event: the same shape on the wire.
@@ -19,10 +18,7 @@ async def _body(req, allowed: dict[str, type]) -> dict:
     raw = await req.stream.read()
     if not raw.strip():
         return {}
-    try:
-        raw = json.loads(raw)
-    except ValueError:
-        raise falcon.HTTPBadRequest(title="Malformed JSON", description="the request body is not valid JSON") from None
+    raw = parse_json(raw)
     if not isinstance(raw, dict):
         raise falcon.HTTPBadRequest(title="Invalid body", description="the body must be a JSON object")
     for key, value in raw.items():

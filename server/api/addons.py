@@ -93,6 +93,7 @@ def _boolean(raw: str) -> bool:
 
 class Collection:
     max_body_bytes = MAX_PACKAGE_BYTES  # the app's body limit for this route (uploads)
+    accepts = ZIP_TYPES  # the app refuses other body types (415)
 
     def __init__(self, ctx):
         self.ctx = ctx
@@ -109,12 +110,6 @@ class Collection:
 
     async def on_post(self, req, resp):
         kind = _kind(req)
-        content_type = (req.content_type or "").split(";")[0].strip().lower()
-        if content_type not in ZIP_TYPES:
-            raise falcon.HTTPUnsupportedMediaType(
-                title="Not a zip upload",
-                description=f"send the zip as application/zip or application/octet-stream, not {content_type!r}",
-            )
         data = await _read_body(req)
         if not data:
             raise _bad("the body is empty; send the package's zip")
@@ -168,8 +163,25 @@ class Item:
         resp.text = dumps({"name": name, "version": version, "removed": True})
 
 
+# An addon page runs in an opaque origin (CSP sandbox without allow-same-origin):
+# it cannot read the dashboard's local storage, where the admin token is kept.
+ADDON_FILE_HEADERS = {
+    "Content-Security-Policy": "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads",
+    "X-Content-Type-Options": "nosniff",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Referrer-Policy": "no-referrer",
+}
+
+
 class Files:
-    """Installed addon files from this instance's own disk; 404 until its installer has put them there."""
+    """Installed addon files from this instance's own disk; 404 until its installer has put them there.
+
+    Public, since browsers load them in frames and tags that carry no token;
+    served sandboxed (an opaque origin), so their scripts cannot read the
+    dashboard's storage or call the API with its token.
+    """
+
+    public = True
 
     def __init__(self, ctx):
         self.ctx = ctx
@@ -188,9 +200,19 @@ class Files:
     async def on_get(self, req, resp, name, version, path):
         target = await self.ctx.run(self._resolve, name, version, path)
         handle = await self.ctx.run(open, target, "rb")
-        resp.content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-        resp.content_length = os.fstat(handle.fileno()).st_size
+        self._headers(resp, target, os.fstat(handle.fileno()).st_size)
         resp.stream = _chunks(self.ctx, handle)
+
+    async def on_head(self, req, resp, name, version, path):
+        target = await self.ctx.run(self._resolve, name, version, path)
+        self._headers(resp, target, (await self.ctx.run(os.stat, target)).st_size)
+
+    @staticmethod
+    def _headers(resp, target: Path, size: int) -> None:
+        resp.content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        resp.content_length = size
+        for header, value in ADDON_FILE_HEADERS.items():
+            resp.set_header(header, value)
 
 
 async def _chunks(ctx, handle):

@@ -40,15 +40,64 @@ def dumps(value: Any) -> str:
     return json.dumps(value, default=json_default)
 
 
+# Deeper documents are refused before anything walks them; no body of ours nests past a few levels.
+MAX_JSON_DEPTH = 32
+
+
+def _bad_body(description: str) -> falcon.HTTPBadRequest:
+    return falcon.HTTPBadRequest(title="Malformed JSON", description=description)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(raw: str) -> float:
+    value = float(raw)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"the number {raw[:40]} is out of range")
+    return value
+
+
+def _check_values(value: Any, depth: int = 0) -> None:
+    """Depth, and text that PostgreSQL can store: no NUL character, no lone surrogate."""
+    if depth > MAX_JSON_DEPTH:
+        raise _bad_body(f"the document nests deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise _bad_body("a text value contains a NUL character (\\u0000)")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _bad_body("a text value contains a lone surrogate (\\ud800-\\udfff)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_values(key, depth + 1)
+            _check_values(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_values(item, depth + 1)
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON that every consumer can handle; anything else is a 400 saying why."""
+    try:
+        value = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite)
+    except RecursionError:
+        raise _bad_body(f"the document nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:
+        # json's own message (with position) for syntax, ours for numbers and encodings.
+        raise _bad_body(f"the request body is not valid JSON: {str(exc)[:200]}") from None
+    _check_values(value)
+    return value
+
+
 async def read_json(req) -> Any:
     """The request body as JSON; a malformed body is a 400."""
     raw = await req.stream.read()
     if not raw:
         return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise falcon.HTTPBadRequest(title="Malformed JSON", description="the request body is not valid JSON") from None
+    return parse_json(raw)
 
 
 def check_params(req: falcon.Request, allowed: set[str]) -> None:

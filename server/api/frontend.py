@@ -70,7 +70,7 @@ def load_assets(folder: Path = STATIC_DIR) -> dict[str, Asset]:
     return assets
 
 
-def _send(req, resp, asset: Asset, cache_control: str, head: bool) -> None:
+def _send(req, resp, asset: Asset, cache_control: str) -> None:
     resp.content_type = asset.content_type
     resp.etag = asset.etag
     resp.cache_control = [cache_control]
@@ -79,44 +79,39 @@ def _send(req, resp, asset: Asset, cache_control: str, head: bool) -> None:
     if req.if_none_match and any(tag == "*" or tag == asset.etag for tag in req.if_none_match):
         resp.status = falcon.HTTP_304
         return
-    if head:
-        resp.content_length = len(asset.body)
-    else:
-        resp.data = asset.body
+    resp.data = asset.body  # falcon sends only its length for HEAD
 
 
 class Page:
     """GET / : the dashboard page; always revalidated so a new release shows at once."""
 
+    public = True  # the page asks for the token itself
+
     def __init__(self, assets: dict[str, Asset]):
         self.assets = assets
 
-    async def on_get(self, req, resp, head: bool = False):
+    async def on_get(self, req, resp):
         asset = self.assets.get(PAGE)
         if asset is None:
             raise falcon.HTTPNotFound(title="Not found", description="the dashboard is not installed")
-        _send(req, resp, asset, REVALIDATE, head)
-
-    async def on_head(self, req, resp):
-        await self.on_get(req, resp, head=True)
+        _send(req, resp, asset, REVALIDATE)
 
 
 class Static:
     """GET /static/{name}: one file of server/static by exact name."""
 
+    public = True
+
     def __init__(self, assets: dict[str, Asset]):
         self.assets = assets
 
-    async def on_get(self, req, resp, name: str, head: bool = False):
+    async def on_get(self, req, resp, name: str):
         asset = self.assets.get(name)
         if asset is None:
             raise falcon.HTTPNotFound(title="Not found", description=f"no static file '{name}'")
         # Only a link carrying the current version may be kept for good.
         cache = IMMUTABLE if req.get_param("v") == asset.etag else REVALIDATE
-        _send(req, resp, asset, cache, head)
-
-    async def on_head(self, req, resp, name: str):
-        await self.on_get(req, resp, name, head=True)
+        _send(req, resp, asset, cache)
 
 
 OPENAPI = {
@@ -126,6 +121,15 @@ OPENAPI = {
             "tags": ["dashboard"],
             "security": [],
             "responses": {"200": {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}},
+                          "304": {"description": "Not modified (If-None-Match)"}},
+        }
+    },
+    "/favicon.ico": {
+        "get": {
+            "summary": "The dashboard's icon",
+            "tags": ["dashboard"],
+            "security": [],
+            "responses": {"200": {"description": "The icon", "content": {"image/x-icon": {"schema": {"type": "string"}}}},
                           "304": {"description": "Not modified (If-None-Match)"}},
         }
     },
@@ -150,7 +154,20 @@ OPENAPI = {
 }
 
 
+class Favicon:
+    """GET /favicon.ico, where browsers and bookmarks look for it."""
+
+    public = True
+
+    def __init__(self, assets: dict[str, Asset]):
+        self.assets = assets
+
+    async def on_get(self, req, resp):
+        _send(req, resp, self.assets["favicon.ico"], "public, max-age=86400")
+
+
 def register(app, ctx) -> None:
     assets = load_assets()
     app.add_route("/", Page(assets))
     app.add_route("/static/{name}", Static(assets))
+    app.add_route("/favicon.ico", Favicon(assets))

@@ -13,12 +13,16 @@ READY_RETRY_AFTER = "5"
 
 
 class Live:
+    public = True  # probes carry no token
+
     async def on_get(self, req, resp):
         resp.media = {"status": "alive"}
 
 
 class Ready:
     """503 until the database answers and the schema is current; then cached as ready."""
+
+    public = True  # probes carry no token
 
     def __init__(self, ctx):
         self.ctx = ctx
@@ -46,6 +50,8 @@ class Info:
     Everything but the uptime is fixed once the schema is current, so that part
     of the JSON is rendered once per worker (per pid, as gunicorn forks).
     """
+
+    public = True  # version and roles, for clients before they sign in
 
     def __init__(self, ctx):
         self.ctx = ctx

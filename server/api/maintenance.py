@@ -1,14 +1,13 @@
 """GET /api/maintenance (configuration, next run, last runs) and POST /api/maintenance/run."""
 
 import datetime
-import json
 
 import falcon
 
 from maintenance import registry
 from maintenance.runner import REQUEST_TOPIC, TOPIC, plan
 from server import config, events
-from server.api.common import check_params, dumps, int_between, param
+from server.api.common import check_params, dumps, int_between, param, parse_json
 
 LAST_RUNS = 10
 
@@ -62,13 +61,6 @@ def request_run(db, names: list[str] | None) -> tuple[str, bool]:
     return event_id, True
 
 
-def _decode(raw: bytes):
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise falcon.HTTPBadRequest(title="Malformed JSON", description="the request body is not valid JSON") from None
-
-
 def _task_names(body) -> list[str] | None:
     if not isinstance(body, dict):
         raise falcon.HTTPBadRequest(title="Invalid body",
@@ -109,7 +101,7 @@ class Run:
     async def on_post(self, req, resp):
         check_params(req, set())
         raw = await req.stream.read()
-        names = _task_names(_decode(raw) if raw.strip() else {})
+        names = _task_names(parse_json(raw) if raw.strip() else {})
         event_id, created = await self.ctx.run(request_run, self.ctx.db, names)
         resp.status = falcon.HTTP_202
         resp.location = f"/api/events/{event_id}"

@@ -296,6 +296,14 @@ class EventStream:
         resp.set_header("Cache-Control", "no-store")
         resp.set_header("X-Accel-Buffering", "no")  # proxies must not hold the stream back
 
+    async def on_head(self, req, resp):
+        # The headers a stream would start with, without subscribing.
+        check_params(req, {"topic"})
+        text_param(req, "topic", topic_patterns, [])
+        self._last_event_id(req)
+        resp.content_type = "text/event-stream"
+        resp.set_header("Cache-Control", "no-store")
+
     @staticmethod
     def _last_event_id(req):
         raw = req.get_header("Last-Event-ID")
