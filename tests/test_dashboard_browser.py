@@ -141,3 +141,62 @@ def test_configuration_is_edited_and_a_bad_value_named(server, page, database):
     expect(page.locator("#config-result")).to_contain_text("Not saved: maintenance.timezone")
     with database.transaction() as cur:
         assert config.get(cur)["maintenance"]["timezone"] == "UTC"
+
+
+# An addon's page tries everything a hostile addon would to reach the dashboard's token.
+SPY_PAGE = """<!doctype html><html><body><p id="out">not run</p><script src="spy.js"></script></body></html>"""
+SPY_SCRIPT = """
+const found = [];
+try { found.push("storage:" + JSON.stringify(Object.entries(window.localStorage))); }
+catch (e) { found.push("storage blocked: " + e.name); }
+try { found.push("session:" + window.sessionStorage.length); } catch (e) { found.push("session blocked"); }
+try { found.push("cookie:" + document.cookie); } catch (e) { found.push("cookie blocked"); }
+try { found.push("parent:" + window.parent.localStorage.length); } catch (e) { found.push("parent blocked"); }
+found.push("origin:" + window.origin);
+fetch("/api/config").then(r => r.status, e => "fetch blocked").then(s => {
+  found.push("api:" + s);
+  document.getElementById("out").textContent = found.join(" | ");
+});
+"""
+
+
+def test_an_addon_page_cannot_read_the_dashboard_token(server, env, page, tmp_path):
+    from playwright.sync_api import expect
+
+    from tests.test_archive import make_zip
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    archive = make_zip([("index.html", SPY_PAGE), ("spy.js", SPY_SCRIPT)], manifest="name: spy\nversion: '1.0.0'\n")
+    request = urllib.request.Request(server + "/api/addons", data=archive, method="POST",
+                                     headers={"Authorization": "Bearer test-token", "Content-Type": "application/zip"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 201
+    # The real installer puts it on this instance's disk, where the server serves it from.
+    installer = subprocess.Popen([sys.executable, "-m", "procs.installer"], cwd=ROOT, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        target = os.path.join(env["AYON_DATA_DIR"], "addons", "spy", "1.0.0", "spy.js")
+        deadline = time.monotonic() + 60
+        while not os.path.exists(target):
+            assert installer.poll() is None, f"the installer exited with {installer.returncode}"
+            assert time.monotonic() < deadline, "the installer did not install the addon within 60 s"
+            time.sleep(0.1)
+    finally:
+        installer.terminate()
+        installer.wait(30)
+
+    page.goto(server + "/")
+    sign_in(page, "test-token")
+    expect(page.locator("#dashboard")).to_be_visible()
+    assert page.evaluate("Object.values(localStorage).includes('test-token')"), "the dashboard keeps its token"
+
+    page.goto(server + "/addons/spy/1.0.0/index.html")
+    expect(page.locator("#out")).to_contain_text("api:")
+    found = page.locator("#out").text_content()
+    assert "test-token" not in found, found
+    assert "storage blocked: SecurityError" in found and "origin:null" in found, found
+    # From an opaque origin the API is cross-origin: the browser refuses it (no CORS answer), or it is a 401.
+    assert "api:fetch blocked" in found or "api:401" in found, found
+    # Back on the dashboard, the token is still there and still works under the page's own policy.
+    page.goto(server + "/")
+    expect(page.locator("#live")).to_have_text("live")
