@@ -2,15 +2,11 @@
 
 import hashlib
 import http.server
-import os
-import socket
 import threading
 
 import falcon.testing
 import pytest
 
-from server import packages
-from server.api import addons
 from tests.apiclient import assert_error, client, make_app  # noqa: F401 (fixture)
 from tests.test_archive import HOSTILE, make_zip
 
@@ -87,22 +83,33 @@ class Files(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def do_GET(self):
+        self.server.requests.append(self.path)
+        super().do_GET()
+
 
 @pytest.fixture
 def web_root(tmp_path):
-    """A local HTTP server over a folder: (folder, base URL)."""
+    """A local HTTP server over a folder: (folder, base URL, paths it was asked for)."""
     root = tmp_path / "www"
     root.mkdir()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: Files(*a, directory=str(root)))
+    server.requests = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    yield root, f"http://127.0.0.1:{server.server_address[1]}", server.requests
     server.shutdown()
     server.server_close()
 
 
+def allow_private_urls(client, allowed: bool = True) -> None:
+    result = client.simulate_patch("/api/config", json={"installer": {"allow_private_urls": allowed}})
+    assert result.status_code == 200, result.text
+
+
 def test_install_from_url(client, web_root):
-    root, base = web_root
+    root, base, _ = web_root
+    allow_private_urls(client)  # the test's server is on loopback
     body = demo("2.0")
     (root / "demo-2.0.zip").write_bytes(body)
     sha = hashlib.sha256(body).hexdigest()
@@ -123,17 +130,46 @@ def test_install_from_url(client, web_root):
     assert_error(client.simulate_post("/api/addons/install-from-url", json=[1]), 400, "JSON object")
 
 
-def test_fetch_has_a_size_cap_and_a_timeout(web_root):
-    root, base = web_root
-    (root / "big.zip").write_bytes(os.urandom(5000))
-    with pytest.raises(packages.PackageError, match=r"big.zip: 5000 bytes is more than the 1000 allowed"):
-        addons.fetch(f"{base}/big.zip", limit=1000)
-    with socket.socket() as silent:  # accepts the connection, never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen()
-        url = f"http://127.0.0.1:{silent.getsockname()[1]}/slow.zip"
-        with pytest.raises(packages.PackageError, match=r"slow.zip: cannot fetch it \(timed out\)"):
-            addons.fetch(url, timeout=0.5)
+@pytest.mark.parametrize("host, words", [
+    ("127.0.0.1", "127.0.0.1 is a loopback address"),
+    ("2130706433", "2130706433 (127.0.0.1) is a loopback address"),
+    ("0x7f.1", "0x7f.1 (127.0.0.1) is a loopback address"),
+    ("[::1]", "::1 is a loopback address"),
+    ("[::ffff:127.0.0.1]", "::ffff:127.0.0.1 (::ffff:7f00:1) is a loopback address (127.0.0.1) in IPv6 form"),
+])
+def test_install_from_loopback_is_refused_by_default(client, database, web_root, host, words, capsys, caplog):
+    root, base, requests = web_root
+    body = demo("3.0")
+    (root / "demo.zip").write_bytes(body)
+    port = base.rsplit(":", 1)[1]
+    url = f"http://alice:s3cret@{host}:{port}/demo.zip?token=t0ken"
+    result = client.simulate_post("/api/addons/install-from-url",
+                                  json={"url": url, "sha256": hashlib.sha256(body).hexdigest()})
+    error = assert_error(result, 400, f"http://{host}:{port}/demo.zip?…: {words}", "installer.allow_private_urls")
+    assert error["title"] == "URL refused"
+    assert requests == []  # not a packet to the server
+    assert database.fetchone("SELECT count(*) FROM packages") == (0,)
+    captured = capsys.readouterr()
+    for secret in ("s3cret", "t0ken", "alice"):  # neither in the answer nor in any log line
+        assert secret not in result.text
+        assert secret not in captured.out + captured.err + caplog.text
+    assert database.fetchone("SELECT count(*) FROM events WHERE doc::text LIKE '%%s3cret%%'") == (0,)
+
+
+def test_install_from_url_hides_credentials_in_every_error(client, web_root):
+    root, base, _ = web_root
+    allow_private_urls(client)
+    body = demo("4.0")
+    (root / "demo.zip").write_bytes(body)
+    secret = base.replace("http://", "http://bob:hunter2@") + "/demo.zip?sig=t0ken"
+    for url, sha, status in ((secret, "b" * 64, 400), (secret.replace("demo.zip", "gone.zip"), "b" * 64, 502),
+                             ("ftp://bob:hunter2@example.com/x.zip", "b" * 64, 400)):
+        result = client.simulate_post("/api/addons/install-from-url", json={"url": url, "sha256": sha})
+        assert result.status_code == status, result.text
+        assert "hunter2" not in result.text and "bob" not in result.text and "t0ken" not in result.text
+    allow_private_urls(client, False)
+    assert client.simulate_post("/api/addons/install-from-url", json={
+        "url": secret, "sha256": hashlib.sha256(body).hexdigest()}).status_code == 400
 
 
 def test_served_files_stay_inside_the_addon(database_url, tmp_path):

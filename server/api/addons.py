@@ -3,18 +3,14 @@
 import asyncio
 import mimetypes
 import os
-import re
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import falcon
 
-from server import archive, packages
+from server import archive, config, packages, urlfetch
 from server.api.common import check_params, dumps, param, read_json
 
 MAX_PACKAGE_BYTES = 512 * 1024 * 1024
-FETCH_TIMEOUT = 60  # seconds, per network operation of install-from-url
 ZIP_TYPES = ("application/zip", "application/octet-stream", "application/x-zip-compressed")
 CHUNK = 256 * 1024
 
@@ -60,28 +56,6 @@ async def _read_body(req) -> bytes:
     return b"".join(chunks)
 
 
-def fetch(url: str, limit: int = MAX_PACKAGE_BYTES, timeout: float = FETCH_TIMEOUT) -> bytes:
-    """Download a package with a size cap; errors raise PackageError naming the URL."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "ayon-server"}),
-                                    timeout=timeout) as answer:
-            declared = answer.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > limit:
-                raise packages.PackageError(f"{url}: {declared} bytes is more than the {limit} allowed")
-            chunks, size = [], 0
-            while chunk := answer.read(CHUNK):
-                size += len(chunk)
-                if size > limit:
-                    raise packages.PackageError(f"{url}: more than the {limit} bytes allowed")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except urllib.error.HTTPError as exc:
-        raise packages.PackageError(f"{url}: the server answered {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise packages.PackageError(f"{url}: cannot fetch it ({reason})") from None
-
-
 def _boolean(raw: str) -> bool:
     word = raw.strip().lower()
     if word in ("true", "1", "yes", "on"):
@@ -119,8 +93,15 @@ class Collection:
 
 
 class FromUrl:
+    """Fetch a package from a URL: public addresses only unless installer.allow_private_urls (server/urlfetch.py)."""
+
     def __init__(self, ctx):
         self.ctx = ctx
+
+    def _fetch(self, url: str) -> bytes:
+        with self.ctx.db.transaction() as cur:
+            allow_private = config.lookup(config.get(cur), "installer.allow_private_urls")
+        return urlfetch.fetch(url, MAX_PACKAGE_BYTES, allow_private=allow_private)
 
     async def on_post(self, req, resp):
         body = await read_json(req)
@@ -130,20 +111,23 @@ class FromUrl:
         if unknown:
             raise _bad(f"unknown key '{unknown[0]}'; allowed: kind, sha256, url", "Invalid body")
         url, sha256, kind = body.get("url"), body.get("sha256"), body.get("kind", "addon")
-        if not isinstance(url, str) or not re.match(r"https?://", url):
-            raise _bad(f"'url' must be an http:// or https:// URL, got {url!r}", "Invalid body")
+        if not isinstance(url, str) or not url.strip().lower().startswith(("http://", "https://")):
+            shown = urlfetch.shown(url) if isinstance(url, str) else type(url).__name__
+            raise _bad(f"'url' must be an http:// or https:// URL, got {shown}", "Invalid body")
         if not isinstance(sha256, str) or not packages.SHA256_RE.fullmatch(sha256.lower()):
             raise _bad(f"'sha256' must be 64 hexadecimal digits, got {sha256!r}", "Invalid body")
         if kind not in packages.KINDS:
             raise _bad(f"'kind' must be one of {', '.join(packages.KINDS)}, got {kind!r}", "Invalid body")
         try:
-            data = await self.ctx.run(fetch, url)
-        except packages.PackageError as exc:
+            data = await self.ctx.run(self._fetch, url)
+        except urlfetch.Refused as exc:
+            raise _bad(str(exc), "URL refused") from None
+        except urlfetch.FetchFailed as exc:
             raise falcon.HTTPBadGateway(title="Cannot fetch the package", description=str(exc)) from None
         try:
             archive.verify_sha256(data, sha256)
         except archive.UnsafeArchive as exc:
-            raise _bad(f"{url}: {exc}") from None
+            raise _bad(f"{urlfetch.shown(url)}: {exc}") from None
         stored = await _store(self.ctx, data, kind)
         resp.text = dumps(stored)
         resp.status = falcon.HTTP_201 if stored["created"] else falcon.HTTP_200
@@ -263,6 +247,9 @@ OPENAPI = {
     "/api/addons/install-from-url": {
         "post": {
             "summary": "Fetch a package from a URL, check its sha256 and store it",
+            "description": "Only http and https, public addresses only (every address the host resolves to, and "
+                           "every redirect) unless the configuration sets installer.allow_private_urls; credentials "
+                           "in the URL are never shown back. 400 for a refused URL, 502 when the fetch fails.",
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["url", "sha256"], "additionalProperties": False,
                 "properties": {"url": {"type": "string", "format": "uri"},
