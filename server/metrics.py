@@ -1,5 +1,13 @@
 """Prometheus metrics: HTTP figures kept per worker and summed at scrape time, database figures read at scrape time.
 
+Every label takes its values from a fixed set, so no client can add series:
+the HTTP method (the standard ones, else `other`), the route *template*, the
+status code, the event topic family (TOPIC_FAMILIES) and status, maintenance
+task names from the task registry, and the instance ids and program names of
+the heartbeats, which the operator's deployment chooses (AYON_INSTANCE_ID).
+The instance label is `ayon_instance`: Prometheus sets `instance` on every
+series itself (the scraped target) and would rename ours `exported_instance`.
+
 Under gunicorn every worker is a separate process. server/gunicorn_conf.py
 points PROMETHEUS_MULTIPROC_DIR at a folder it empties when the master
 starts, before any worker imports prometheus_client, so each worker writes its
@@ -8,6 +16,7 @@ worker) adds them all up. Without that variable (tests, one process) the
 ordinary in-process registry is used.
 """
 
+import functools
 import logging
 import os
 import shutil
@@ -19,9 +28,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client import multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from server.events import STATUSES
+
 log = logging.getLogger("ayon.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Any other method a client sends (gunicorn accepts any token) is counted as "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Event topics are free text (a webaction's topic is its creator's choice), so events are counted
+# by family: the first part of the topics the code dispatches (server.maintenance,
+# server.maintenance.request, server.config_changed; action.<name> for webactions), else "other".
+TOPIC_FAMILIES = ("server", "action")
+OTHER = "other"
+INSTANCE_LABEL = "ayon_instance"
 
 REQUESTS = Counter(
     "ayon_http_requests", "HTTP requests answered, by method, route template and status.",
@@ -100,7 +120,7 @@ _pending = _Pending()
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
     """Count one answered request and record its latency (added to the registry within 0.5 s)."""
-    _pending.add(method, route, status, seconds)
+    _pending.add(method if method in METHODS else OTHER, route, status, seconds)
 
 
 def flush() -> None:
@@ -144,11 +164,18 @@ class DatabaseCollector:
         yield from families
 
     def _families(self, cur):
-        events = GaugeMetricFamily("ayon_events", "Events in the events table, by topic and status.",
-                                   labels=["topic", "status"])
-        cur.execute("SELECT topic, status, count(*) FROM events GROUP BY topic, status")
-        for topic, status, count in cur.fetchall():
-            events.add_metric([topic, status], count)
+        events = GaugeMetricFamily(
+            "ayon_events", "Events in the events table, by topic family (server, action, other) and status.",
+            labels=["topic_family", "status"])
+        counts = {(family, status): 0 for family in TOPIC_FAMILIES + (OTHER,) for status in STATUSES}
+        cases = " ".join("WHEN topic LIKE %s THEN %s" for _ in TOPIC_FAMILIES)
+        cur.execute(f"SELECT CASE {cases} ELSE %s END, status, count(*) FROM events GROUP BY 1, 2",
+                    [value for family in TOPIC_FAMILIES for value in (family + ".%", family)] + [OTHER])
+        for family, status, count in cur.fetchall():
+            if (family, status) in counts:
+                counts[(family, status)] = count
+        for (family, status), count in counts.items():  # every pair, zeros included: a fixed set of series
+            events.add_metric([family, status], count)
         yield events
         yield from self._maintenance(cur)
         yield from self._heartbeats(cur)
@@ -173,9 +200,11 @@ class DatabaseCollector:
             summary = summary if isinstance(summary, dict) else {}
             if isinstance(summary.get("duration_s"), (int, float)):
                 duration.add_metric([], float(summary["duration_s"]))
+            known = _task_names()
             for task in summary.get("tasks") or []:
-                if isinstance(task, dict) and isinstance(task.get("duration_s"), (int, float)):
-                    tasks.add_metric([str(task.get("name"))], float(task["duration_s"]))
+                if isinstance(task, dict) and task.get("name") in known \
+                        and isinstance(task.get("duration_s"), (int, float)):
+                    tasks.add_metric([task["name"]], float(task["duration_s"]))
         yield from (success, duration, tasks)
 
     @staticmethod
@@ -184,12 +213,12 @@ class DatabaseCollector:
         rows = cur.fetchall()
         seen = GaugeMetricFamily("ayon_instance_last_seen_timestamp_seconds",
                                  "Last heartbeat of each program of each instance (Unix time).",
-                                 labels=["instance", "program"])
+                                 labels=[INSTANCE_LABEL, "program"])
         families = {}
         for program, figures in HEARTBEAT_FIGURES.items():
             for key, name, help_text, kind in figures:
                 family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
-                    name, help_text, labels=["instance"])
+                    name, help_text, labels=[INSTANCE_LABEL])
                 families[(program, key)] = family
         for instance, program, last_seen, info in rows:
             seen.add_metric([instance, program], float(last_seen))
@@ -200,6 +229,14 @@ class DatabaseCollector:
                     families[(program, key)].add_metric([instance], float(value))
         yield seen
         yield from families.values()
+
+
+@functools.cache
+def _task_names() -> frozenset[str]:
+    """The registered maintenance tasks: the only values of the task label."""
+    from maintenance.registry import tasks
+
+    return frozenset(task.name for task in tasks())
 
 
 def scrape(db) -> bytes:
@@ -244,8 +281,9 @@ OPENAPI = {
     "/metrics": {
         "get": {
             "summary": "Prometheus metrics",
-            "description": "Requests by route and status and their latency (summed over every worker), events "
-                           "by topic and status, the latest maintenance run, log collector and installer figures.",
+            "description": "Requests by method, route template and status and their latency (summed over every "
+                           "worker), events by topic family and status, the latest maintenance run, log collector "
+                           "and installer figures by instance (label ayon_instance).",
             "tags": ["metrics"],
             "responses": {
                 "200": {"description": "Prometheus text exposition format",

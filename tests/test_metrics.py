@@ -7,7 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from server import events
+from maintenance import runner
+from server import events, metrics
 from tests.apiclient import client, gunicorn, http, wait_for  # noqa: F401  (fixtures)
 
 
@@ -73,7 +74,8 @@ def test_database_figures(client, database):
     events.dispatch(database, "test.thing", status="failed")
     events.dispatch(database, "test.thing", status="failed")
     events.dispatch(database, "server.maintenance", status="finished", summary={
-        "duration_s": 12.5, "tasks": [{"name": "vacuum", "status": "finished", "duration_s": 2.25, "rows": 0}]})
+        "duration_s": 12.5, "tasks": [{"name": "vacuum", "status": "finished", "duration_s": 2.25, "rows": 0},
+                                      {"name": "not-a-task", "status": "finished", "duration_s": 1}]})
     database.execute(
         "INSERT INTO instances (instance_id, program, info) VALUES "
         "('i1', 'logcollector', '{\"lag_seconds\": 0.75, \"spool_bytes\": 4096, \"dropped_total\": 3, "
@@ -83,16 +85,70 @@ def test_database_figures(client, database):
     assert result.status_code == 200
     figures = samples(result.text)
     assert figures[("ayon_metrics_database_up", ())] == 1
-    assert figures[("ayon_events", (("status", "failed"), ("topic", "test.thing")))] == 2
+    assert figures[("ayon_events", (("status", "failed"), ("topic_family", "other")))] == 2
+    assert figures[("ayon_events", (("status", "finished"), ("topic_family", "server")))] == 1
+    assert figures[("ayon_events", (("status", "aborted"), ("topic_family", "action")))] == 0
     assert figures[("ayon_maintenance_last_duration_seconds", ())] == 12.5
     assert figures[("ayon_maintenance_task_duration_seconds", (("task", "vacuum"),))] == 2.25
+    assert not [key for key in figures if ("task", "not-a-task") in key[1]]  # only registered task names
     assert figures[("ayon_maintenance_last_success_timestamp_seconds", ())] > 1.7e9
-    assert figures[("ayon_logcollector_lag_seconds", (("instance", "i1"),))] == 0.75
-    assert figures[("ayon_logcollector_spool_bytes", (("instance", "i1"),))] == 4096
-    assert figures[("ayon_logcollector_dropped_total", (("instance", "i1"),))] == 3
-    assert figures[("ayon_logcollector_ingested_total", (("instance", "i1"),))] == 1000
-    assert figures[("ayon_installer_queue_depth", (("instance", "i1"),))] == 4
-    assert ("ayon_instance_last_seen_timestamp_seconds", (("instance", "i1"), ("program", "server"))) in figures
+    assert figures[("ayon_logcollector_lag_seconds", (("ayon_instance", "i1"),))] == 0.75
+    assert figures[("ayon_logcollector_spool_bytes", (("ayon_instance", "i1"),))] == 4096
+    assert figures[("ayon_logcollector_dropped_total", (("ayon_instance", "i1"),))] == 3
+    assert figures[("ayon_logcollector_ingested_total", (("ayon_instance", "i1"),))] == 1000
+    assert figures[("ayon_installer_queue_depth", (("ayon_instance", "i1"),))] == 4
+    assert ("ayon_instance_last_seen_timestamp_seconds", (("ayon_instance", "i1"), ("program", "server"))) in figures
+    # Prometheus sets `instance` itself (the scraped target); a label of ours by that name would be renamed.
+    assert not [key for key in figures if "instance" in dict(key[1])]
+
+
+def series(client) -> set:
+    result = client.simulate_get("/metrics")
+    assert result.status_code == 200
+    return {(name, labels) for name, labels in samples(result.text)}
+
+
+def test_sixty_new_topics_add_no_series(client, database):
+    events.dispatch(database, "server.config_changed", status="finished")
+    series(client)  # the scrape itself is counted from the next one on
+    before = series(client)
+    for n in range(20):
+        events.dispatch(database, f"action.user_chosen_{n}", status=events.STATUSES[n % 5])
+        events.dispatch(database, f"addon.kitsu.sync_{n}", status="failed")
+        events.dispatch(database, f"{n}.x-\"' {{}}\n{n}", payload={"n": n})
+    after = series(client)
+    assert after == before
+    figures = samples(client.simulate_get("/metrics").text)
+    assert figures[("ayon_events", (("status", "failed"), ("topic_family", "other")))] == 20
+    assert figures[("ayon_events", (("status", "pending"), ("topic_family", "other")))] == 20
+    assert sum(v for (name, labels), v in figures.items()
+               if name == "ayon_events" and ("topic_family", "action") in labels) == 20
+    assert {dict(labels)["topic_family"] for name, labels in after if name == "ayon_events"} == {
+        "server", "action", "other"}
+
+
+def test_the_servers_own_topics_have_their_family(client, database):
+    """The families come from the code's own topics: none of them counts as "other"."""
+    assert client.simulate_patch("/api/config", json={"webactions": {"timeout": 60}}).status_code == 200
+    assert client.simulate_post("/api/maintenance/run", json={}).status_code == 202
+    assert client.simulate_post("/api/actions", json={"topic": "action.publish"}).status_code == 201
+    events.dispatch(database, runner.TOPIC, status="finished")
+    topics = {row[0] for row in database.fetchall("SELECT DISTINCT topic FROM events")}
+    assert topics == {"server.config_changed", runner.REQUEST_TOPIC, "action.publish", runner.TOPIC}
+    figures = samples(client.simulate_get("/metrics").text)
+    assert sum(v for (name, labels), v in figures.items()
+               if name == "ayon_events" and ("topic_family", "other") in labels) == 0
+    assert sum(v for (name, labels), v in figures.items() if name == "ayon_events") == 4
+    assert set(metrics.TOPIC_FAMILIES) == {topic.split(".")[0] for topic in topics}
+
+
+def test_unknown_methods_share_one_label(client):
+    for method in ("PROPFIND", "XYZ1", "XYZ2", "BREW"):
+        client.simulate_request(method, "/api/info")
+    metrics.flush()
+    methods = {dict(labels)["method"] for name, labels in series(client) if name == "ayon_http_requests_total"}
+    assert "other" in methods
+    assert methods <= metrics.METHODS | {"other"}
 
 
 def test_database_down_still_answers(pg):
