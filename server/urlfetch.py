@@ -19,7 +19,7 @@ import re
 import socket
 import ssl
 import time
-from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
 from server.errors import AyonError
 
@@ -29,6 +29,7 @@ TOTAL_TIMEOUT = 15 * 60.0  # seconds for the whole download, so a trickling serv
 MAX_REDIRECTS = 5
 CHUNK = 256 * 1024
 SCHEMES = {"http": 80, "https": 443}
+_PATH_SAFE = "/%:@!$&'()*+,;=~-._[]"
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -145,11 +146,19 @@ def literal_address(host: str) -> Address | None:
 
 
 def shown(url: str) -> str:
-    """The URL as messages show it: no user name, password, query or fragment."""
+    """The URL as messages show it: no user name, password, query or fragment.
+
+    When the URL is ambiguous (an unencoded '/' in a password puts the rest of
+    it in the port and the path), only what is surely no credential is shown.
+    """
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is no number)
+        ambiguous = "@" in parts.path
     except ValueError:
-        return "the URL"
+        ambiguous = True
+    if ambiguous:
+        return f"{url.partition(':')[0][:10]}://…" if "://" in url else "the URL"
     netloc = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
 
@@ -178,7 +187,9 @@ class _Target:
             raise Refused(f"{shown(url)}: the host is not a valid name")
         self.scheme, self.host = parts.scheme, host.lower()
         self.port = port or SCHEMES[parts.scheme]
-        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # As browsers send it: non-ASCII and spaces percent-encoded, existing escapes kept.
+        self.path = quote(parts.path or "/", safe=_PATH_SAFE) + (
+            f"?{quote(parts.query, safe=_PATH_SAFE + '?')}" if parts.query else "")
         self.credentials = None
         if parts.username is not None:
             pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
@@ -240,7 +251,12 @@ class _PinnedHTTPS(_PinnedHTTP):
     """The same over TLS; the certificate is verified against the host's name."""
 
     def connect(self) -> None:
-        self.sock = _tls().wrap_socket(self._socket(), server_hostname=self.host)
+        sock = self._socket()
+        try:
+            self.sock = _tls().wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
 
 
 @functools.cache
@@ -258,9 +274,9 @@ def _open(target: _Target, addresses: list[Address], read_timeout: float, deadli
         try:
             connection.request("GET", target.path, headers=headers)
             return connection, connection.getresponse()
-        except http.client.InvalidURL:
+        except (http.client.InvalidURL, UnicodeError):
             connection.close()
-            raise Refused(f"{shown(target.url)}: the path has characters a URL cannot carry") from None
+            raise Refused(f"{shown(target.url)}: the URL has characters a request cannot carry") from None
         except (OSError, http.client.HTTPException) as exc:
             connection.close()
             last = exc

@@ -111,7 +111,10 @@ def test_shown_urls_carry_no_credentials():
     assert shown("https://alice:s3cret@pkg.example:8443/a/b.zip?X-Signature=abc#top") == \
         "https://pkg.example:8443/a/b.zip?…"
     assert shown("http://token@pkg.example/b.zip") == "http://pkg.example/b.zip"
-    assert shown("http://[::1") == "the URL"
+    assert shown("http://[::1") == "http://…"
+    # An unencoded '/' in a password ends the host part early: nothing after the scheme is shown.
+    assert shown("http://alice:pa/ss@pkg.example/x.zip") == "http://…"
+    assert shown("http://alice:123/ss@pkg.example/x.zip") == "http://…"
 
 
 @pytest.fixture
@@ -255,6 +258,8 @@ def test_loopback_is_refused_by_default_and_fetched_when_allowed(recorder):
     assert seen == []  # refused before connecting
     assert urlfetch.fetch(f"{base}/pkg.zip", 1000, allow_private=True) == b"PK-data"
     assert seen[0][1]["User-Agent"] == "ayon-server"
+    assert urlfetch.fetch(f"{base}/pkg.zip/ü x?v=ö", 1000, allow_private=True) == b"PK-data"
+    assert seen[1][0] == "/pkg.zip/%C3%BC%20x?v=%C3%B6"  # encoded as browsers send it
 
 
 def test_the_connection_goes_to_the_checked_address(monkeypatch, recorder):
