@@ -8,6 +8,8 @@ import pytest
 from server import settings
 from server.errors import ConfigError
 
+SLUG = "expected 1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit"
+
 CASES = [
     # (variable, raw value, expected value or the exact error line)
     *[("AYON_RUN_SERVER", word, True) for word in ("true", "TRUE", "True", "1", "yes", "YES", "on", "On", " true ", "\tyes\n")],
@@ -21,11 +23,21 @@ CASES = [
     ("AYON_RUN_SERVER", "truefalse", "AYON_RUN_SERVER='truefalse': expected one of true/false/1/0/yes/no/on/off"),
     ("AYON_SERVER_WORKERS", "4", 4),
     ("AYON_SERVER_WORKERS", " 8 ", 8),
-    ("AYON_SERVER_WORKERS", "0", "AYON_SERVER_WORKERS='0': expected a whole number of at least 1"),
-    ("AYON_SERVER_WORKERS", "-3", "AYON_SERVER_WORKERS='-3': expected a whole number of at least 1"),
+    ("AYON_SERVER_WORKERS", "64", 64),
+    ("AYON_SERVER_WORKERS", "0", "AYON_SERVER_WORKERS='0': expected a whole number from 1 to 64"),
+    ("AYON_SERVER_WORKERS", "-3", "AYON_SERVER_WORKERS='-3': expected a whole number from 1 to 64"),
+    ("AYON_SERVER_WORKERS", "100000", "AYON_SERVER_WORKERS='100000': expected a whole number from 1 to 64"),
     ("AYON_SERVER_WORKERS", "two", "AYON_SERVER_WORKERS='two': expected a whole number"),
     ("AYON_SERVER_WORKERS", "2.5", "AYON_SERVER_WORKERS='2.5': expected a whole number"),
+    ("AYON_SERVER_WORKERS", "+2", "AYON_SERVER_WORKERS='+2': expected a whole number"),
+    ("AYON_SERVER_WORKERS", "\u0662", "AYON_SERVER_WORKERS='\u0662': expected a whole number"),  # an Arabic-Indic 2
     ("AYON_DB_WAIT_TIMEOUT", "1e3", "AYON_DB_WAIT_TIMEOUT='1e3': expected a whole number"),
+    ("AYON_DB_WAIT_TIMEOUT", "3601", "AYON_DB_WAIT_TIMEOUT='3601': expected a whole number from 1 to 3600"),
+    ("AYON_SCHEMA_WAIT_TIMEOUT", "86400", 86400),
+    ("AYON_DB_POOL_SIZE", "100", 100),
+    ("AYON_DB_POOL_SIZE", "100000", "AYON_DB_POOL_SIZE='100000': expected a whole number from 1 to 100"),
+    ("AYON_EMBEDDED_PG_PORT", "65535", 65535),
+    ("AYON_EMBEDDED_PG_PORT", "70000", "AYON_EMBEDDED_PG_PORT='70000': expected a whole number from 1 to 65535"),
     ("AYON_POSTGRES_URL", "postgresql://u:p@db:5432/ayon", "postgresql://u:p@db:5432/ayon"),
     ("AYON_POSTGRES_URL", "postgres://db/ayon", "postgres://db/ayon"),
     ("AYON_POSTGRES_URL", "mysql://db/ayon", "AYON_POSTGRES_URL=***: expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"),
@@ -34,18 +46,45 @@ CASES = [
     ("AYON_POSTGRES_URL", "postgresql:///ayon", "AYON_POSTGRES_URL=***: the URL names no host"),
     ("AYON_POSTGRES_URL", "postgresql://db:5432", "AYON_POSTGRES_URL=***: the URL names no database"),
     ("AYON_POSTGRES_URL", "db:5432/ayon", "AYON_POSTGRES_URL=***: expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"),
+    ("AYON_POSTGRES_URL", "postgresql://u@db/ayon?sslmode=verify-full&connect_timeout=3",
+     "postgresql://u@db/ayon?sslmode=verify-full&connect_timeout=3"),
+    ("AYON_POSTGRES_URL", "postgresql://u@db/ayon?sslmode=bogus",
+     "AYON_POSTGRES_URL=***: sslmode='bogus': expected one of disable/allow/prefer/require/verify-ca/verify-full"),
+    ("AYON_POSTGRES_URL", "postgresql://u@db/ayon?colour=red",
+     'AYON_POSTGRES_URL=***: libpq cannot read it: invalid URI query parameter: "colour"'),
+    # libpq's own message would quote the password: it is not repeated
+    ("AYON_POSTGRES_URL", "postgresql://u:hunter%zz@db/ayon", "AYON_POSTGRES_URL=***: libpq cannot read it"),
+    ("AYON_POSTGRES_URL", "postgresql://u@db/ayon?connect_timeout=soon",
+     "AYON_POSTGRES_URL=***: connect_timeout='soon': expected a whole number of seconds or counts"),
+    ("AYON_POSTGRES_URL", "postgresql://u@db/ayon?dbname=other",
+     "AYON_POSTGRES_URL=***: name the database in the path, not as ?dbname="),
     ("AYON_HTTP_BIND", "127.0.0.1:8080", "127.0.0.1:8080"),
     ("AYON_HTTP_BIND", "8080", "AYON_HTTP_BIND='8080': expected HOST:PORT"),
     ("AYON_HTTP_BIND", "0.0.0.0:70000", "AYON_HTTP_BIND='0.0.0.0:70000': expected HOST:PORT with a port from 1 to 65535"),
+    ("AYON_HTTP_BIND", "[::]:5000", "[::]:5000"),
+    ("AYON_HTTP_BIND", "not a host:5701", "AYON_HTTP_BIND='not a host:5701': 'not a host' is not a host name or IP address"),
+    ("AYON_HTTP_BIND", "::1:5000", "AYON_HTTP_BIND='::1:5000': expected HOST:PORT (an IPv6 address goes in brackets: [::]:5000)"),
+    ("AYON_HTTP_BIND", "[::g]:5000", "AYON_HTTP_BIND='[::g]:5000': [::g] is not an IPv6 address"),
     ("AYON_LOG_FORMAT", "JSON", "json"),
     ("AYON_LOG_FORMAT", "xml", "AYON_LOG_FORMAT='xml': expected one of text/json"),
     ("AYON_LOG_LEVEL", "Warning", "warning"),
     ("AYON_LOG_LEVEL", "verbose", "AYON_LOG_LEVEL='verbose': expected one of debug/info/warning/error"),
     ("AYON_INSTANCE_ID", "node-1", "node-1"),
-    ("AYON_INSTANCE_ID", "node 1", "AYON_INSTANCE_ID='node 1': expected letters, digits, '-', '_' or '.'"),
+    ("AYON_INSTANCE_ID", "node 1", f"AYON_INSTANCE_ID='node 1': {SLUG}"),
+    ("AYON_INSTANCE_ID", "..", f"AYON_INSTANCE_ID='..': {SLUG}"),
+    ("AYON_INSTANCE_ID", "n" * 64, f"AYON_INSTANCE_ID='{'n' * 64}': {SLUG}"),
     ("AYON_LOG_SPOOL_MAX", "512M", 512 * 1024 * 1024),
     ("AYON_LOG_SPOOL_MAX", "lots", "AYON_LOG_SPOOL_MAX='lots': expected a size such as 512M, 2G or a number of bytes"),
-    ("AYON_ADMIN_TOKEN", "  s3cret ", "s3cret"),
+    ("AYON_LOG_SPOOL_MAX", "1K", "AYON_LOG_SPOOL_MAX='1K': expected a size from 64K to 1T"),
+    ("AYON_LOG_SPOOL_MAX", "1T", 1024**4),
+    ("AYON_ADMIN_TOKEN", "  s3cret-token ", "s3cret-token"),
+    ("AYON_ADMIN_TOKEN", "test-token", "test-token"),
+    ("AYON_ADMIN_TOKEN", "s3cret", "AYON_ADMIN_TOKEN=***: expected 8 to 1024 characters"),
+    ("AYON_ADMIN_TOKEN", "two words", "AYON_ADMIN_TOKEN=***: expected visible ASCII characters without spaces"),
+    ("AYON_DATA_DIR", "/srv/a b", "AYON_DATA_DIR='/srv/a b': expected a path without spaces, quotes, backslashes, '%' or ';'"),
+    ("AYON_DATA_DIR", "/srv/100%", "AYON_DATA_DIR='/srv/100%': expected a path without spaces, quotes, backslashes, '%' or ';'"),
+    ("AYON_DATA_DIR", "/srv/a\nb", "AYON_DATA_DIR='/srv/a\\nb': contains control characters or bytes that are not text"),
+    ("AYON_CONFIG_FILE", "", ""),
 ]
 
 
@@ -73,13 +112,14 @@ def test_load_names_the_first_bad_variable():
 def test_embedded_postgres_when_url_unset():
     values = settings.load({"AYON_EMBEDDED_PG_PORT": "6543"})
     assert values.embedded_postgres
-    assert values.postgres_url == "postgresql://postgres@127.0.0.1:6543/ayon"
+    # The programs' role, not the superuser; its password stays in a 0600 file the URL names.
+    assert values.postgres_url == f"postgresql://ayon@127.0.0.1:6543/ayon?passfile={values.data_dir}/secrets/ayon.pgpass"
 
 
 def test_settings_command_masks_secrets():
-    env = {"AYON_POSTGRES_URL": "postgresql://ayon:hunter2@db/ayon", "AYON_ADMIN_TOKEN": "tok-123", "PATH": "/usr/bin"}
+    env = {"AYON_POSTGRES_URL": "postgresql://ayon:hunter2@db/ayon", "AYON_ADMIN_TOKEN": "tok-12345", "PATH": "/usr/bin"}
     out = subprocess.run([sys.executable, "-m", "server.settings"], env=env, capture_output=True, text=True, check=True, cwd=settings_root()).stdout
-    assert "hunter2" not in out and "tok-123" not in out
+    assert "hunter2" not in out and "tok-12345" not in out
     assert "postgresql://ayon:***@db/ayon" in out
     assert "AYON_ADMIN_TOKEN" in out and "***" in out
 
@@ -102,3 +142,45 @@ def settings_root():
     from pathlib import Path
 
     return Path(__file__).resolve().parent.parent
+
+
+VERIFY_CASES = [
+    # (variable, value; "{tmp}" is the test's folder), the exact error line, or None when accepted
+    ("AYON_DATA_DIR", "/proc/x", "AYON_DATA_DIR='/proc/x': cannot create this folder (No such file or directory)"),
+    ("AYON_DATA_DIR", "/etc/passwd/sub", "AYON_DATA_DIR='/etc/passwd/sub': /etc/passwd is not a folder"),
+    ("AYON_DATA_DIR", "{tmp}/new/deeper", None),
+    ("AYON_SUPERVISOR_CONF", "{tmp}", "AYON_SUPERVISOR_CONF='{tmp}': is a folder; expected the path of a file to write"),
+    ("AYON_SUPERVISOR_CONF", "/dev/null", "AYON_SUPERVISOR_CONF='/dev/null': exists and is not a regular file"),
+    ("AYON_SUPERVISOR_CONF", "/etc/passwd/s.conf",
+     "AYON_SUPERVISOR_CONF='/etc/passwd/s.conf': its folder: /etc/passwd is not a folder"),
+    ("AYON_SUPERVISOR_CONF", "{tmp}/etc/supervisord.conf", None),
+    ("AYON_HTTP_BIND", "127.0.0.1:5000", None),
+    ("AYON_HTTP_BIND", "localhost:5000", None),
+    ("AYON_HTTP_BIND", "192.0.2.1:5000", "AYON_HTTP_BIND='192.0.2.1:5000': 192.0.2.1 is not an address of this machine"),
+    ("AYON_HTTP_BIND", "no-such-host.invalid:5000",
+     "AYON_HTTP_BIND='no-such-host.invalid:5000': no-such-host.invalid does not resolve to an address"),
+]
+
+
+@pytest.mark.parametrize("name,value,error", VERIFY_CASES, ids=[f"{c[0]}={c[1]}" for c in VERIFY_CASES])
+def test_verify_checks_the_machine_and_leaves_no_trace(name, value, error, tmp_path):
+    value = value.format(tmp=tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    values = settings.load({"AYON_POSTGRES_URL": "postgresql://db/ayon",
+                            "AYON_DATA_DIR": str(tmp_path / "data"), **{name: value}})
+    if error is None:
+        settings.verify(values)
+    else:
+        with pytest.raises(ConfigError) as caught:
+            settings.verify(values)
+        assert str(caught.value) == error.format(tmp=tmp_path)
+    assert sorted(tmp_path.rglob("*")) == before  # checked, not created
+
+
+def test_verify_refuses_the_server_on_the_embedded_postgres_port(tmp_path):
+    values = settings.load({"AYON_HTTP_BIND": "0.0.0.0:6543", "AYON_EMBEDDED_PG_PORT": "6543",
+                            "AYON_DATA_DIR": str(tmp_path)})
+    with pytest.raises(ConfigError) as caught:
+        settings.verify(values)
+    assert str(caught.value) == ("AYON_EMBEDDED_PG_PORT='6543': the same port as AYON_HTTP_BIND '0.0.0.0:6543'; "
+                                 "the embedded PostgreSQL and the server cannot share it")
