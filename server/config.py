@@ -2,16 +2,22 @@
 
 Every key is declared once (FIELDS, plus the options each maintenance task
 declares); defaults, validation, setup's YAML seeding and PATCH /api/config
-all derive from that declaration.
+all derive from that declaration. Programs read the stored document through
+`usable()`: a value written around the API that its validator refuses is never
+used; `get()` puts the default in its place, a daemon its last good value
+(procs/daemon.py).
 """
 
 import copy
 import datetime
+import functools
 import json
+import os
 import re
+import stat
 import zoneinfo
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import yaml
 
@@ -23,35 +29,74 @@ from server.errors import ConfigError
 
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
+        raise ValueError(f"expected true or false, got {shown(value)}")
     return value
 
 
 def integer(low: int, high: int) -> Callable[[Any], int]:
     def validate(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected a whole number, got {value!r}")
+            raise ValueError(f"expected a whole number, got {shown(value)}")
         if not low <= value <= high:
-            raise ValueError(f"expected a number from {low} to {high}, got {value!r}")
+            raise ValueError(f"expected a number from {low} to {high}, got {shown(value)}")
         return value
 
     return validate
 
 
+def shown(value: Any) -> str:
+    """A value as an error line quotes it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def clock_time(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        # YAML 1.1 reads an unquoted 03:00 as the number 180 (base 60).
+        raise ValueError(f"expected HH:MM (24-hour) as text, got the number {value}; quote it in YAML: '03:00'")
     if not isinstance(value, str) or not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value.strip()):
-        raise ValueError(f"expected HH:MM (24-hour), got {value!r}")
+        raise ValueError(f"expected HH:MM (24-hour), got {shown(value)}")
     return value.strip()
+
+
+# Names zoneinfo loads but that are no place's time: the tz database's placeholder
+# for "not set" and the machine's own zone, which differs between instances.
+NOT_PLACES = frozenset({"Factory", "localtime", "posixrules"})
+
+
+@functools.lru_cache(maxsize=1)
+def time_zones() -> frozenset[str]:
+    """The time zone names the scheduler accepts."""
+    return frozenset(zoneinfo.available_timezones()) - NOT_PLACES
 
 
 def timezone(value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"expected a time zone name such as UTC or Europe/Prague, got {value!r}")
-    try:
-        zoneinfo.ZoneInfo(value.strip())
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {value!r}") from None
-    return value.strip()
+        raise ValueError(f"expected a time zone name such as UTC or Europe/Prague, got {shown(value)}")
+    name = value.strip()
+    if name not in time_zones():
+        raise ValueError(f"unknown time zone {shown(value)}")
+    next_run(datetime.datetime.now(datetime.timezone.utc), "00:00", name)  # the scheduler's own computation
+    return name
+
+
+def next_run(now: datetime.datetime, at: str, zone: str) -> datetime.datetime:
+    """The first moment after `now` when the clock in `zone` shows `at` (HH:MM), as an aware UTC datetime.
+
+    The one computation of a daily due time: the maintenance daemon schedules by it,
+    GET /api/maintenance shows it, and the time zone validator tries it. A wall time
+    skipped by a DST change falls an hour later that day; a repeated one is due once,
+    at its first occurrence.
+    """
+    tz = zoneinfo.ZoneInfo(zone)
+    clock = datetime.time(*map(int, at.split(":")))
+    day = now.astimezone(tz).date()
+    for offset in (-1, 0, 1, 2):
+        due = datetime.datetime.combine(day + datetime.timedelta(days=offset), clock, tzinfo=tz)
+        due = due.astimezone(datetime.timezone.utc)
+        if due > now:
+            return due
+    raise AssertionError("a daily time recurs within two days")
 
 
 @dataclass(frozen=True)
@@ -89,6 +134,9 @@ def fields() -> list[Field]:
     return found
 
 
+MAX_FILE_BYTES = 1024 * 1024  # as PATCH /api/config's body limit
+
+
 def _set(doc: dict, path: str, value: Any) -> None:
     *parents, leaf = path.split(".")
     for key in parents:
@@ -96,19 +144,24 @@ def _set(doc: dict, path: str, value: Any) -> None:
     doc[leaf] = value
 
 
-def _flatten(doc: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(doc, dict):
-        return {prefix: doc}
+def _flatten(doc: dict, prefix: str = "") -> dict[str, Any]:
+    """A document of declared shape (never deeper than the declaration) as {dotted key: value}."""
     flat = {}
     for key, value in doc.items():
-        if not isinstance(key, str):
-            raise ConfigError(f"{prefix or '(top)'}: keys must be text, got {key!r}")
         path = f"{prefix}.{key}" if prefix else key
         if isinstance(value, dict) and value:
             flat.update(_flatten(value, path))
         else:
             flat[path] = value
     return flat
+
+
+def tree() -> dict:
+    """The declaration as nested mappings whose leaves are the Fields."""
+    root: dict = {}
+    for field in fields():
+        _set(root, field.path, field)
+    return root
 
 
 def defaults() -> dict:
@@ -118,23 +171,33 @@ def defaults() -> dict:
     return doc
 
 
+def _walk(node: dict, value: Any, prefix: str, leaves: dict[str, Any]) -> None:
+    # Follows the declaration, not the input: a deep or self-referencing YAML document
+    # is refused at its first undeclared key instead of being walked to its end.
+    if not isinstance(value, dict):
+        raise ConfigError(f"{prefix}: expected a mapping, got {shown(value)}")
+    for key, sub in value.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{prefix or '(top)'}: keys must be text, got {shown(key)}")
+        path = f"{prefix}.{key}" if prefix else key
+        child = node.get(key)
+        if child is None:
+            raise ConfigError(f"{path}: unknown key (known: {', '.join(sorted(node))})")
+        if isinstance(child, Field):
+            try:
+                leaves[path] = child.validator(sub)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+        else:
+            _walk(child, sub, path, leaves)
+
+
 def validate_patch(patch: Any) -> dict[str, Any]:
     """Check a partial document; returns its leaves by dotted key. Errors name the key."""
     if not isinstance(patch, dict):
         raise ConfigError("the configuration must be a mapping of keys to values")
-    declared = {f.path: f for f in fields()}
-    prefixes = {p.rsplit(".", i)[0] for p in declared for i in range(1, p.count(".") + 1)}
-    leaves = {}
-    for path, value in _flatten(patch).items():
-        field = declared.get(path)
-        if field is None:
-            if path in prefixes:
-                raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-            raise ConfigError(f"{path}: unknown key")
-        try:
-            leaves[path] = field.validator(value)
-        except ValueError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+    leaves: dict[str, Any] = {}
+    _walk(tree(), patch, "", leaves)
     return leaves
 
 
@@ -151,44 +214,123 @@ def merge(current: dict, patch: Any) -> tuple[dict, dict[str, tuple[Any, Any]]]:
     return merged, changes
 
 
-def complete(stored: dict) -> dict:
-    """A stored document with defaults for keys it lacks, minus keys no longer declared."""
-    declared = {f.path for f in fields()}
+class Problem(NamedTuple):
+    """A stored value its validator refuses, and what is used instead."""
+
+    key: str
+    value: Any
+    error: str
+    kept: Any
+
+
+_MISSING = object()
+
+
+def _stored_value(stored: Any, path: str) -> tuple[Any, str | None]:
+    """The stored value at a dotted key (or _MISSING), and the key of a non-mapping found on the way."""
+    node = stored
+    parts = path.split(".")
+    for depth, key in enumerate(parts):
+        if not isinstance(node, dict):
+            return _MISSING, ".".join(parts[:depth]) or "(top)"
+        if key not in node:
+            return _MISSING, None
+        node = node[key]
+    return node, None
+
+
+def usable(stored: Any, fallback: dict | None = None) -> tuple[dict, list[Problem]]:
+    """A stored document as every consumer can use it, and the values that could not be used.
+
+    Each declared key takes its stored value when its validator accepts it; a missing
+    key takes the default; a refused one keeps the fallback's value (the last good
+    document of a daemon; the defaults otherwise). Keys no longer declared are dropped.
+    """
     doc = defaults()
-    for path, value in _flatten(stored).items():
-        if path in declared:
-            _set(doc, path, value)
-    return doc
+    fallback = doc if fallback is None else fallback
+    problems: list[Problem] = []
+    seen_bad_parents = set()
+    for field in fields():
+        value, bad_parent = _stored_value(stored, field.path)
+        if value is _MISSING:
+            if bad_parent is not None and bad_parent not in seen_bad_parents:
+                seen_bad_parents.add(bad_parent)
+                parent_value = stored if bad_parent == "(top)" else _stored_value(stored, bad_parent)[0]
+                kept = fallback if bad_parent == "(top)" else lookup(fallback, bad_parent)
+                problems.append(Problem(bad_parent, parent_value, f"expected a mapping, got {shown(parent_value)}",
+                                        copy.deepcopy(kept)))
+            if bad_parent is not None:
+                _set(doc, field.path, copy.deepcopy(lookup(fallback, field.path)))
+            continue
+        try:
+            _set(doc, field.path, field.validator(value))
+        except ValueError as exc:
+            kept = copy.deepcopy(lookup(fallback, field.path))
+            problems.append(Problem(field.path, value, str(exc), kept))
+            _set(doc, field.path, kept)
+    return doc, problems
+
+
+def complete(stored: Any) -> dict:
+    """A stored document with defaults for keys it lacks or holds values it cannot use, minus undeclared keys."""
+    return usable(stored)[0]
 
 
 def load_file(path: str) -> dict:
     """Read and validate a YAML configuration file (AYON_CONFIG_FILE)."""
+    where = f"AYON_CONFIG_FILE {path}"
     try:
-        with open(path, encoding="utf-8") as stream:
-            data = yaml.safe_load(stream)
+        # A FIFO or a device would block or never end: only a regular file is read.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ConfigError(f"{where}: not a regular file")
+        with open(path, "rb") as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"AYON_CONFIG_FILE {path}: cannot read it ({exc.strerror})") from None
+        raise ConfigError(f"{where}: cannot read it ({exc.strerror or exc})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{where}: larger than {MAX_FILE_BYTES // 1024} KiB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"AYON_CONFIG_FILE {path}: not valid YAML{where}") from None
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        problem = " ".join(str(problem).split()) if problem else ""
+        raise ConfigError(f"{where}: not valid YAML{at}" + (f" ({problem})" if problem else "")) from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
     if data is None:
         return {}
     try:
         validate_patch(data)
     except ConfigError as exc:
-        raise ConfigError(f"AYON_CONFIG_FILE {path}: {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from None
     return data
 
 
 # --- storage ---
 
 
-def get(cur) -> dict:
-    """The current configuration, defaults filled in."""
+CHANGED_TOPIC = "server.config_changed"
+# A program met a stored value it cannot use (written around the API) and kept its last good one.
+REJECTED_TOPIC = "server.config_rejected"
+
+
+def stored(cur) -> Any:
+    """The stored document as it is: any JSON value, unchecked."""
     cur.execute("SELECT data FROM server_config WHERE id = 1")
     row = cur.fetchone()
-    return complete(row[0] if row else {})
+    return row[0] if row else {}
+
+
+def get(cur) -> dict:
+    """The configuration in effect: defaults for missing keys and for stored values their validator refuses."""
+    return complete(stored(cur))
 
 
 def seed(cur) -> bool:
@@ -216,13 +358,13 @@ def update(cur, patch: Any, who: str, dispatch_event: bool = True) -> tuple[dict
         (json.dumps(merged),),
     )
     if dispatch_event:
-        shown = {k: {"old": old, "new": new} for k, (old, new) in changes.items()}
+        listed = {k: {"old": old, "new": new} for k, (old, new) in changes.items()}
         events.dispatch(
             cur,
-            "server.config_changed",
+            CHANGED_TOPIC,
             status="finished",
             description=f"{who} changed " + ", ".join(sorted(changes)),
-            summary={"changes": shown, "by": who},
+            summary={"changes": listed, "by": who},
             sender=who,
         )
     return merged, changes
@@ -236,10 +378,5 @@ def lookup(doc: dict, path: str) -> Any:
 
 def next_daily_run(doc: dict, now: datetime.datetime | None = None) -> datetime.datetime:
     """When the daily maintenance is next due, as an aware datetime in UTC."""
-    zone = zoneinfo.ZoneInfo(doc["maintenance"]["timezone"])
-    hour, minute = map(int, doc["maintenance"]["time"].split(":"))
-    local_now = (now or datetime.datetime.now(datetime.timezone.utc)).astimezone(zone)
-    due = local_now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    if due <= local_now:
-        due = (due + datetime.timedelta(days=1)).replace(hour=hour, minute=minute)
-    return due.astimezone(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return next_run(now, doc["maintenance"]["time"], doc["maintenance"]["timezone"])
