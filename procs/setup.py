@@ -6,8 +6,11 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg2
+
 from procs.common import open_database, start
-from server import config, db, migrations
+from procs.watchdog import error_file
+from server import config, db, embedded_pg, migrations
 from server.errors import AyonError, run_main
 
 TOKEN_SECRET = "admin_token_sha256"
@@ -29,20 +32,29 @@ def ensure_admin_token(cur, configured: str) -> str | None:
     return token if cur.rowcount == 1 else None
 
 
-ERROR_FILE = "setup.error"
-
-
 def main() -> int:
     values, log = start("setup")
-    error_file = Path(values.data_dir) / "run" / ERROR_FILE
-    error_file.unlink(missing_ok=True)
+    error = error_file(Path(values.data_dir) / "run", "setup")
+    error.unlink(missing_ok=True)
     try:
         return run(values, log)
     except AyonError as exc:
         # Under supervisord, the watchdog repeats this as the instance's last line.
-        if error_file.parent.is_dir():
-            error_file.write_text(str(exc))
+        if error.parent.is_dir():
+            error.write_text(str(exc))
         raise
+
+
+def prepare_embedded(values, log) -> None:
+    """The embedded PostgreSQL: as its superuser, the owner role the programs use and its database."""
+    superuser = embedded_pg.url(values.data_dir, values.embedded_pg_port, embedded_pg.SUPERUSER, "postgres")
+    db.wait_for_postgres(superuser, values.db_wait_timeout, log.info)
+    try:
+        changes = embedded_pg.ensure_owner(superuser, values.data_dir)
+    except psycopg2.Error as exc:
+        raise AyonError(f"embedded PostgreSQL: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}") from None
+    for change in changes:
+        log.info("%s", change)
 
 
 def run(values, log) -> int:
@@ -50,9 +62,12 @@ def run(values, log) -> int:
     # The file is checked before anything touches the database: a bad file changes nothing.
     file_doc = config.load_file(values.config_file) if values.config_file else None
     url = values.postgres_url
-    db.wait_for_postgres(url, values.db_wait_timeout, log.info)
-    if db.create_database_if_missing(url):
-        log.info("created database %s", db.database_name(url))
+    if values.embedded_postgres:
+        prepare_embedded(values, log)
+    else:
+        db.wait_for_postgres(url, values.db_wait_timeout, log.info)
+        if db.create_database_if_missing(url):
+            log.info("created database %s", db.database_name(url))
     applied = migrations.migrate(url, log.info)
     database = open_database(values, "setup")
     with database.transaction() as cur:
