@@ -72,11 +72,13 @@ def task_line(name: str, status: str, duration: float, rows: int | None, note: s
 class Runner:
     """Runs the procedure once per `run()` call; `out` receives one line per task."""
 
-    def __init__(self, url: str, out: Callable[[str], None], stop: threading.Event, tty: bool = False):
+    def __init__(self, url: str, out: Callable[[str], None], stop: threading.Event, tty: bool = False,
+                 read_config: Callable = config.get):
         self.url = url
         self.out = out
         self.stop = stop
         self.tty = tty
+        self.read_config = read_config  # the daemon's keeps its last good values
         self.app_name = f"ayon-maintenance-task-{os.getpid()}"
 
     # --- the lock ---
@@ -137,7 +139,7 @@ class Runner:
                 if request_id is not None:
                     if events.update(cur, request_id, status="in_progress", only_if=("pending",)) is None:
                         return Outcome("skipped", f"request {request_id} was already taken")
-                doc = config.get(cur)
+                doc = self.read_config(cur)
             return self._run_locked(conn, doc, names, trigger, slot, request_id)
         finally:
             conn.close()

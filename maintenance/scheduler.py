@@ -3,8 +3,6 @@
 import datetime
 import time
 
-import schedule
-
 from maintenance.runner import REQUEST_TOPIC, Runner
 from procs.daemon import Daemon
 from server import config, events
@@ -20,25 +18,30 @@ def slot_of(next_run: datetime.datetime) -> str:
     return next_run.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
 
 
+def now() -> datetime.datetime:
+    """The scheduler's clock (aware, UTC)."""
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
 class MaintenanceDaemon(Daemon):
-    """Runs the procedure on schedule (the `schedule` library) and on API requests; one run fleet-wide."""
+    """Runs the procedure daily (due times from config.next_run) and on API requests; one run fleet-wide."""
 
     program = "maintenance"
+    config_keys = ("maintenance.",)
 
     def prepare(self) -> None:
-        self.runner = Runner(self.settings.postgres_url, self.log.info, self.stop)
+        self.runner = Runner(self.settings.postgres_url, self.log.info, self.stop, read_config=self.usable_config)
         for orphan in self.runner.recover():
             self.log.warning("marked the interrupted run %s failed", orphan)
-        self.scheduler = schedule.Scheduler()
-        self.job = None
+        self.due: datetime.datetime | None = None
         self.schedule_key = None
         self.listener = None
         self.running = None
         self.reschedule()
 
     def heartbeat_info(self) -> dict:
-        next_run = getattr(self, "job", None) and self.job.next_run
-        return {"next_run": slot_of(next_run) if next_run else None, "running": getattr(self, "running", None)}
+        due = getattr(self, "due", None)
+        return {"next_run": slot_of(due) if due else None, "running": getattr(self, "running", None)}
 
     def interval(self) -> float:
         return REQUEST_POLL
@@ -46,22 +49,20 @@ class MaintenanceDaemon(Daemon):
     # --- the schedule ---
 
     def reschedule(self) -> None:
-        """Re-read the configuration; a changed time, zone or switch replaces the daily job."""
+        """Re-read the configuration; a changed time, zone or switch moves the next due time."""
         with self.db.transaction() as cur:
-            section = config.get(cur)["maintenance"]
+            section = self.usable_config(cur)["maintenance"]
         key = (section["enabled"], section["time"], section["timezone"])
         if key == self.schedule_key:
             return
         self.schedule_key = key
-        self.scheduler.clear()
-        self.job = None
+        self.due = None
         if not section["enabled"]:
             self.log.info("scheduled runs are off (maintenance.enabled = false); requests still run")
             return
-        self.job = self.scheduler.every().day.at(section["time"], section["timezone"]).do(self.scheduled_run)
-        due = self.job.next_run.astimezone(datetime.timezone.utc)
+        self.due = config.next_run(now(), section["time"], section["timezone"])
         self.log.info(
-            "next maintenance run at %s UTC (%s %s)", due.strftime("%Y-%m-%d %H:%M"), section["time"],
+            "next maintenance run at %s UTC (%s %s)", self.due.strftime("%Y-%m-%d %H:%M"), section["time"],
             section["timezone"],
         )
 
@@ -73,10 +74,15 @@ class MaintenanceDaemon(Daemon):
             self.log.warning("could not reread the configuration: %s", str(exc).strip().splitlines()[0])
             self.schedule_key = None
 
-    def scheduled_run(self) -> None:
-        # Never raise into `schedule`: the job would not be rescheduled and would fire on every tick.
+    def run_due(self) -> None:
+        """Run the scheduled procedure when its time has come; the next due time is set first."""
+        if self.due is None or now() < self.due:
+            return
+        slot = slot_of(self.due)
+        _, at, zone = self.schedule_key
+        self.due = config.next_run(max(now(), self.due), at, zone)
         try:
-            self.run_once(trigger="schedule", slot=slot_of(self.job.next_run))
+            self.run_once(trigger="schedule", slot=slot)
         except Exception:
             self.log.exception("the scheduled maintenance run failed")
 
@@ -94,7 +100,7 @@ class MaintenanceDaemon(Daemon):
     # --- the loop ---
 
     def tick(self) -> None:
-        self.scheduler.run_pending()
+        self.run_due()
         if not self.stop.is_set():
             self.take_request()
 

@@ -7,20 +7,63 @@ import threading
 
 from procs.common import open_database, start
 from procs.heartbeat import Heartbeat
-from server import migrations
+from server import config, events, migrations
+from server.db import BROKEN
 from server.errors import AyonError
+
+
+_NOTHING = object()
 
 
 class Daemon:
     """Subclasses set `program` and implement `tick()`; `interval()` is the pause between ticks."""
 
     program = "daemon"
+    # Prefixes of the configuration keys this program uses: it reports only their problems.
+    config_keys: tuple[str, ...] = ()
 
     def __init__(self):
         self.settings, self.log = start(self.program)
         self.db = open_database(self.settings, self.program)
         self.stop = threading.Event()
         self.stop_reason = ""
+        self.good_config = config.defaults()  # the last configuration this program could use
+        self.rejected: dict[str, object] = {}  # key -> the refused stored value, reported once
+
+    def usable_config(self, cur) -> dict:
+        """The stored configuration as this program can use it; a value it cannot use keeps its last good one.
+
+        A stored value its validator refuses (written into the database around the
+        API) must not stop the program: it is logged and recorded once as a
+        `server.config_rejected` event, and the program goes on with what it had.
+        """
+        doc, problems = config.usable(config.stored(cur), self.good_config)
+        mine = {p.key: p for p in problems if self._uses(p.key)}
+        for key in [k for k in self.rejected if k not in mine]:
+            self.log.info("configuration %s is usable again", key)
+            del self.rejected[key]
+        for key, problem in mine.items():
+            if self.rejected.get(key, _NOTHING) != problem.value:
+                self.rejected[key] = problem.value
+                self._report_rejected(problem)
+        self.good_config = doc
+        return doc
+
+    def _uses(self, key: str) -> bool:
+        return key == "(top)" or any(key.startswith(p) or p.startswith(key + ".") for p in self.config_keys)
+
+    def _report_rejected(self, problem) -> None:
+        where = f"{self.settings.instance_id}/{self.program}"
+        text = (f"{where} cannot use the stored {problem.key} = {config.shown(problem.value)} "
+                f"({problem.error}); it keeps {config.shown(problem.kept)}")
+        self.log.error("%s", text)
+        try:
+            events.dispatch(self.db, config.REJECTED_TOPIC, status="failed", description=text, summary={
+                "key": problem.key, "value": problem.value, "error": problem.error, "kept": problem.kept,
+                "instance": self.settings.instance_id, "program": self.program,
+            })
+        except BROKEN:
+            del self.rejected[problem.key]  # recorded on the next read instead
 
     # Signal handlers only record the signal; the loop acts on it.
     def _on_signal(self, signum, frame) -> None:

@@ -46,6 +46,7 @@ class Installer(Daemon):
     """Installs every active package on this instance, removes uninstalled ones."""
 
     program = "installer"
+    config_keys = ("installer.",)
 
     def __init__(self):
         super().__init__()
@@ -99,7 +100,7 @@ class Installer(Daemon):
     def tick(self) -> None:
         self.healthy = False
         with self.db.transaction() as cur:
-            self.apply(config.get(cur))
+            self.apply(self.usable_config(cur))
         work = self._reconcile()
         self._remove_unlisted(work)
         for item in work:

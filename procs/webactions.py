@@ -17,6 +17,7 @@ class Webactions(Daemon):
     """Marks timed-out webactions as failed, on every instance at once."""
 
     program = "webactions"
+    config_keys = ("webactions.",)
 
     def prepare(self) -> None:
         self.listener = None
@@ -25,7 +26,7 @@ class Webactions(Daemon):
 
     def read_config(self) -> None:
         with self.db.transaction() as cur:
-            self.apply(config.get(cur))
+            self.apply(self.usable_config(cur))
 
     def apply(self, doc: dict) -> None:
         self.timeout = config.lookup(doc, "webactions.timeout")

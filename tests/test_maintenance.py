@@ -14,7 +14,7 @@ from server import config, events
 from tests.conftest import ROOT
 
 # Runs `python -m maintenance` with an extra tasks folder appended to the package
-# path and, optionally, the `schedule` library's clock shifted by some seconds:
+# path and, optionally, the maintenance scheduler's clock shifted by some seconds:
 # test-only seams that touch neither the project's tree nor its settings.
 LAUNCHER = textwrap.dedent("""
     import sys
@@ -23,7 +23,7 @@ LAUNCHER = textwrap.dedent("""
     if extra:
         maintenance.tasks.__path__.append(extra)
     if offset:
-        import datetime, types, schedule
+        import datetime, types, maintenance.scheduler
         class Shifted(datetime.datetime):
             @classmethod
             def now(cls, tz=None):
@@ -31,7 +31,7 @@ LAUNCHER = textwrap.dedent("""
         shim = types.ModuleType("datetime")
         shim.__dict__.update(datetime.__dict__)
         shim.datetime = Shifted
-        schedule.datetime = shim
+        maintenance.scheduler.datetime = shim
     from maintenance.cli import main
     main()
 """)

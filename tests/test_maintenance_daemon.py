@@ -1,6 +1,7 @@
 """`python -m maintenance --daemon` run for real: one run fleet-wide, requests, rescheduling, signals."""
 
 import datetime
+import json
 import re
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from server import events
+from server import config, events
 from server.api.maintenance import request_run
 from tests.conftest import ROOT
 from tests.test_maintenance import command, poll, runs, set_config, start_cli, wait_for_task, write_task
@@ -131,3 +132,68 @@ def test_daemon_recovers_orphans_only_when_the_lock_is_free_and_stops_mid_run(en
     assert aborted["status"] == "aborted" and aborted["description"] == "interrupted by shutdown"
     request = events.get(database, request_id)
     assert request["status"] == "failed" and request["summary"]["status"] == "aborted"
+
+
+def store_directly(database, path: list[str], value) -> None:
+    """Write one value into the stored configuration around the API, as an operator with psql could."""
+    with database.transaction() as cur:
+        config.seed(cur)
+    database.execute("UPDATE server_config SET data = jsonb_set(data, %s, %s::jsonb), updated_at = now() WHERE id = 1",
+                     (path, json.dumps(value)))
+
+
+def rejected(database) -> list[dict]:
+    return events.query(database, topic="server.config_rejected", limit=100)
+
+
+def heartbeat_next_run(database):
+    row = database.fetchone("SELECT info->>'next_run' FROM instances WHERE program = 'maintenance'")
+    return row and row[0]
+
+
+def test_a_stored_timezone_it_cannot_use_keeps_the_last_good_schedule(env, database, daemons):
+    set_config(database, {"maintenance": {"time": "04:17", "timezone": "Europe/Prague"}})
+    daemons.append(DaemonProcess(env))
+    daemon = daemons[0]
+    daemon.wait_for(r"next maintenance run at \S+ \d\d:17 UTC \(04:17 Europe/Prague\)")
+    due = poll(lambda: heartbeat_next_run(database), 15, "the heartbeat's next run")
+
+    mark = len(daemon.lines)
+    store_directly(database, ["maintenance", "timezone"], "Factory")
+    [event] = poll(lambda: rejected(database), 10, "a server.config_rejected event")
+    assert event["status"] == "failed"
+    assert event["summary"] == {"key": "maintenance.timezone", "value": "Factory", "error": "unknown time zone 'Factory'",
+                                "kept": "Europe/Prague", "instance": "test", "program": "maintenance"}
+    assert event["description"] == ("test/maintenance cannot use the stored maintenance.timezone = 'Factory' "
+                                    "(unknown time zone 'Factory'); it keeps 'Europe/Prague'")
+    daemon.wait_for(re.escape(event["description"]), start=mark)
+
+    # Still running on the last good schedule; a good change beside the bad value is taken.
+    store_directly(database, ["maintenance", "time"], "05:45")
+    daemon.wait_for(r"next maintenance run at \S+ \d\d:45 UTC \(05:45 Europe/Prague\)", start=mark)
+    assert daemon.proc.poll() is None
+    poll(lambda: heartbeat_next_run(database) not in (None, due), 15, "the heartbeat to show the new due time")
+    # A run on request reads the configuration too: it runs with the last good values, reported once.
+    request_id, _ = request_run(database, ["vacuum"])
+    done = poll(lambda: (e := events.get(database, request_id))["status"] in ("finished", "failed") and e, 30,
+                "the requested run to end")
+    assert done["status"] == "finished", done
+    assert len(rejected(database)) == 1
+
+    mark = len(daemon.lines)
+    store_directly(database, ["maintenance", "timezone"], "Europe/Berlin")
+    daemon.wait_for(r"configuration maintenance.timezone is usable again", start=mark)
+    daemon.wait_for(r"next maintenance run at \S+ \d\d:45 UTC \(05:45 Europe/Berlin\)", start=mark)
+    assert daemon.terminate() < 10 and daemon.proc.returncode == 0, "\n".join(daemon.lines)
+
+
+def test_a_bad_stored_value_at_start_uses_the_default(env, database, daemons):
+    store_directly(database, ["maintenance"], {"time": 300, "timezone": "localtime", "tasks": "none"})
+    daemons.append(DaemonProcess(env))
+    daemon = daemons[0]
+    daemon.wait_for(r"next maintenance run at \S+ 03:00 UTC \(03:00 UTC\)")
+    found = poll(lambda: len(rejected(database)) == 3 and rejected(database), 10, "three rejection events")
+    assert sorted(e["summary"]["key"] for e in found) == ["maintenance.tasks", "maintenance.time",
+                                                         "maintenance.timezone"]
+    assert daemon.proc.poll() is None
+    assert daemon.terminate() < 10 and daemon.proc.returncode == 0, "\n".join(daemon.lines)
