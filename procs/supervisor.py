@@ -7,9 +7,10 @@ produce (credentials masked); `--programs` lists the program names.
 import os
 import secrets
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from procs import lifeline
 from server import settings as settings_mod
 from server.errors import ConfigError, run_main
 
@@ -18,6 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER_STOPWAIT = 30
 # gunicorn retries a busy address for 5 s before exiting: a server up longer than that has bound.
 GUNICORN_BIND_RETRY = 5
+# Each program's output file (for `supervisorctl tail`): capped and rotated once.
+LOG_MAX_BYTES = "5MB"
+LOG_BACKUPS = 1
+# The secrets a program may be given, by setting name; each program names those it needs.
+DATABASE = ("AYON_POSTGRES_URL",)
+DATABASE_AND_TOKEN = ("AYON_POSTGRES_URL", "AYON_ADMIN_TOKEN")
+# supervisord's event listeners, beside the programs.
+LISTENERS = ("watchdog", "console")
 
 
 @dataclass(frozen=True)
@@ -30,7 +39,9 @@ class Program:
     startsecs: int = 2
     stopsignal: str = "TERM"
     stopwaitsecs: int = 15
-    env: dict = field(default_factory=dict)
+    # Sent by the kernel when supervisord dies: a quick end, well within 5 s.
+    deathsignal: str = "TERM"
+    secrets: tuple[str, ...] = DATABASE
 
 
 def programs(values: settings_mod.Settings) -> list[Program]:
@@ -38,12 +49,17 @@ def programs(values: settings_mod.Settings) -> list[Program]:
     found = []
     long_running = values.run_server or values.run_maintenance
     if values.embedded_postgres:
-        found.append(Program("postgres", "procs.postgres", priority=10, startsecs=3, stopsignal="INT", stopwaitsecs=30))
+        # SIGQUIT is PostgreSQL's immediate shutdown: backends end at once, the next start recovers.
+        found.append(Program("postgres", "procs.postgres", priority=10, startsecs=3, stopsignal="INT", stopwaitsecs=30,
+                             deathsignal="QUIT", secrets=()))
     if values.run_setup and long_running:
-        found.append(Program("setup", "procs.setup", priority=20, oneshot=True, startsecs=0, stopwaitsecs=10))
+        found.append(Program("setup", "procs.setup", priority=20, oneshot=True, startsecs=0, stopwaitsecs=10,
+                             secrets=DATABASE_AND_TOKEN))
     if values.run_server:
+        # SIGINT is gunicorn's quick shutdown: its workers get SIGQUIT instead of a 20 s grace.
         found.append(Program("server", "gunicorn", ("-c", str(ROOT / "server" / "gunicorn_conf.py")),
-                             priority=30, startsecs=GUNICORN_BIND_RETRY + 1, stopwaitsecs=SERVER_STOPWAIT))
+                             priority=30, startsecs=GUNICORN_BIND_RETRY + 1, stopwaitsecs=SERVER_STOPWAIT,
+                             deathsignal="INT", secrets=DATABASE_AND_TOKEN))
         found.append(Program("webactions", "procs.webactions", priority=40))
         found.append(Program("installer", "procs.installer", priority=40))
     if long_running:
@@ -69,27 +85,49 @@ def run_dir(values: settings_mod.Settings) -> Path:
     return Path(values.data_dir) / "run"
 
 
+def log_dir(values: settings_mod.Settings) -> Path:
+    return Path(values.data_dir) / "logs"
+
+
+def secret_names() -> list[str]:
+    """The settings supervisord must not pass to every program (from the declaration)."""
+    return [s.name for s in settings_mod.SETTINGS if s.secret]
+
+
+def secret_values(values: settings_mod.Settings, names: tuple[str, ...]) -> dict[str, str]:
+    """The set ones among `names`, as the program's environment would carry them."""
+    found = {}
+    for name in names:
+        key = settings_mod.key_of(name)
+        value = values.get(key + "_raw", values.get(key))  # AYON_POSTGRES_URL: the URL as set, not the embedded one
+        if value:
+            found[name] = str(value)
+    return found
+
+
 def _section(title: str, entries: dict) -> str:
     lines = [f"[{title}]"] + [f"{key}={value}" for key, value in entries.items()]
     return "\n".join(lines) + "\n"
 
 
-def _stdout(entries: dict) -> dict:
-    # Every program's output goes to the container's stdout, unrotated.
-    entries.update(stdout_logfile="/dev/stdout", stdout_logfile_maxbytes=0, redirect_stderr="true")
-    return entries
-
-
-def _env(extra: dict) -> str:
+def _env(extra: dict, program_secrets: dict | None = None, mask: bool = False) -> str:
     pairs = {"PYTHONUNBUFFERED": "1", **extra}
+    if program_secrets:
+        # Any character can be in a secret; the config carries it encoded, procs.lifeline decodes it.
+        pairs[lifeline.SECRETS_VAR] = "***" if mask else lifeline.encode(program_secrets)
     return ",".join(f'{k}="{v}"' for k, v in pairs.items())
 
 
-def render(values: settings_mod.Settings, password: str | None = None, python: str = sys.executable) -> str:
-    """The whole supervisord config text for these settings."""
+def _command(python: str, deathsignal: str, *argv: str) -> str:
+    return " ".join([python, "-m", "procs.lifeline", deathsignal, python, *argv])
+
+
+def render(values: settings_mod.Settings, password: str | None = None, python: str = sys.executable,
+           mask: bool = False) -> str:
+    """The whole supervisord config text for these settings (`mask`: secrets shown as ***)."""
     check_roles(values)
     rundir = run_dir(values)
-    password = password or secrets.token_urlsafe(24)
+    password = "***" if mask else password or secrets.token_urlsafe(24)
     sock = rundir / "supervisor.sock"
     main = {
         "nodaemon": "true",
@@ -111,30 +149,36 @@ def render(values: settings_mod.Settings, password: str | None = None, python: s
                  {"supervisor.rpcinterface_factory": "supervisor.rpcinterface:make_main_rpcinterface"}),
     ]
     for program in programs(values):
-        parts.append(_section(f"program:{program.name}", _program_entries(program, python)))
-    parts.append(_section("eventlistener:watchdog", _stdout_stderr({
-        "command": f"{python} -m procs.watchdog {rundir}",
-        "directory": ROOT,
+        entries = _program_entries(program, python, log_dir(values))
+        entries["environment"] = _env({"AYON_PROGRAM": program.name}, secret_values(values, program.secrets), mask)
+        parts.append(_section(f"program:{program.name}", entries))
+    parts.append(_section("eventlistener:watchdog", _listener({
+        "command": _command(python, "TERM", "-m", "procs.watchdog", str(rundir)),
         "events": "PROCESS_STATE_FATAL,PROCESS_STATE_EXITED",
-        "priority": 1,
-        "autostart": "true",
-        "autorestart": "true",
         "buffer_size": 64,
+        # It removes the finished setup from the process table through the RPC socket.
+        "environment": _env({}, {"SUPERVISOR_USERNAME": "ayon", "SUPERVISOR_PASSWORD": password}, mask),
+    })))
+    parts.append(_section("eventlistener:console", _listener({
+        "command": _command(python, "TERM", "-m", "procs.console", values.instance_id, values.log_format),
+        "events": "PROCESS_LOG,PROCESS_STATE,TICK_5",
+        # Output waits here while the listener writes; a burst beyond it loses its oldest chunks.
+        "buffer_size": 4096,
         "environment": _env({}),
     })))
     return "\n".join(parts)
 
 
-def _stdout_stderr(entries: dict) -> dict:
-    # An event listener's stdout is the protocol channel: only its stderr is logged.
-    entries.update(stdout_logfile="NONE", stderr_logfile="/dev/stdout", stderr_logfile_maxbytes=0)
+def _listener(entries: dict) -> dict:
+    # An event listener's stdout is the protocol channel: only its stderr is shown, on supervisord's stdout.
+    entries.update(directory=ROOT, priority=1, autostart="true", autorestart="true",
+                   stdout_logfile="NONE", stderr_logfile="/dev/stdout", stderr_logfile_maxbytes=0)
     return entries
 
 
-def _program_entries(program: Program, python: str) -> dict:
-    command = " ".join([python, "-m", program.module, *program.args])
-    return _stdout({
-        "command": command,
+def _program_entries(program: Program, python: str, logs: Path) -> dict:
+    return {
+        "command": _command(python, program.deathsignal, "-m", program.module, *program.args),
         "directory": ROOT,
         "priority": program.priority,
         "autostart": "true",
@@ -148,8 +192,13 @@ def _program_entries(program: Program, python: str) -> dict:
         "stopwaitsecs": program.stopwaitsecs,
         "stopasgroup": "true",
         "killasgroup": "true",
-        "environment": _env({"AYON_PROGRAM": program.name, **program.env}),
-    })
+        # Its own file for `supervisorctl tail`, and events for the console listener.
+        "redirect_stderr": "true",
+        "stdout_logfile": logs / f"{program.name}.log",
+        "stdout_logfile_maxbytes": LOG_MAX_BYTES,
+        "stdout_logfile_backups": LOG_BACKUPS,
+        "stdout_events_enabled": "true",
+    }
 
 
 def write(values: settings_mod.Settings, path: str | Path) -> Path:
@@ -157,6 +206,7 @@ def write(values: settings_mod.Settings, path: str | Path) -> Path:
     rundir = run_dir(values)
     rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(rundir, 0o700)
+    log_dir(values).mkdir(parents=True, exist_ok=True, mode=0o700)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -181,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         for program in programs(values):
             print(program.name)
         return 0
-    sys.stdout.write(render(values, password="***"))
+    sys.stdout.write(render(values, mask=True))
     return 0
 
 

@@ -2,28 +2,47 @@
 
 supervisord itself always exits 0; the watchdog listener leaves an exit
 status in the run folder when a program could not start or setup failed.
+
+supervisord passes its own environment to every program, so it runs without
+the secret settings: the generated config hands each program only those it
+needs (procs.lifeline decodes them). Every program is started through
+procs.lifeline, which ties its life to this process's.
 """
 
+import os
 import sys
 from pathlib import Path
 
-from supervisor import poller, supervisord
-
-from procs.watchdog import EXIT_FILE
-
+from procs import lifeline
+from procs.supervisor import secret_names
+from procs.watchdog import EXIT_FILE, SETUP_DONE
 
 # supervisord notices a child's exit only when its 1 s poll times out (Python retries
 # the poll after SIGCHLD), and it stops programs one after another: 8 programs took
 # over 8 s to stop. A shorter poll makes a stop take about as long as the programs do.
 POLL_SECONDS = 0.1
-_poll = poller.Poller.poll
-poller.Poller.poll = lambda self, timeout: _poll(self, min(timeout, POLL_SECONDS))
+
+
+def without_secrets(environ: dict) -> dict:
+    return {k: v for k, v in environ.items() if k not in secret_names()}
 
 
 def main() -> int:
+    if any(name in os.environ for name in secret_names()):
+        # Exec again without them, so not even this process's /proc/PID/environ shows them.
+        os.execve(sys.executable, [sys.executable, "-m", "procs.supervisord", *sys.argv[1:]],
+                  without_secrets(os.environ))
+    from supervisor import poller, supervisord
+
+    _poll = poller.Poller.poll
+    poller.Poller.poll = lambda self, timeout: _poll(self, min(timeout, POLL_SECONDS))
+
     conf, rundir = sys.argv[1], Path(sys.argv[2])
     status_file = rundir / EXIT_FILE
-    status_file.unlink(missing_ok=True)
+    for stale in [status_file, rundir / SETUP_DONE, *rundir.glob("*.error")]:
+        stale.unlink(missing_ok=True)
+    # Each program's lifeline checks it still has this parent once it holds.
+    os.environ[lifeline.PARENT_VAR] = str(os.getpid())
     supervisord.main(["-c", conf])
     if status_file.exists():
         code, _, reason = status_file.read_text().strip().partition(" ")

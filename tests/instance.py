@@ -83,10 +83,14 @@ class Instance:
         def ready():
             states = self.status()
             running = all(states.get(p) == "RUNNING" for p in programs - {"setup"})
-            setup_ok = "setup" not in programs or states.get("setup") == "EXITED"
-            return states if running and setup_ok else None
+            # A finished setup is taken out of the process table (EXITED for a moment before).
+            setup_ok = "setup" not in programs or states.get("setup", "gone") in ("EXITED", "gone")
+            return states if running and setup_ok and self.setup_done(programs) else None
 
         return poll(ready, timeout, lambda: f"programs {sorted(programs)} RUNNING: {self.status()}\n{self.output[-3000:]}")
+
+    def setup_done(self, programs: set[str]) -> bool:
+        return "setup" not in programs or (Path(self.env["AYON_DATA_DIR"]) / "run" / "setup.done").exists()
 
     def wait_ready(self, timeout: float = 60) -> None:
         poll(lambda: http_get(self.url + "/health/ready")[0] == 200, timeout,

@@ -9,7 +9,7 @@ import sys
 import pytest
 from supervisor.options import ServerOptions
 
-from procs import supervisor
+from procs import lifeline, supervisor
 from server import settings
 from tests.conftest import ROOT
 
@@ -60,27 +60,34 @@ def test_program_set_matches_the_design(server, setup, maintenance, embedded, tm
     values = settings.load(environ(server, setup, maintenance, embedded, tmp_path))
     path = supervisor.write(values, tmp_path / "supervisord.conf")
     programs, options = parse(path)
-    assert set(programs) - {"watchdog"} == expected_programs(server, setup, maintenance, embedded)
+    assert set(programs) - set(supervisor.LISTENERS) == expected_programs(server, setup, maintenance, embedded)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "data" / "run").st_mode) == 0o700
     assert options.nodaemon
     server_conf = options.server_configs[0]
     assert server_conf["chmod"] == 0o700 and server_conf["username"] == "ayon" and len(server_conf["password"]) >= 24
     for name, proc in programs.items():
-        if name == "watchdog":
+        if name in supervisor.LISTENERS:
             continue
-        assert proc.stdout_logfile == "/dev/stdout" and proc.stdout_logfile_maxbytes == 0
+        # its own capped file for `supervisorctl tail`, and events for the console listener
+        assert proc.stdout_logfile == str(tmp_path / "data" / "logs" / f"{name}.log")
+        assert proc.stdout_logfile_maxbytes == 5 * 1024 * 1024 and proc.stdout_logfile_backups == 1
+        assert proc.stdout_events_enabled and proc.redirect_stderr
+        assert proc.command.startswith(f"{sys.executable} -m procs.lifeline ")
         assert proc.stopasgroup and proc.killasgroup
         assert proc.environment["PYTHONUNBUFFERED"] == "1"
         assert proc.autorestart is (False if name == "setup" else supervisor_restart_unexpected())
         assert proc.exitcodes == ([0] if name == "setup" else [0, 2])
         assert proc.stopwaitsecs > 0 and proc.startsecs >= 0
+    assert stat.S_IMODE(os.stat(tmp_path / "data" / "logs").st_mode) == 0o700
+    console = programs["console"]
+    assert console.stderr_logfile == "/dev/stdout" and console.stdout_logfile is None
     if "server" in programs:
         assert programs["server"].stopwaitsecs > 20  # gunicorn's graceful_timeout
     if "postgres" in programs:
-        assert programs["postgres"].priority < min(p.priority for n, p in programs.items() if n not in ("postgres", "watchdog"))
+        assert programs["postgres"].priority < min(p.priority for n, p in programs.items() if n not in ("postgres", *supervisor.LISTENERS))
     if "setup" in programs:
-        assert programs["setup"].priority < min(p.priority for n, p in programs.items() if n not in ("postgres", "setup", "watchdog"))
+        assert programs["setup"].priority < min(p.priority for n, p in programs.items() if n not in ("postgres", "setup", *supervisor.LISTENERS))
 
 
 def supervisor_restart_unexpected():
@@ -102,9 +109,45 @@ def test_programs_flag_lists_names(tmp_path):
 
 
 def test_printed_config_masks_credentials(tmp_path):
-    out = run("procs.supervisor", env=environ(True, True, True, False, tmp_path))
+    env = environ(True, True, True, False, tmp_path)
+    env["AYON_ADMIN_TOKEN"] = "a-token-of-sane-length-123"
+    out = run("procs.supervisor", env=env)
     assert out.returncode == 0
     assert "password=***" in out.stdout and "secret" not in out.stdout
+    assert 'AYON_PROGRAM_SECRETS="***"' in out.stdout
+    assert "a-token-of-sane-length-123" not in out.stdout and lifeline.encode({"x": "a-token"})[:6] not in out.stdout
+
+
+# Characters a supervisord config value would cut, expand, or take as a comment or separator.
+NASTY = """a"b'c%(ENV_HOME)s,d=e ;f #g\\h"""
+
+
+def program_secrets(proc) -> dict:
+    return lifeline.decode(proc.environment.get(lifeline.SECRETS_VAR, ""))
+
+
+@pytest.mark.parametrize("embedded", [False, True], ids=["external", "embedded"])
+def test_each_program_gets_only_its_secrets(embedded, tmp_path):
+    env = environ(True, True, True, embedded, tmp_path)
+    url = "postgresql://ayon:p%40s,s;w'o\"r%25d@db.example:5432/ayon"
+    env.update(AYON_ADMIN_TOKEN="tok-" + NASTY.replace(" ", ""))
+    if not embedded:
+        env["AYON_POSTGRES_URL"] = url
+    values = settings.load(env)
+    programs, _ = parse(supervisor.write(values, tmp_path / "supervisord.conf"))
+    token = {"AYON_ADMIN_TOKEN": env["AYON_ADMIN_TOKEN"]}
+    database = {} if embedded else {"AYON_POSTGRES_URL": url}
+    expected = {name: database for name in ("logcollector", "webactions", "installer", "maintenance")}
+    expected.update(setup={**database, **token}, server={**database, **token}, console={})
+    if embedded:
+        expected["postgres"] = {}
+    got = {name: program_secrets(proc) for name, proc in programs.items() if name != "watchdog"}
+    assert got == expected
+    # The watchdog's own: the control socket's credentials, to take the finished setup out of the table.
+    watchdog = program_secrets(programs["watchdog"])
+    assert set(watchdog) == {"SUPERVISOR_USERNAME", "SUPERVISOR_PASSWORD"}
+    for proc in programs.values():
+        assert set(proc.environment) <= {"PYTHONUNBUFFERED", "AYON_PROGRAM", lifeline.SECRETS_VAR}
 
 
 def run(module, *args, env):

@@ -5,15 +5,20 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import psutil
 import pytest
 
 from tests.conftest import ROOT
 from tests.instance import Instance, http_get, poll
+from tests.pg import free_port
 
 ALL = {"setup", "server", "webactions", "installer", "logcollector", "maintenance"}
+LISTENERS = {"watchdog", "console"}
 
 
 @pytest.fixture
@@ -24,12 +29,66 @@ def instances():
         instance.kill()
 
 
+def environ_of(proc: psutil.Process) -> bytes:
+    try:
+        return Path(f"/proc/{proc.pid}/environ").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
+
+
+def programs_by_pid(instance: Instance) -> dict[int, str]:
+    """Each process of the tree: the program (or listener) it is, or one of its children."""
+    names = {}
+    for line in instance.ctl("status").stdout.splitlines():
+        found = re.match(r"(\S+)\s+RUNNING\s+pid (\d+)", line)
+        if found:
+            names[int(found[2])] = found[1]
+    for pid, name in list(names.items()):
+        for child in psutil.Process(pid).children(recursive=True):
+            names[child.pid] = f"{name} child"
+    return names
+
+
 def test_all_roles_run_restart_and_stop_cleanly(env, tmp_path, instances):
     instance = Instance(env, tmp_path / "a").start()
     instances.append(instance)
     states = instance.wait_running(ALL)
-    assert set(states) == ALL | {"watchdog"}
+    # The finished setup is gone from the table: what is listed runs.
+    assert set(states) == ALL - {"setup"} | LISTENERS
     instance.wait_ready()
+    status = instance.ctl("status")
+    assert status.returncode == 0, status.stdout
+
+    # Each secret is in the environment of the programs that need it only, not in supervisord's.
+    token, password = env["AYON_ADMIN_TOKEN"].encode(), urlsplit(env["AYON_POSTGRES_URL"]).password.encode()
+    by_pid = programs_by_pid(instance)
+    assert {name for name in by_pid.values() if not name.endswith("child")} == ALL - {"setup"} | LISTENERS
+    with_token = {name for pid, name in by_pid.items() if token in environ_of(psutil.Process(pid))}
+    assert with_token == {"server", "server child"}  # gunicorn and its workers
+    with_url = {name.removesuffix(" child") for pid, name in by_pid.items() if password in environ_of(psutil.Process(pid))}
+    assert with_url == ALL - {"setup"}
+    supervisord = environ_of(psutil.Process(instance.proc.pid))
+    assert supervisord and token not in supervisord and password not in supervisord
+
+    # `supervisorctl tail` shows one program's output, every line of it from that program
+    poll(lambda: "[test/webactions]" in instance.ctl("tail", "webactions").stdout, 30, "webactions output")
+    tail = instance.ctl("tail", "server").stdout
+    assert "Booting worker" in tail and "[test/server]" in tail
+    assert not re.search(r"\[test/(?!server\])", tail), tail
+    follow = subprocess.Popen([sys.executable, "-m", "supervisor.supervisorctl", "-c", instance.env["AYON_SUPERVISOR_CONF"],
+                               "tail", "-f", "server"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    followed = []
+    threading.Thread(target=lambda: followed.extend(follow.stdout), daemon=True).start()
+    try:
+        poll(lambda: followed, 30, "tail -f to start")
+        http_get(instance.url + "/health/live?followed")
+        poll(lambda: "/health/live?followed" in "".join(followed), 30, lambda: f"the request in tail -f: {followed}")
+    finally:
+        follow.kill()
+        follow.wait()
+    # ... while the instance's own stdout still has every program's lines, each with its name
+    for program in ALL:
+        assert f"[test/{program}]" in instance.output, program
 
     # supervisorctl with only the generated config
     old_server = instance.pid_of("server")
@@ -38,6 +97,7 @@ def test_all_roles_run_restart_and_stop_cleanly(env, tmp_path, instances):
     new_server = poll(lambda: instance.pid_of("server"), 30, "a new server pid")
     assert new_server != old_server
     instance.wait_ready()
+    assert token in environ_of(psutil.Process(new_server))
 
     # a program killed with SIGKILL is restarted
     victim = instance.pid_of("webactions")
@@ -71,19 +131,19 @@ def test_a_program_that_cannot_start_ends_supervisord(env, database, tmp_path, i
 
 
 def test_setup_failing_ends_the_instance_within_10_s(env, tmp_path, instances):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("maintenance:\n  timezone: Mars/Olympus\n")
-    instance = Instance(env, tmp_path / "c", AYON_CONFIG_FILE=str(bad)).start()
+    # A failure only setup finds (the entrypoint refuses a bad AYON_CONFIG_FILE before starting anything):
+    # no PostgreSQL answers; the other programs wait for the schema meanwhile.
+    port = free_port()
+    instance = Instance(env, tmp_path / "c", AYON_POSTGRES_URL=f"postgresql://ayon@127.0.0.1:{port}/ayon",
+                        AYON_DB_WAIT_TIMEOUT="1").start()
     instances.append(instance)
     poll(lambda: "exited: setup" in instance.output, 60, "setup to exit")
     started = time.monotonic()
     code = instance.proc.wait(30)
     assert time.monotonic() - started < 10
     assert code == 1
-    tail = "\n".join(instance.lines[-15:])
-    assert "maintenance.timezone: unknown time zone 'Mars/Olympus'" in tail
-    assert instance.lines[-1] == ("Error: setup failed: AYON_CONFIG_FILE " + str(bad) +
-                                  ": maintenance.timezone: unknown time zone 'Mars/Olympus'")
+    assert instance.lines[-1].startswith(f"Error: setup failed: PostgreSQL at 127.0.0.1:{port} did not answer "
+                                         "within 1 s"), instance.output[-2000:]
 
 
 def test_server_before_setup_becomes_ready_without_restart(env, empty_database_url, tmp_path, instances):

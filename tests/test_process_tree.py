@@ -1,0 +1,188 @@
+"""A whole instance on its embedded PostgreSQL: no secret where it is not needed, no orphan after a crash."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import psycopg2
+import pytest
+
+from procs import postgres as postgres_program
+from server import embedded_pg
+from server.embedded_pg import EmbeddedPostgres
+from server.errors import AyonError
+from tests.conftest import ROOT
+from tests.instance import Instance, poll
+from tests.pg import free_port
+
+TOKEN = "process-tree-test-token"
+PROGRAMS = {"postgres", "setup", "server", "webactions", "installer", "logcollector", "maintenance"}
+
+
+@pytest.fixture
+def embedded_env(tmp_path):
+    """All roles on their own embedded PostgreSQL."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AYON_")}
+    env.update(AYON_INSTANCE_ID="tree", AYON_ADMIN_TOKEN=TOKEN, AYON_EMBEDDED_PG_PORT=str(free_port()),
+               AYON_SERVER_WORKERS="2", PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    os.chmod(tmp_path, 0o755)  # the embedded PostgreSQL's user (when root) must reach its data
+    return env
+
+
+@pytest.fixture
+def instances():
+    started = []
+    yield started
+    for instance in started:
+        instance.kill()
+
+
+def alive(pid: int, started: str) -> bool:
+    """The process `pid` that started at `started` still runs (not a zombie, not a new process on the same pid)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return fields[0] != "Z" and fields[19] == started
+
+
+def snapshot(root: int) -> dict[int, str]:
+    """Every process of the tree under `root`: pid -> its start time in /proc."""
+    tree = {}
+    for proc in [psutil.Process(root), *psutil.Process(root).children(recursive=True)]:
+        try:
+            tree[proc.pid] = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        except FileNotFoundError:
+            pass
+    return tree
+
+
+def environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
+
+
+def program_of(instance: Instance) -> dict[int, str]:
+    """pid -> program name (its children named after it) for every process of the tree but supervisord."""
+    names = {}
+    for line in instance.ctl("status").stdout.splitlines():
+        found = re.match(r"(\S+)\s+RUNNING\s+pid (\d+)", line)
+        if found:
+            names[int(found[2])] = found[1]
+            for child in psutil.Process(int(found[2])).children(recursive=True):
+                names[child.pid] = found[1]
+    return names
+
+
+def test_secrets_only_where_needed_and_nothing_survives_kill_9(embedded_env, tmp_path, instances):
+    instance = Instance(embedded_env, tmp_path / "one").start()
+    instances.append(instance)
+    instance.wait_running(PROGRAMS)
+    instance.wait_ready()
+    data = Path(instance.env["AYON_DATA_DIR"])
+    port = int(embedded_env["AYON_EMBEDDED_PG_PORT"])
+
+    # The token: only in gunicorn and its workers. No password of PostgreSQL in any environment.
+    names = program_of(instance)
+    assert sorted(set(names.values())) == sorted(PROGRAMS - {"setup"} | {"watchdog", "console"})
+    assert len([n for n in names.values() if n == "postgres"]) > 3  # the postmaster and its backends
+    superuser, owner = (embedded_pg.password(data, role).encode() for role in ("postgres", "ayon"))
+    for pid, name in names.items():
+        env = environ(pid)
+        assert (TOKEN.encode() in env) == (name == "server"), name
+        assert superuser not in env and owner not in env, name
+        if name == "postgres":
+            assert b"AYON_PROGRAM_SECRETS" not in env and b"AYON_POSTGRES_URL" not in env
+    assert TOKEN.encode() not in environ(instance.proc.pid)  # supervisord's own
+
+    # PostgreSQL wants a password; the programs are connected as its owner role, no superuser.
+    with pytest.raises(psycopg2.OperationalError, match="no password supplied"):
+        psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", passfile="/nonexistent")
+    conn = psycopg2.connect(embedded_pg.url(data, port, "postgres", "postgres"))
+    with conn.cursor() as cur:
+        cur.execute("SELECT DISTINCT usename, rolsuper FROM pg_stat_activity JOIN pg_roles ON rolname = usename "
+                    "WHERE application_name LIKE 'ayon-%%'")
+        assert cur.fetchall() == [("ayon", False)]
+    conn.close()
+
+    # kill -9 of supervisord: within 5 s nothing of its tree runs any more
+    tree = snapshot(instance.proc.pid)
+    assert len(tree) > 12
+    instance.proc.send_signal(signal.SIGKILL)
+    instance.proc.wait(10)
+    poll(lambda: not [pid for pid, started in tree.items() if alive(pid, started)], 5,
+         lambda: "every process of the tree to end: still " + ", ".join(
+             f"{pid} {psutil.Process(pid).cmdline()[:3]}" for pid, started in tree.items() if alive(pid, started)))
+
+    # A later start on the same data recovers, even from a pid file naming a live process that is no PostgreSQL.
+    squatter = subprocess.Popen(["sleep", "600"])
+    try:
+        (data / "postgres" / "postmaster.pid").write_text(f"{squatter.pid}\n{data / 'postgres'}\n")
+        again = Instance(instance.env, tmp_path / "one").start()
+        instances.append(again)
+        again.wait_running(PROGRAMS)
+        again.wait_ready()
+        assert f"removed the stale {data / 'postgres' / 'postmaster.pid'} (pid {squatter.pid}" in again.output
+    finally:
+        squatter.kill()
+        squatter.wait()
+
+
+def test_a_busy_port_is_named_as_the_instance_s_last_line(embedded_env, tmp_path, instances):
+    port = int(embedded_env["AYON_EMBEDDED_PG_PORT"])
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        instance = Instance(embedded_env, tmp_path / "busy", AYON_RUN_MAINTENANCE="false").start()
+        instances.append(instance)
+        code = instance.proc.wait(90)
+    assert code == 1
+    assert instance.lines[-1].startswith(
+        f"Error: program postgres could not be started (FATAL): port 127.0.0.1:{port} (AYON_EMBEDDED_PG_PORT) "
+        f"is in use by pid {os.getpid()} ("), instance.output[-3000:]
+
+
+def test_an_orphaned_postgres_on_the_data_folder_is_stopped(tmp_path):
+    os.chmod(tmp_path, 0o755)
+    # Started by this test, not by a supervisord: what a crashed instance of an older version left running.
+    orphan = EmbeddedPostgres(tmp_path / "data", free_port())
+    orphan.start()
+    said = []
+    try:
+        postgres_program.make_way(orphan.datadir, free_port(), say=said.append)
+        assert orphan.proc.wait(10) == 0
+        assert said == [f"stopping PostgreSQL pid {orphan.proc.pid}, left running on {orphan.datadir} "
+                        "by an instance that ended"]
+        assert not (orphan.datadir / "postmaster.pid").exists()
+    finally:
+        orphan.stop()
+
+
+def test_a_postgres_of_a_running_instance_is_left_alone(tmp_path):
+    os.chmod(tmp_path, 0o755)
+    # Its parent's command line names supervisord, as a running instance's does.
+    code = ("import sys; sys.path.insert(0, sys.argv[2]); from pathlib import Path; "
+            "from server.embedded_pg import EmbeddedPostgres; import time; "
+            "pg = EmbeddedPostgres(Path(sys.argv[1]), int(sys.argv[3])); pg.start(); print(pg.proc.pid, flush=True); "
+            "time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "data"), str(ROOT), str(free_port()),
+                               "supervisord"], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(parent.stdout.readline())
+        with pytest.raises(AyonError) as caught:
+            postgres_program.make_way(tmp_path / "data", free_port(), say=print)
+        assert str(caught.value).startswith(f"{tmp_path / 'data'} is in use by PostgreSQL pid {pid} of a running "
+                                            f"instance (its parent: pid {parent.pid} (")
+        assert psutil.Process(pid).is_running()
+    finally:
+        parent.kill()  # its PostgreSQL follows it (lifeline)
+        parent.wait()
+        poll(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10,
+             "the PostgreSQL to end with its parent")
