@@ -1,22 +1,41 @@
 """The image's entrypoint: validate settings, then run setup alone or exec supervisord.
 
-With arguments (`python -m maintenance`), exec them instead, as images usually do.
+Every setting and the AYON_CONFIG_FILE document are checked before anything is
+written or started: a bad one is one `Error:` line and exit 2. With arguments
+(`python -m maintenance`), exec them instead, as images usually do.
 """
 
 import os
 import sys
 
 from procs import supervisor
+from server import config
 from server import settings as settings_mod
-from server.errors import ConfigError, run_main
+from server.errors import run_main
+
+# Programs run in the checkout's folder, not the caller's: relative paths are passed on resolved.
+PATHS = ("AYON_DATA_DIR", "AYON_SUPERVISOR_CONF", "AYON_CONFIG_FILE")
+
+
+def validate() -> settings_mod.Settings:
+    """Every check that can refuse the instance's configuration, before any side effect."""
+    values = settings_mod.load()
+    supervisor.check_roles(values)
+    settings_mod.verify(values)
+    if values.config_file:
+        config.load_file(values.config_file)
+    for name in PATHS:
+        value = values[settings_mod.key_of(name)]
+        if value:
+            os.environ[name] = value
+    return values
 
 
 def main() -> int:
     args = sys.argv[1:]
     if args:
         os.execvp(args[0], args)
-    values = settings_mod.load()
-    supervisor.check_roles(values)
+    values = validate()
     if values.roles == ["setup"]:
         # A Kubernetes Job or init container: setup in the foreground, its exit code is ours.
         os.execv(sys.executable, [sys.executable, "-m", "procs.setup"])
