@@ -68,19 +68,56 @@ class BenchDatabase:
         finally:
             conn.close()
 
-    def cpu_seconds(self) -> float | None:
-        """CPU time used so far by the embedded server and its backends; None for an outside server."""
-        if self.embedded is None or self.embedded.proc is None:
-            return None
-        total = 0.0
-        try:
-            main = psutil.Process(self.embedded.proc.pid)
-            for proc in [main, *main.children(recursive=True)]:
+    def cpu_seconds(self) -> dict[int, float] | None:
+        """CPU time used so far by PostgreSQL, per process: the whole embedded server, or this database's backends.
+
+        For an outside server only the backends of the benchmark's database
+        count, found by their titles (which name the database); None when
+        they cannot be seen from here (another machine or pid namespace).
+        """
+        if self.embedded is not None:
+            if self.embedded.proc is None:
+                return None
+            try:
+                main = psutil.Process(self.embedded.proc.pid)
+                processes = [main, *main.children(recursive=True)]
+            except psutil.Error:
+                return None
+        else:
+            processes = self._backends()
+            if processes is None:
+                return None
+        found = {}
+        for proc in processes:
+            try:
                 times = proc.cpu_times()
-                total += times.user + times.system
+                found[proc.pid] = times.user + times.system
+            except psutil.Error:
+                pass
+        return found
+
+    def _backends(self) -> list[psutil.Process] | None:
+        """The local processes of the backends on the benchmark's database; None when even ours is not local."""
+        conn = db.connect(self.url, "ayon-bench")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_backend_pid(), array_agg(pid) FILTER (WHERE pid <> pg_backend_pid())"
+                            " FROM pg_stat_activity WHERE datname = current_database()")
+                own, others = cur.fetchone()
+            # Checked while this session is open: its backend ends with it.
+            if self._is_backend(own) is None:
+                return None
+        finally:
+            conn.close()
+        return [p for p in map(self._is_backend, others or []) if p]
+
+    def _is_backend(self, pid: int) -> psutil.Process | None:
+        """The local process `pid` when it is a backend of this database."""
+        try:
+            proc = psutil.Process(pid)
+            return proc if self.name in " ".join(proc.cmdline()) else None
         except psutil.Error:
-            pass
-        return total
+            return None
 
     def close(self) -> None:
         try:
@@ -89,3 +126,4 @@ class BenchDatabase:
             if self.embedded:
                 self.embedded.stop()
                 shutil.rmtree(self.embedded.datadir.parent, ignore_errors=True)
+

@@ -1,4 +1,4 @@
-"""The ceiling: a bare falcon ASGI app answering every path with one constant JSON body.
+"""`falcon-ceiling`: a bare falcon ASGI app answering every path with one constant JSON body.
 
 Run under the server's own gunicorn settings, it measures what gunicorn and
 falcon cost before any of our code runs.

@@ -1,7 +1,8 @@
-"""The peer: the same two endpoints as FastAPI + asyncpg, as most comparable servers are built.
+"""`fastapi-default`: the two endpoints as FastAPI + asyncpg are usually first written.
 
-Run with `uvicorn bench.http.peer_fastapi:app --workers 2`; reads
-BENCH_POSTGRES_URL and BENCH_TOKEN from the environment.
+Row dicts through FastAPI's own encoder, uvicorn on the asyncio loop with
+h11. Served by `python -m bench.http.uvicorn_run bench.http.fastapi_default:app
+--loop asyncio --http h11`; reads BENCH_POSTGRES_URL and BENCH_TOKEN.
 """
 
 import hmac
@@ -59,44 +60,3 @@ async def events(limit: int = Query(100, ge=1, le=1000), authorization: str = He
             record["depends_on"] = str(record["depends_on"])
         found.append(record)
     return {"events": found}
-
-
-def _serve(port: int) -> None:
-    import socket
-
-    import uvicorn
-
-    # Each process listens on its own SO_REUSEPORT socket: the kernel spreads
-    # connections evenly, as gunicorn does with reuse_port.
-    # TCP_NODELAY on the listening socket, which Linux passes on to accepted ones: without
-    # it (uvicorn's --workers sockets lack it) every response waited ~40 ms on a delayed
-    # ACK and the peer served ~700 req/s.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(("127.0.0.1", port))
-    uvicorn.Server(uvicorn.Config("bench.http.peer_fastapi:app")).run(sockets=[sock])
-
-
-def main() -> None:
-    """`python -m bench.http.peer_fastapi --port P --workers N`: N uvicorn processes on reuse-port sockets."""
-    import argparse
-    import subprocess
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m bench.http.peer_fastapi")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve:
-        _serve(args.port)
-        return
-    children = [subprocess.Popen([sys.executable, "-m", "bench.http.peer_fastapi", "--serve", "--port", str(args.port)])
-                for _ in range(args.workers)]
-    sys.exit(max(child.wait() for child in children))
-
-
-if __name__ == "__main__":
-    main()

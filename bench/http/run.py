@@ -1,9 +1,10 @@
-"""`python -m bench.http`: requests/s and p99 of this server against a falcon ceiling and a FastAPI peer.
+"""`python -m bench.http`: requests/s, p99 and CPU per request of this server against four other stacks.
 
-All three stacks run one after the other on the same machine and database,
-each with two workers, driven by wrk on loopback. Exit 0 when every run
-completed with only good responses (with --strict, also every target met and
-load spread over both workers), 1 otherwise, 2 on bad arguments or tools.
+All stacks run one after the other on the same machine and database, each
+with two workers, driven by wrk on loopback at each connection count. Exit 0
+when every run completed with only good responses (with --strict, also
+every target met at the first connection count and load spread over both
+workers), 1 otherwise, 2 on bad arguments or tools.
 """
 
 import argparse
@@ -25,91 +26,157 @@ from tests.pg import free_port
 
 TOKEN = "bench-token"
 WORKERS = 2
-ENDPOINTS = (("/api/info", "info"), ("/api/events?limit=50", "events"))
+PATHS = {servers.INFO: "/api/info", servers.EVENTS: "/api/events?limit=50"}
+STACKS = ("ayon", "falcon-ceiling", "db-ceiling", "fastapi-default", "fastapi-tuned")
+CONNECTIONS = (32, 64, 128)
 # A worker doing less than this share of the CPU work means the load was not spread.
 MIN_WORKER_SHARE = 0.25
+# (endpoint, other stack, least ayon / other in requests/s), judged at the first connection count.
 TARGETS = (
-    ("info", "falcon-ceiling", 0.7),
-    ("info", "fastapi-uvicorn", 1.5),
-    ("events", "fastapi-uvicorn", 1.5),
+    (servers.EVENTS, "db-ceiling", 0.85),
+    (servers.EVENTS, "fastapi-tuned", 1.3),
+    (servers.INFO, "falcon-ceiling", 0.85),
+    (servers.INFO, "fastapi-tuned", 1.5),
 )
+# ayon's p99 on this endpoint no worse than this stack's, at the first connection count.
+P99_TARGET = (servers.EVENTS, "fastapi-tuned")
 
 
 @dataclass
 class Case:
     stack: str
     endpoint: str
+    connections: int
     rps: float
     p99_ms: float
     bad: int
     shares: list[float]
     runs: list[float]
     cpu_us: float  # worker CPU time per request: comparable even on a busy machine
-    pg_us: float | None  # PostgreSQL CPU time per request (embedded server only)
+    pg_us: float | None  # PostgreSQL CPU time per request (None when its processes cannot be seen)
+
+
+def connection_list(text: str) -> list[int]:
+    """`32` or `32,64,128`: distinct positive counts, in the order given."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected counts separated by commas such as 32,64,128, got {text!r}")
+    if any(c < 1 for c in counts) or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"expected distinct counts of at least 1, got {text!r}")
+    return counts
+
+
+def stack_list(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [n for n in names if n not in STACKS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected some of {', '.join(STACKS)}, got {text!r}")
+    return [s for s in STACKS if s in names]
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.http", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run (default 5)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per case; the median is kept (default 3)")
-    parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
+    parser.add_argument("--connections", type=connection_list, default=None,
+                        help="wrk connections, one count or a list such as 32,64,128 (default 32,64,128; "
+                             "32 with --smoke); targets are judged at the first")
     parser.add_argument("--events", type=int, default=100_000, help="events in the table (default 100000)")
+    parser.add_argument("--stacks", type=stack_list, default=list(STACKS),
+                        help=f"the stacks to run, separated by commas (default all: {','.join(STACKS)})")
+    parser.add_argument("--db-driver", choices=("psycopg2", "asyncpg"), default="psycopg2",
+                        help="the driver of db-ceiling (default psycopg2 in asynchronous mode, the faster here)")
     parser.add_argument("--postgres-url", default="", help="an existing PostgreSQL server (default: embedded)")
     parser.add_argument("--smoke", action="store_true", help="1 s runs, once, small table: checks the harness only")
     parser.add_argument("--reuse-port", action="store_true",
-                        help="one SO_REUSEPORT socket per worker in every stack (gunicorn --reuse-port), so the "
-                             "kernel spreads connections evenly; by default each stack runs as configured")
+                        help="one SO_REUSEPORT socket per worker for ayon and falcon-ceiling too (gunicorn "
+                             "--reuse-port); by default they run as configured")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed or load is uneven")
     args = parser.parse_args(argv)
+    if args.connections is None:
+        args.connections = [CONNECTIONS[0]] if args.smoke else list(CONNECTIONS)
     if args.smoke:
         args.seconds, args.repeat, args.events = 1, 1, min(args.events, 2000)
-    if args.seconds < 1 or args.repeat < 1 or args.connections < 1 or args.events < 50:
-        parser.error("--seconds, --repeat and --connections must be at least 1, --events at least 50")
+    if args.seconds < 1 or args.repeat < 1 or args.events < 51:
+        parser.error("--seconds and --repeat must be at least 1, --events more than 50")
     return args
 
 
-def measure(stack: servers.Stack, database: BenchDatabase, path: str, endpoint: str,
+def _used(after: dict[int, float], before: dict[int, float]) -> list[float]:
+    # A process that started during the run counts from zero; one that ended is lost (rare: pools persist).
+    return [after[pid] - before.get(pid, 0.0) for pid in after]
+
+
+def measure(stack: servers.Stack, database: BenchDatabase, endpoint: str, connections: int,
             args: argparse.Namespace) -> Case:
     """Median of `repeat` wrk runs, with each worker's share of the CPU spent serving them."""
-    url = stack.base + path
+    url = stack.base + PATHS[endpoint]
     headers = {"Authorization": f"Bearer {TOKEN}"}
     if not args.smoke:
-        wrk.run(url, 1, args.connections, headers=headers)  # warm-up: pools, caches, JIT-less imports
+        wrk.run(url, 1, connections, headers=headers)  # warm-up: pools, caches, prepared statements
     results, shares, costs, pg_costs = [], [], [], []
     for _ in range(args.repeat):
         before, pg_before = stack.cpu_seconds(), database.cpu_seconds()
-        result = wrk.run(url, args.seconds, args.connections, headers=headers)
+        result = wrk.run(url, args.seconds, connections, headers=headers)
         after, pg_after = stack.cpu_seconds(), database.cpu_seconds()
+        requests = max(result.requests, 1)
         if pg_before is not None and pg_after is not None:
-            pg_costs.append((pg_after - pg_before) / max(result.requests, 1) * 1e6)
-        used = [after[pid] - before.get(pid, 0.0) for pid in after]
+            pg_costs.append(sum(_used(pg_after, pg_before)) / requests * 1e6)
+        used = _used(after, before)
         total = sum(used) or 1.0
         results.append(result)
         shares.append(sorted(u / total for u in used))
-        costs.append(sum(used) / max(result.requests, 1) * 1e6)
+        costs.append(sum(used) / requests * 1e6)
     ranked = sorted(range(len(results)), key=lambda i: results[i].requests_per_s)
     middle = ranked[len(ranked) // 2]
-    return Case(stack.name, endpoint, results[middle].requests_per_s, results[middle].p99_ms,
+    return Case(stack.name, endpoint, connections, results[middle].requests_per_s, results[middle].p99_ms,
                 sum(r.bad for r in results), shares[middle], [r.requests_per_s for r in results],
                 statistics.median(costs), statistics.median(pg_costs) if pg_costs else None)
 
 
-def run_stack(stack: servers.Stack, database: BenchDatabase, args: argparse.Namespace, say) -> list[Case]:
+def run_stack(stack: servers.Stack, database: BenchDatabase, args: argparse.Namespace, say,
+              pages: dict) -> tuple[str, list[Case]]:
+    """Start the stack, measure each of its endpoints at each connection count, stop it; its runtime and cases.
+
+    `pages` keeps the first events page seen: every stack that claims to send
+    the server's page must send that same document.
+    """
     say(f"starting {stack.name}")
     stack.start(WORKERS)
     try:
-        pids = stack.pids_answering()
-        say(f"  {len(stack.workers)} workers; {len(pids)} answered on fresh connections")
+        runtime = stack.runtime()
+        say(f"  {len(stack.workers)} workers answering ({runtime})")
+        if stack.same_page and servers.EVENTS in stack.endpoints:
+            page = stack.page(PATHS[servers.EVENTS], TOKEN)
+            first = pages.setdefault("page", (stack.name, page))
+            if first[1] != page:
+                raise RuntimeError(f"{stack.name} answers {PATHS[servers.EVENTS]} with another document than "
+                                   f"{first[0]}")
         cases = []
-        for path, endpoint in ENDPOINTS:
-            case = measure(stack, database, path, endpoint, args)
-            say(f"  {path}: {case.rps:,.0f} req/s, p99 {case.p99_ms:.2f} ms, {case.cpu_us:.0f} µs CPU/request "
-                f"(runs {', '.join(f'{r:,.0f}' for r in case.runs)}; worker CPU shares "
-                f"{'/'.join(f'{s:.0%}' for s in case.shares)})")
-            cases.append(case)
-        return cases
+        for endpoint in stack.endpoints:
+            for connections in args.connections:
+                case = measure(stack, database, endpoint, connections, args)
+                pg = "" if case.pg_us is None else f" + {case.pg_us:.0f} PostgreSQL"
+                say(f"  {PATHS[endpoint]} -c{connections}: {case.rps:,.0f} req/s, p99 {case.p99_ms:.2f} ms, "
+                    f"{case.cpu_us:.0f} worker{pg} µs CPU/request (runs {', '.join(f'{r:,.0f}' for r in case.runs)};"
+                    f" worker CPU shares {'/'.join(f'{s:.0%}' for s in case.shares)})")
+                cases.append(case)
+        return runtime, cases
     finally:
         stack.stop()
+
+
+def make_stacks(args: argparse.Namespace, database_url: str, folder: Path) -> list[servers.Stack]:
+    extra = ["--reuse-port"] if args.reuse_port else []
+    makers = {
+        "ayon": lambda port: servers.ours(database_url, TOKEN, port, folder, WORKERS, extra),
+        "falcon-ceiling": lambda port: servers.falcon_ceiling(database_url, TOKEN, port, folder, WORKERS, extra),
+        "db-ceiling": lambda port: servers.db_ceiling(database_url, TOKEN, port, folder, WORKERS, args.db_driver),
+        "fastapi-default": lambda port: servers.fastapi_default(database_url, TOKEN, port, folder, WORKERS),
+        "fastapi-tuned": lambda port: servers.fastapi_tuned(database_url, TOKEN, port, folder, WORKERS),
+    }
+    return [makers[name](free_port()) for name in args.stacks]
 
 
 def machine() -> str:
@@ -121,42 +188,76 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} CPUs, {model}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return (f"{len(os.sched_getaffinity(0))} CPUs ({model}), {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}")
 
 
-def report(cases: list[Case], args: argparse.Namespace) -> tuple[list[str], bool]:
-    """The results as a Markdown table plus the target lines; True when every target and spread check holds."""
-    by = {(c.stack, c.endpoint): c for c in cases}
+def ratio_lines(cases: list[Case], connections: int, judged: bool) -> tuple[list[str], bool]:
+    """ayon against every other stack at one connection count; targets checked when `judged`."""
+    by = {(c.stack, c.endpoint): c for c in cases if c.connections == connections}
+    targets = {(endpoint, other): least for endpoint, other, least in TARGETS}
+    lines, ok = [], True
+    for endpoint in PATHS:
+        mine = by.get(("ayon", endpoint))
+        if mine is None:
+            continue
+        for other in STACKS[1:]:
+            theirs = by.get((other, endpoint))
+            if theirs is None or not theirs.rps:
+                continue
+            ratio = mine.rps / theirs.rps
+            line = f"- -c{connections} {endpoint}: ayon / {other} = {ratio:.2f}"
+            least = targets.get((endpoint, other))
+            if judged and least is not None:
+                line += f" (target >= {least}) {'met' if ratio >= least else 'MISSED'}"
+                ok &= ratio >= least
+            lines.append(line)
+        if (endpoint, P99_TARGET[1]) == P99_TARGET:
+            theirs = by.get((P99_TARGET[1], endpoint))
+            if theirs is not None:
+                line = (f"- -c{connections} {endpoint} p99: ayon {mine.p99_ms:.2f} ms, {theirs.stack} "
+                        f"{theirs.p99_ms:.2f} ms")
+                if judged:
+                    met = mine.p99_ms <= theirs.p99_ms
+                    line += f" (target: no worse) {'met' if met else 'MISSED'}"
+                    ok &= met
+                lines.append(line)
+    return lines, ok
+
+
+def report(cases: list[Case], runtimes: dict[str, str], args: argparse.Namespace,
+           load: tuple[float, float]) -> tuple[list[str], bool]:
+    """The results as a Markdown table plus the ratio lines; True when every target and spread check holds."""
     ok = True
     lines = [
         f"Measured {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z} on {machine()}; "
-        f"wrk -t1 -c{args.connections} -d{args.seconds}s, median of {args.repeat}, {args.events:,} events"
-        f"{', one SO_REUSEPORT socket per worker' if args.reuse_port else ', each stack as configured'}.",
+        f"wrk -t1 -d{args.seconds}s at -c{', -c'.join(map(str, args.connections))}, median of {args.repeat}, "
+        f"{args.events:,} events; 1-minute load average {load[0]:.2f} before, {load[1]:.2f} after"
+        f"{'; ayon and falcon-ceiling with one SO_REUSEPORT socket per worker' if args.reuse_port else ''}.",
         "",
-        "| stack | endpoint | req/s | p99 ms | worker CPU µs/request | PostgreSQL CPU µs/request "
+        *(f"- {name}: {runtime}" for name, runtime in runtimes.items()),
+        "",
+        "| stack | endpoint | connections | req/s | p99 ms | worker CPU µs/request | PostgreSQL CPU µs/request "
         "| worker CPU shares | bad responses |",
-        "|---|---|---:|---:|---:|---:|---|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for c in cases:
         pg = "n/a" if c.pg_us is None else f"{c.pg_us:.0f}"
-        lines.append(f"| {c.stack} | {c.endpoint} | {c.rps:,.0f} | {c.p99_ms:.2f} | {c.cpu_us:.0f} | {pg} | "
-                     f"{' / '.join(f'{s:.0%}' for s in c.shares)} | {c.bad} |")
+        lines.append(f"| {c.stack} | {c.endpoint} | {c.connections} | {c.rps:,.0f} | {c.p99_ms:.2f} | {c.cpu_us:.0f} "
+                     f"| {pg} | {' / '.join(f'{s:.0%}' for s in c.shares)} | {c.bad} |")
         ok &= c.bad == 0
-    lines.append("")
-    for endpoint, other, target in TARGETS:
-        mine, theirs = by.get(("ayon", endpoint)), by.get((other, endpoint))
-        if not mine or not theirs or not theirs.rps:
-            continue
-        ratio = mine.rps / theirs.rps
-        met = ratio >= target
+    for i, connections in enumerate(args.connections):
+        found, met = ratio_lines(cases, connections, judged=i == 0)
+        if found:
+            lines += ["", *found]
         ok &= met
-        lines.append(f"- {endpoint}: ayon / {other} = {ratio:.2f} (target >= {target}) "
-                     f"{'met' if met else 'MISSED'}")
-    for c in cases:
-        if len(c.shares) < WORKERS or min(c.shares) < MIN_WORKER_SHARE:
-            ok = False
-            lines.append(f"- load NOT spread: {c.stack} {c.endpoint} worker CPU shares "
-                         f"{' / '.join(f'{s:.0%}' for s in c.shares)}")
+    spread = [c for c in cases if len(c.shares) < WORKERS or min(c.shares) < MIN_WORKER_SHARE]
+    if spread:
+        lines.append("")
+    for c in spread:
+        ok = False
+        lines.append(f"- load NOT spread: {c.stack} {c.endpoint} -c{c.connections} worker CPU shares "
+                     f"{' / '.join(f'{s:.0%}' for s in c.shares)}")
     return lines, ok
 
 
@@ -172,25 +273,26 @@ def main(argv: list[str] | None = None) -> None:
     def say(text: str) -> None:
         print(text, flush=True)
 
+    load_before = os.getloadavg()[0]
     folder = Path(tempfile.mkdtemp(prefix="ayon-bench-http-"))
     say(f"preparing PostgreSQL with {args.events:,} events (logs in {folder})")
     database = None
     cases: list[Case] = []
+    runtimes: dict[str, str] = {}
     try:
         database = BenchDatabase(args.postgres_url)
         database.seed_events(args.events)
-        extra = ["--reuse-port"] if args.reuse_port else []
-        for make in (servers.ours, servers.ceiling):
-            cases += run_stack(make(database.url, TOKEN, free_port(), folder, extra), database, args, say)
-        peer = servers.fastapi(database.url, TOKEN, free_port(), folder, WORKERS, args.reuse_port)
-        cases += run_stack(peer, database, args, say)
+        pages: dict = {}
+        for stack in make_stacks(args, database.url, folder):
+            runtimes[stack.name], found = run_stack(stack, database, args, say, pages)
+            cases += found
     except (RuntimeError, OSError, psycopg2.Error) as exc:
         print(f"Error: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}", file=sys.stderr)
         sys.exit(1)
     finally:
         if database is not None:
             database.close()
-    lines, ok = report(cases, args)
+    lines, ok = report(cases, runtimes, args, (load_before, os.getloadavg()[0]))
     print("\n".join(["", *lines]))
     complete = all(c.bad == 0 for c in cases)
     if complete:

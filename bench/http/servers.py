@@ -1,4 +1,4 @@
-"""The three stacks under test, each started as real processes and stopped after."""
+"""The five stacks under test, each started as real processes and stopped after."""
 
 import json
 import os
@@ -14,6 +14,12 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 
+INFO, EVENTS = "info", "events"
+
+# Shared objects whose presence in a worker's memory tells which loop and HTTP parser it runs.
+LOOPS = (("uvloop/loop.", "uvloop"),)
+PARSERS = (("httptools/parser/parser.", "httptools"), ("gunicorn_h1c", "gunicorn_h1c"))
+
 
 @dataclass
 class Stack:
@@ -24,6 +30,9 @@ class Stack:
     env: dict[str, str]
     port: int
     log_path: Path
+    endpoints: tuple[str, ...] = (INFO, EVENTS)  # what it answers meaningfully
+    parser: str = "gunicorn's Python one"  # the HTTP parser when no C one is loaded
+    same_page: bool = True  # answers the server's exact events page (fastapi-default does not)
     proc: subprocess.Popen | None = None
     log: object = None
     workers: list[psutil.Process] = field(default_factory=list)
@@ -33,18 +42,27 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, expected_workers: int, timeout: float = 60.0) -> None:
+        """Start the stack and wait until every worker has answered /api/info on a fresh connection.
+
+        One answer is not enough: a worker still importing its app when wrk
+        connects leaves all the connections to the other, for the whole run.
+        """
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command, env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout
+        seen: set[int] = set()
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
             self.workers = self._workers()
             if len(self.workers) >= expected_workers and self._answers():
-                return
+                seen |= self.pids_answering(10)
+                if {w.pid for w in self.workers} <= seen:
+                    return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not answer within {timeout:.0f} s; see {self.log_path}")
+                raise RuntimeError(f"{self.name}: {len(seen)} of {len(self.workers)} workers answered within "
+                                   f"{timeout:.0f} s; see {self.log_path}")
             time.sleep(0.1)
 
     def _workers(self) -> list[psutil.Process]:
@@ -67,9 +85,30 @@ class Stack:
         seen = set()
         for _ in range(tries):
             request = urllib.request.Request(self.base + "/api/info", headers={"Connection": "close"})
-            with urllib.request.urlopen(request, timeout=5) as resp:
-                seen.add(json.load(resp).get("pid"))
+            try:
+                with urllib.request.urlopen(request, timeout=5) as resp:
+                    seen.add(json.load(resp).get("pid"))
+            except (OSError, ValueError):
+                pass  # a worker still starting; the caller polls again
         return seen
+
+    def page(self, path: str, token: str):
+        """One answer of `path` with the token, decoded."""
+        request = urllib.request.Request(self.base + path, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return json.load(resp)
+
+    def runtime(self) -> str:
+        """The event loop and HTTP parser the workers really run, from the libraries mapped in them."""
+        loops, parsers = set(), set()
+        for worker in self.workers:
+            try:
+                maps = Path(f"/proc/{worker.pid}/maps").read_text()
+            except OSError:
+                continue
+            loops.add(next((name for part, name in LOOPS if part in maps), "asyncio"))
+            parsers.add(next((name for part, name in PARSERS if part in maps), self.parser))
+        return f"event loop {'/'.join(sorted(loops)) or 'unknown'}, HTTP parser {'/'.join(sorted(parsers)) or 'unknown'}"
 
     def cpu_seconds(self) -> dict[int, float]:
         """CPU time used so far by each worker, to see how load spread over them."""
@@ -105,6 +144,12 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("AYON_", "BENCH_"))}
 
 
+def _bench_env(database_url: str, token: str, **extra: str) -> dict[str, str]:
+    env = _clean_env()
+    env.update(BENCH_POSTGRES_URL=database_url, BENCH_TOKEN=token, PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
 def server_env(database_url: str, token: str, port: int, data_dir: Path) -> dict[str, str]:
     """Our server in its default configuration: only what has no usable default is set."""
     env = _clean_env()
@@ -113,24 +158,47 @@ def server_env(database_url: str, token: str, port: int, data_dir: Path) -> dict
     return env
 
 
-def ours(database_url: str, token: str, port: int, folder: Path, gunicorn_args: list[str]) -> Stack:
+def ours(database_url: str, token: str, port: int, folder: Path, workers: int, gunicorn_args: list[str]) -> Stack:
     env = server_env(database_url, token, port, folder / "ours-data")
     command = [sys.executable, "-m", "gunicorn", "-c", "server/gunicorn_conf.py", *gunicorn_args]
     return Stack("ayon", command, env, port, folder / "ours.log")
 
 
-def ceiling(database_url: str, token: str, port: int, folder: Path, gunicorn_args: list[str]) -> Stack:
-    # Same gunicorn settings file; the positional app replaces the configured one.
-    env = server_env(database_url, token, port, folder / "ceiling-data")
+def falcon_ceiling(database_url: str, token: str, port: int, folder: Path, workers: int,
+                   gunicorn_args: list[str]) -> Stack:
+    # Same gunicorn settings file (so the same loop and parser); the positional app replaces the configured one.
+    env = server_env(database_url, token, port, folder / "falcon-ceiling-data")
     command = [sys.executable, "-m", "gunicorn", "-c", "server/gunicorn_conf.py", *gunicorn_args,
-               "bench.http.ceiling:app"]
-    return Stack("falcon-ceiling", command, env, port, folder / "ceiling.log")
+               "bench.http.falcon_ceiling:app"]
+    return Stack("falcon-ceiling", command, env, port, folder / "falcon-ceiling.log", endpoints=(INFO,))
 
 
-def fastapi(database_url: str, token: str, port: int, folder: Path, workers: int, reuse_port: bool) -> Stack:
-    env = _clean_env()
-    env.update(BENCH_POSTGRES_URL=database_url, BENCH_TOKEN=token, PYTHONPATH=str(ROOT))
-    # Always the peer's own launcher: uvicorn's --workers sockets lack TCP_NODELAY, which
-    # held every response ~40 ms on a delayed ACK and made the peer look 10x slower.
-    command = [sys.executable, "-m", "bench.http.peer_fastapi", "--port", str(port), "--workers", str(workers)]
-    return Stack("fastapi-uvicorn", command, env, port, folder / "fastapi.log")
+def db_ceiling(database_url: str, token: str, port: int, folder: Path, workers: int, driver: str) -> Stack:
+    # gunicorn's stock asgi worker with its fastest options, whatever the server's settings say; one
+    # SO_REUSEPORT socket per worker spreads connections evenly without the server's accept batching.
+    env = _bench_env(database_url, token, BENCH_DRIVER=driver)
+    command = [sys.executable, "-m", "gunicorn", "-k", "asgi", "--asgi-loop", "uvloop", "--reuse-port",
+               "--workers", str(workers), "--worker-connections", "1000", "--keep-alive", "5",
+               "--bind", f"127.0.0.1:{port}", "--no-control-socket", "bench.http.db_ceiling:get_app()"]
+    return Stack("db-ceiling", command, env, port, folder / "db-ceiling.log")
+
+
+def _uvicorn(name: str, app: str, loop: str, http: str, database_url: str, token: str, port: int, folder: Path,
+             workers: int, same_page: bool) -> Stack:
+    # Always the launcher: uvicorn's --workers sockets lack TCP_NODELAY, which held every
+    # response ~40 ms on a delayed ACK and made a peer look 10x slower.
+    command = [sys.executable, "-m", "bench.http.uvicorn_run", app, "--port", str(port), "--workers", str(workers),
+               "--loop", loop, "--http", http]
+    return Stack(name, command, _bench_env(database_url, token), port, folder / f"{name}.log",
+                 parser="h11" if http == "h11" else "unknown", same_page=same_page)
+
+
+def fastapi_default(database_url: str, token: str, port: int, folder: Path, workers: int) -> Stack:
+    # Its page is FastAPI's encoding of row dicts: the same events, not the same document.
+    return _uvicorn("fastapi-default", "bench.http.fastapi_default:app", "asyncio", "h11", database_url, token, port,
+                    folder, workers, same_page=False)
+
+
+def fastapi_tuned(database_url: str, token: str, port: int, folder: Path, workers: int) -> Stack:
+    return _uvicorn("fastapi-tuned", "bench.http.fastapi_tuned:app", "uvloop", "httptools", database_url, token,
+                    port, folder, workers, same_page=True)
