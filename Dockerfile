@@ -2,7 +2,7 @@
 # AYON_RUN_SETUP, AYON_RUN_MAINTENANCE); supervisord runs the programs.
 #
 #   docker build -t ayon-server .
-#   docker run -p 5000:5000 -e AYON_ADMIN_TOKEN=secret ayon-server
+#   docker run -p 5000:5000 -e AYON_ADMIN_TOKEN=change-me ayon-server
 #
 # Without a registry, `make image` passes a local Debian base as BASE_IMAGE and
 # wheels fetched on the host in build/wheels (installed with --no-index).

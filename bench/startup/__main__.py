@@ -81,7 +81,7 @@ def main() -> None:
     pg.start()
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AYON_")}
-        env.update(AYON_POSTGRES_URL=pg.url.rsplit("/", 1)[0] + "/ayon", AYON_ADMIN_TOKEN="bench",
+        env.update(AYON_POSTGRES_URL=pg.url.rsplit("/", 1)[0] + "/ayon", AYON_ADMIN_TOKEN="bench-token",
                    AYON_INSTANCE_ID="bench", PYTHONPATH=str(ROOT))
         print("bench/startup: migrating a database once (not measured)", flush=True)
         subprocess.run([sys.executable, "-m", "procs.setup"], env={**env, "AYON_DATA_DIR": str(folder / "setup")},
