@@ -8,14 +8,27 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kubernetes_validate import utils as kubernetes_validate
+from packaging.version import Version
 
-from server import config
+from procs import supervisor
+from server import config, settings
 from server.settings import BY_NAME
 from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
 COMPOSE = sorted((ROOT / "deploy" / "compose").glob("*.yml"))
-MANIFESTS = sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml"))
+KUBERNETES = ROOT / "deploy" / "kubernetes"
+# Every Kubernetes object the layers are made of (kustomization.yaml files say how they combine).
+MANIFESTS = sorted(p for p in KUBERNETES.rglob("*.yaml") if p.name != "kustomization.yaml")
+# The maintenance choices, each applied with the base (`kubectl apply -k deploy/kubernetes/<choice>`):
+# the one mechanism it brings, and the maintenance.enabled its configuration must say.
+MAINTENANCE_CHOICES = {
+    "maintenance-cronjob": ("CronJob/ayon-maintenance", False),
+    "maintenance-daemon": ("Deployment/ayon-maintenance", True),
+}
+# The oldest Kubernetes release the manifests support; the newest is the newest kubernetes-validate knows.
+OLDEST_KUBERNETES = Version("1.29")
 # The project's image, as `make image` tags it and the Compose files build it.
 PROJECT_IMAGE = "ayon-server:latest"
 # Official images the Compose files may use, and the variables and commands they document.
@@ -23,7 +36,7 @@ OFFICIAL_IMAGES = {"postgres": re.compile(r"^(1[4-9])(-bookworm)?$")}
 OFFICIAL_VARIABLES = {"postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "PGDATA"}}
 OFFICIAL_COMMANDS = {"postgres": {"pg_isready"}}
 # Variables the user sets when running compose, beside the AYON_* settings.
-COMPOSE_INPUTS = {"POSTGRES_PASSWORD"}
+COMPOSE_INPUTS = {"POSTGRES_PASSWORD", "HTTP_PORT", "SERVER_1_PORT", "SERVER_2_PORT"}
 
 
 def run(*argv: str) -> subprocess.CompletedProcess:
@@ -81,18 +94,75 @@ def test_dockerfile_keeps_its_contract():
 # --- Kubernetes ---
 
 
-def test_kubernetes_manifests_validate_strictly():
-    assert len(MANIFESTS) >= 7
-    result = run(str(BIN / "kubernetes-validate"), "--strict", *map(str, MANIFESTS))
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count(" passed for resource ") == len(MANIFESTS), result.stdout
+def kubernetes_minors(oldest: Version = OLDEST_KUBERNETES) -> list[str]:
+    """Each Kubernetes minor from `oldest` to the newest that the installed kubernetes-validate has schemas for."""
+    known = {kubernetes_validate.major_minor(v) for v in kubernetes_validate.all_versions()}
+    return sorted((v for v in known if Version(v) >= oldest), key=Version)
 
 
-def resources() -> dict[str, dict]:
+def load_objects(path: Path) -> dict[str, dict]:
     found = {}
-    for path in MANIFESTS:
-        for doc in yaml.safe_load_all(path.read_text()):
-            found[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
+    for doc in yaml.safe_load_all(path.read_text()):
+        if doc:
+            key = f"{doc['kind']}/{doc['metadata']['name']}"
+            assert key not in found, f"{path}: {key} twice"
+            found[key] = doc
+    return found
+
+
+def merge_patch(target: dict, patch: dict, where: str) -> dict:
+    """A strategic-merge patch as kustomize applies it, for patches made of maps and scalars only."""
+    merged = dict(target)
+    for key, value in patch.items():
+        # Lists merge by per-field keys in a strategic merge: this resolver does not do that.
+        assert not isinstance(value, list), f"{where}: a list in a patch ({key}) needs kubectl to resolve"
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_patch(merged[key], value, where)
+        else:
+            merged[key] = value
+    return merged
+
+
+def kustomize(folder: Path, files: set[Path] | None = None) -> dict[str, dict]:
+    """The objects `kubectl apply -k folder` applies, keyed kind/name, resolved without kubectl.
+
+    Only what these folders use (resources: files and folders; patches: strategic-merge
+    files); anything else in a kustomization.yaml fails here rather than being ignored.
+    `files` collects every file read.
+    """
+    spec = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    unknown = set(spec) - {"apiVersion", "kind", "resources", "patches"}
+    assert not unknown, f"{folder}: this resolver does not know {sorted(unknown)}"
+    assert spec["kind"] == "Kustomization", folder
+    found: dict[str, dict] = {}
+    for entry in spec.get("resources", []):
+        path = (folder / entry).resolve()
+        objects = kustomize(path, files) if path.is_dir() else load_objects(path)
+        if path.is_file() and files is not None:
+            files.add(path)
+        for key, doc in objects.items():
+            assert key not in found, f"{folder}: {key} comes twice"
+            found[key] = doc
+    for patch in spec.get("patches", []):
+        assert set(patch) == {"path"}, f"{folder}: only patches given by path are resolved here: {patch}"
+        path = (folder / patch["path"]).resolve()
+        if files is not None:
+            files.add(path)
+        for key, doc in load_objects(path).items():
+            assert key in found, f"{path}: patches {key}, which {folder} does not have"
+            found[key] = merge_patch(found[key], doc, str(path))
+    return found
+
+
+def applied(choice: str) -> dict[str, dict]:
+    return kustomize(KUBERNETES / choice)
+
+
+def all_objects() -> dict[str, dict]:
+    """Every object of every maintenance choice (the base's appear once)."""
+    found = {}
+    for choice in MAINTENANCE_CHOICES:
+        found.update(applied(choice))
     return found
 
 
@@ -107,10 +177,102 @@ def pod_specs(found: dict[str, dict]) -> dict[str, dict]:
     return specs
 
 
+def container_settings(container: dict, found: dict[str, dict]) -> settings.Settings:
+    """The settings a container starts with: its env and the Secrets it takes whole (envFrom)."""
+    env = {}
+    for source in container.get("envFrom", []):
+        env.update(found[f"Secret/{source['secretRef']['name']}"]["stringData"])
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        else:  # set from the pod's fields: a value of its own, not a role switch
+            env[item["name"]] = "from-the-pod"
+    return settings.load(env)
+
+
+def maintenance_mechanisms(found: dict[str, dict]) -> list[str]:
+    """The objects that run the maintenance procedure: a one-shot run or the daemon."""
+    mechanisms = []
+    for key, pod in pod_specs(found).items():
+        for container in pod.get("containers", []) + pod.get("initContainers", []):
+            argv = container.get("command", []) + container.get("args", [])
+            if argv:  # the entrypoint runs the command instead of the roles
+                runs = argv[:3] == ["python", "-m", "maintenance"]
+            else:
+                values = container_settings(container, found)
+                runs = values.roles != ["setup"] and "maintenance" in [p.name for p in supervisor.programs(values)]
+            if runs:
+                mechanisms.append(key)
+    return mechanisms
+
+
+def configured_maintenance(found: dict[str, dict], tmp_path: Path) -> dict:
+    path = tmp_path / "config.yaml"
+    path.write_text(found["ConfigMap/ayon-config"]["data"]["config.yaml"])
+    return config.load_file(str(path))["maintenance"]
+
+
+@pytest.mark.parametrize("minor", kubernetes_minors(), ids=lambda v: f"k8s-{v}")
+def test_kubernetes_manifests_validate_strictly(minor):
+    result = run(str(BIN / "kubernetes-validate"), "--strict", "--kubernetes-version", f"{minor}.0",
+                 *map(str, MANIFESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    objects = sum(len(load_objects(path)) for path in MANIFESTS)
+    passed = [line for line in result.stdout.splitlines() if " passed for resource " in line]
+    # A kind without a schema is only a warning to the tool: every object must have passed.
+    assert len(passed) == objects, result.stdout
+    assert all(line.endswith(f" against version {minor}") for line in passed), result.stdout
+
+
+def test_kubernetes_validation_covers_every_release_from_1_29():
+    minors = kubernetes_minors()
+    assert minors[0] == "1.29"
+    assert minors[-1] == kubernetes_validate.major_minor(kubernetes_validate.latest_version())
+    assert len(minors) == Version(minors[-1]).minor - 28, minors  # no gaps
+
+
+def test_setup_job_validates_for_every_release_the_tool_knows():
+    # Kubernetes 1.28 and older require onPodConditions in each podFailurePolicy rule.
+    path = KUBERNETES / "base" / "setup-job.yaml"
+    for minor in kubernetes_minors(oldest=Version("0.0")):
+        result = run(str(BIN / "kubernetes-validate"), "--strict", "--kubernetes-version", f"{minor}.0", str(path))
+        assert result.returncode == 0 and " passed for resource " in result.stdout, result.stdout + result.stderr
+
+
+def test_the_layers_use_every_manifest():
+    files: set[Path] = set()
+    for choice in MAINTENANCE_CHOICES:
+        kustomize(KUBERNETES / choice, files)
+    assert files == set(MANIFESTS)
+    folders = {p.parent.name for p in KUBERNETES.rglob("kustomization.yaml")}
+    assert folders == {"base", *MAINTENANCE_CHOICES}
+    assert not list(KUBERNETES.glob("*.yaml")), "a manifest outside the layers"
+
+
+def test_the_base_runs_no_maintenance_and_each_choice_exactly_one(tmp_path):
+    base = kustomize(KUBERNETES / "base")
+    assert set(base) == {"ConfigMap/ayon-config", "Secret/ayon", "Job/ayon-setup", "Deployment/ayon-server",
+                         "Service/ayon-server", "PodDisruptionBudget/ayon-server"}
+    assert maintenance_mechanisms(base) == []
+    for choice, (mechanism, enabled) in MAINTENANCE_CHOICES.items():
+        found = applied(choice)
+        assert set(found) == set(base) | {mechanism}, choice
+        assert maintenance_mechanisms(found) == [mechanism], choice
+        assert configured_maintenance(found, tmp_path)["enabled"] is enabled, choice
+
+
+def test_the_cronjob_configuration_differs_from_the_base_only_in_the_switch(tmp_path):
+    base = configured_maintenance(kustomize(KUBERNETES / "base"), tmp_path)
+    cron = configured_maintenance(applied("maintenance-cronjob"), tmp_path)
+    assert {**cron, "enabled": base["enabled"]} == base
+    assert base["time"] == "03:00"
+
+
 def test_kubernetes_layout_follows_the_design():
-    found = resources()
+    found = all_objects()
     server = found["Deployment/ayon-server"]["spec"]
     assert server["replicas"] == 2
+    assert server["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     pod = server["template"]["spec"]
     # Above supervisord's stopwaitsecs for the server program (30 s).
     assert pod["terminationGracePeriodSeconds"] > 30
@@ -118,22 +280,42 @@ def test_kubernetes_layout_follows_the_design():
     assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
     assert "startupProbe" in container
+    annotations = server["template"]["metadata"]["annotations"]
+    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": "5000", "prometheus.io/path": "/metrics"}
+    assert [p["containerPort"] for p in container["ports"]] == [5000]
+    budget = found["PodDisruptionBudget/ayon-server"]["spec"]
+    assert budget["selector"]["matchLabels"] == server["selector"]["matchLabels"]
+    assert 0 < budget["minAvailable"] < server["replicas"]
     cron = found["CronJob/ayon-maintenance"]["spec"]
     assert cron["concurrencyPolicy"] == "Forbid"
     (job_container,) = cron["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     assert job_container["args"] == ["python", "-m", "maintenance"]
-    assert "Deployment/ayon-maintenance" in found and "Job/ayon-setup" in found
+    assert found["Deployment/ayon-maintenance"]["spec"]["replicas"] == 1
+    rules = found["Job/ayon-setup"]["spec"]["podFailurePolicy"]["rules"]
+    assert {"action": "FailJob", "onExitCodes": {"containerName": "setup", "operator": "In", "values": [2]},
+            "onPodConditions": []} in rules
     assert set(found["Secret/ayon"]["stringData"]) == {"AYON_ADMIN_TOKEN", "AYON_POSTGRES_URL"}
     assert found["Service/ayon-server"]["spec"]["selector"] == server["selector"]["matchLabels"]
 
 
-def test_kubernetes_pods_run_as_the_image_user_and_name_real_settings():
-    for key, pod in pod_specs(resources()).items():
+def test_kubernetes_pods_are_hardened_and_name_real_settings():
+    found = all_objects()
+    for key, pod in pod_specs(found).items():
+        assert pod["automountServiceAccountToken"] is False, key
         assert pod["securityContext"]["runAsNonRoot"] is True, key
         assert pod["securityContext"]["runAsUser"] == 10001, key
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, key
         for container in pod["containers"]:
             assert container["image"] == PROJECT_IMAGE, key
-            assert container["securityContext"]["allowPrivilegeEscalation"] is False, key
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, key
+            assert security["readOnlyRootFilesystem"] is True, key
+            assert security["capabilities"] == {"drop": ["ALL"]}, key
+            assert set(container["resources"]["requests"]) == {"cpu", "memory"}, key
+            assert "memory" in container["resources"]["limits"], key
+            # A read-only root: everything the programs write is a volume.
+            mounted = {m["mountPath"] for m in container["volumeMounts"]}
+            assert {"/var/lib/ayon", "/tmp"} <= mounted, key
             for item in container.get("env", []):
                 assert item["name"] in BY_NAME, f"{key}: {item['name']} is not a setting"
             for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
@@ -141,22 +323,29 @@ def test_kubernetes_pods_run_as_the_image_user_and_name_real_settings():
                 assert command is None or image_command_exists(command), f"{key}: {command}"
             if "args" in container:
                 assert image_command_exists(container["args"]), key
+            if not container.get("args") and container_settings(container, found).roles != ["setup"]:  # supervisord writes its config
+                assert "/etc/supervisor" in mounted, key
 
 
 def test_kubernetes_config_map_is_a_valid_configuration_file(tmp_path):
-    text = resources()["ConfigMap/ayon-config"]["data"]["config.yaml"]
-    path = tmp_path / "config.yaml"
-    path.write_text(text)
-    assert config.load_file(str(path))["maintenance"]["time"] == "03:00"
+    for choice in MAINTENANCE_CHOICES:
+        assert configured_maintenance(applied(choice), tmp_path)["time"] == "03:00"
 
 
 # --- Compose ---
 
 
+def compose_services(path: Path) -> dict[str, dict]:
+    return yaml.safe_load(path.read_text())["services"]
+
+
+def project_services(path: Path) -> dict[str, dict]:
+    return {name: s for name, s in compose_services(path).items() if s["image"] == PROJECT_IMAGE}
+
+
 @pytest.mark.parametrize("path", COMPOSE, ids=lambda p: p.name)
 def test_compose_file_names_only_what_exists(path):
-    doc = yaml.safe_load(path.read_text())
-    services = doc["services"]
+    services = compose_services(path)
     assert set(services) >= {"postgres"}
     for name, service in services.items():
         repo, _, tag = service["image"].partition(":")
@@ -175,30 +364,66 @@ def test_compose_file_names_only_what_exists(path):
         test = service.get("healthcheck", {}).get("test")
         if test:
             assert test[0] == "CMD" and test[1] in allowed_cmds, f"{name}: {test}"
-        for dependency, condition in service.get("depends_on", {}).items():
-            assert dependency in services, f"{name} depends on unknown {dependency}"
-            assert condition["condition"] in ("service_healthy", "service_completed_successfully")
     for variable in re.findall(r"\$\{(\w+)", path.read_text()):
         assert variable in BY_NAME or variable in COMPOSE_INPUTS, f"${{{variable}}} is not a known variable"
 
 
+@pytest.mark.parametrize("path", COMPOSE, ids=lambda p: p.name)
+def test_compose_dependencies_start_under_podman_compose_too(path):
+    services = compose_services(path)
+    for name, service in services.items():
+        for dependency, condition in service.get("depends_on", {}).items():
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            # podman-compose turns a dependency into podman's --requires, which will not start a
+            # container whose required one has exited: only long-running services can be depended on.
+            assert services[dependency].get("restart", "no") != "no", f"{name} depends on one-shot {dependency}"
+            # Health checks order the start where the tool supports it (Docker Compose, newer podman).
+            assert condition == {"condition": "service_healthy"}, f"{name}: {condition}"
+            assert "healthcheck" in services[dependency], f"{name} waits for {dependency}, which has no health check"
+
+
+@pytest.mark.parametrize("path", COMPOSE, ids=lambda p: p.name)
+def test_compose_instances_have_stable_ids_and_ports_of_their_own(path):
+    services = project_services(path)
+    ids = [s["environment"].get("AYON_INSTANCE_ID") for s in services.values()]
+    assert None not in ids and len(set(ids)) == len(ids), ids
+    published = []
+    for name, service in services.items():
+        # One container per service: replicas would share the instance id.
+        assert service.get("deploy", {}).get("replicas", 1) == 1 and "scale" not in service, name
+        for port in service.get("ports", []):
+            host, _, container = port.rpartition(":")
+            assert container == "5000" and re.fullmatch(r"\$\{[A-Z0-9_]+_PORT:-\d+\}", host), f"{name}: {port}"
+            published.append(host)
+        volumes = [v for v in service.get("volumes", []) if v.endswith(":/var/lib/ayon")]
+        if service["environment"].get("AYON_RUN_SERVER", "true") == "true":
+            assert volumes and "ports" in service, f"{name}: a server keeps its data and publishes its port"
+    defaults = [re.search(r":-(\d+)", p).group(1) for p in published]
+    assert len(set(defaults)) == len(defaults) and len(set(published)) == len(published), published
+
+
 def test_split_compose_runs_each_role_in_its_own_service():
-    services = yaml.safe_load((ROOT / "deploy" / "compose" / "split.yml").read_text())["services"]
+    services = compose_services(ROOT / "deploy" / "compose" / "split.yml")
 
     def roles(name):
         env = services[name]["environment"]
         return {r for r in ("SERVER", "SETUP", "MAINTENANCE") if env[f"AYON_RUN_{r}"] == "true"}
 
     assert roles("setup") == {"SETUP"} and services["setup"]["restart"] == "no"
-    assert roles("server") == {"SERVER"} and services["server"]["deploy"]["replicas"] == 2
+    servers = sorted(name for name in services if name.startswith("server-"))
+    assert servers == ["server-1", "server-2"]
+    for name in servers:
+        assert roles(name) == {"SERVER"}
+        assert services[name]["environment"]["AYON_INSTANCE_ID"] == name
+        assert services[name]["volumes"] == [f"{name}-data:/var/lib/ayon"]
     assert roles("maintenance") == {"MAINTENANCE"}
-    for name in ("server", "maintenance"):
-        assert services[name]["depends_on"]["setup"] == {"condition": "service_completed_successfully"}
-        assert services[name]["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    for name in (*servers, "maintenance"):
+        assert services[name]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+        assert services[name]["restart"] == "unless-stopped"
 
 
-def test_cron_example_runs_maintenance_in_the_split_server_service():
-    services = yaml.safe_load((ROOT / "deploy" / "compose" / "split.yml").read_text())["services"]
+def test_cron_example_runs_maintenance_in_a_split_server_service():
+    services = compose_services(ROOT / "deploy" / "compose" / "split.yml")
     lines = [line for line in (ROOT / "deploy" / "compose" / "cron.example").read_text().splitlines()
              if line.strip() and not line.startswith("#") and "=" not in line.split()[0]]
     assert lines, "no cron line"
@@ -211,5 +436,5 @@ def test_cron_example_runs_maintenance_in_the_split_server_service():
         rest = command[command.index("exec") + 1:]
         while rest[0].startswith("-"):  # exec's own options (-T) come before the service
             rest = rest[1:]
-        assert rest[0] in services, line
+        assert rest[0] in services and services[rest[0]]["environment"]["AYON_RUN_SERVER"] == "true", line
         assert image_command_exists(rest[1:]), line
