@@ -11,6 +11,10 @@ bind = [_settings.http_bind]
 workers = _settings.server_workers
 # falcon ASGI under gunicorn's own asyncio worker: see docs/benchmarks.md for the numbers.
 worker_class = "server.worker.BalancedASGIWorker"
+# Python's own loop, never uvloop just because something installed it: the image does not
+# ship it, so tests and benchmarks must not run on it either; and under uvloop a SIGTERM
+# that reaches a worker before its loop runs is lost, holding a stop for graceful_timeout.
+asgi_loop = "asyncio"
 worker_connections = 1000
 # Long-lived requests (the event stream) must not be killed as hung workers.
 timeout = 120

@@ -1,26 +1,247 @@
-"""gunicorn's asgi worker, taking new connections a few at a time.
+"""gunicorn's asgi worker, taking new connections a few at a time, with a header timeout and a lingering close.
 
 asyncio accepts up to `backlog` (100) waiting connections each time the
 shared listening socket wakes a worker, so the first worker to wake took a
 whole burst of keep-alive connections and the other sat idle (bench/http saw
 0/100 splits). Taking a few per wake lets every worker's loop compete for
 the rest; the kernel's listen queue keeps gunicorn's `backlog`.
+
+Each connection is served by `HTTPProtocol`, gunicorn's own with a header
+timeout (slow clients) and a lingering close after answers sent before the
+request body was read, and `ExpectingBodyReceiver` lets the app refuse a
+body before a client waiting for 100 Continue sends it.
 """
 
+from gunicorn.asgi.protocol import ASGIProtocol, BodyReceiver
 from gunicorn.workers.gasgi import ASGIWorker
 
 ACCEPT_BATCH = 2
 
+# A request's headers must be complete this long after the connection opens
+# (or after the first byte of a later request on it), or the connection is
+# closed: a client dribbling its headers would otherwise hold it forever.
+HEADER_TIMEOUT = 10.0
+
+# After an answer sent before the request body was read, what the client
+# still sends is read and thrown away: for at most LINGER_SECONDS in all,
+# until it has been quiet for LINGER_IDLE seconds, or LINGER_MAX_BYTES.
+# Twice the largest body a route accepts (addon packages, 512 MiB), so a
+# client that sends its whole body before reading any answer still reads it.
+LINGER_SECONDS = 10.0
+LINGER_IDLE = 2.0
+LINGER_MAX_BYTES = 1024 * 1024 * 1024
+
+
+class ExpectingBodyReceiver(BodyReceiver):
+    """A request body that is asked for (100 Continue) only when the app reads past its first, empty, part.
+
+    falcon reads the first body event of every request before its middleware
+    runs, so gunicorn's 100 Continue went out before a 413 could: a client
+    that waits for it (curl does for large uploads) sent the whole body it
+    was about to be refused. An empty first part lets the app refuse first.
+    """
+
+    __slots__ = ("_first_given",)
+
+    def __init__(self, request, protocol):
+        super().__init__(request, protocol)
+        self._first_given = False
+
+    async def receive(self):
+        if not self._first_given:
+            self._first_given = True
+            if self.expect_continue and not self._chunks and not self._complete and not self._disconnected:
+                return {"type": "http.request", "body": b"", "more_body": True}
+        return await super().receive()
+
+
+class _Linger:
+    """What a lingering close has dropped, and its bounds."""
+
+    __slots__ = ("dropped", "last", "deadline", "idle", "max_bytes", "timer")
+
+    def __init__(self, worker):
+        self.dropped = 0
+        self.last = worker.loop.time()
+        self.deadline = self.last + worker.linger_seconds
+        self.idle = worker.linger_idle
+        self.max_bytes = worker.linger_max_bytes
+        self.timer = None
+
+
+class HTTPProtocol(ASGIProtocol):
+    """gunicorn's HTTP/1 connection, closed after a header timeout and closed gently after early answers.
+
+    gunicorn closes a connection whose request body was not read (a 411, a
+    413 from Content-Length) at once. The kernel answers a close with unread
+    bytes in its receive buffer, and every segment the client sends after
+    it, with a reset: a client still writing its body gets a broken pipe
+    before it looks for the answer, and answer bytes not yet sent are lost.
+    Like nginx and Apache, this one shuts down its sending side once the
+    answer is flushed, reads and drops what the client still sends, and
+    closes when the client is done (or after the bounds above).
+    """
+
+    def __init__(self, worker):
+        super().__init__(worker)
+        self._header_timeout = worker.header_timeout
+        self._header_timer = None
+        # gunicorn itself answered an unreadable request: its rest may still come.
+        self._refused = False
+        # The request whose answer announced `Connection: close`.
+        self._closing_request = None
+        self._linger = None  # a _Linger while draining before the close
+
+    # Slow clients.
+
+    def _start_http1(self, buffered=b""):
+        self._arm_header_timer()
+        super()._start_http1(buffered)
+
+    def _arm_header_timer(self):
+        if self._header_timeout and self._header_timeout > 0:
+            self._header_timer = self.worker.loop.call_later(self._header_timeout, self._header_timed_out)
+
+    def _cancel_header_timer(self):
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _on_headers_complete(self):
+        self._cancel_header_timer()
+        result = super()._on_headers_complete()
+        receiver = self._body_receiver
+        if receiver is not None and receiver.expect_continue:
+            # Replaced before the connection loop wakes up to hand it to the app.
+            self._body_receiver = ExpectingBodyReceiver(receiver.request, self)
+        return result
+
+    def _header_timed_out(self):
+        self._header_timer = None
+        if self._closed or self._current_request is not None:
+            return
+        self.log.debug("closing a connection whose request headers took over %s s", self._header_timeout)
+        self._close_transport()
+        # Wake the connection loop, as gunicorn's keep-alive timeout does.
+        if self._request_ready is not None:
+            self._request_ready.set()
+
+    def data_received(self, data):
+        if self._linger is not None:
+            self._linger_received(len(data))
+            return
+        if (self._current_request is None and self._header_timer is None and not self._closed
+                and self._callback_parser is not None
+                and (self._keepalive_handle is None or self._keepalive > self._header_timeout)):
+            # The first bytes of a later request on a kept-alive connection. gunicorn's
+            # keep-alive clock, when it runs and is shorter, cuts it off sooner anyway (one timer
+            # less per request).
+            self._arm_header_timer()
+        super().data_received(data)
+
+    # Early answers.
+
+    def _send_error_response(self, status, message, extra_headers=()):
+        self._refused = True
+        super()._send_error_response(status, message, extra_headers)
+
+    def _will_close(self, request, response_requires_close):
+        if self._closing_request is request:
+            return True
+        receiver = self._body_receiver
+        if receiver is not None and receiver.request is request and not receiver._complete:
+            # Answered before its body arrived: the connection cannot serve
+            # another request, so say so in the answer.
+            self._closing_request = request
+            return True
+        return super()._will_close(request, response_requires_close)
+
+    def _close_transport(self):
+        if self.transport is None or self._closed:
+            return
+        self._cancel_header_timer()
+        receiver = self._body_receiver
+        if not self._refused and (receiver is None or receiver._complete):
+            super()._close_transport()
+            return
+        self._closed = True
+        self._linger = _Linger(self.worker)
+        try:
+            # asyncio sends the FIN once the answer has left its buffer.
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            # Reading may be paused for backpressure; bytes must flow to be dropped.
+            self._reading_paused = False
+            self.transport.resume_reading()
+        except Exception:
+            self._end_linger(force=True)
+            return
+        self._linger.timer = self.worker.loop.call_later(self._linger.idle, self._linger_tick)
+
+    def _linger_received(self, size):
+        linger = self._linger
+        linger.dropped += size
+        linger.last = self.worker.loop.time()
+        if linger.dropped > linger.max_bytes:
+            self._end_linger(force=False)
+
+    def _linger_tick(self):
+        linger = self._linger
+        if linger is None:
+            return
+        linger.timer = None
+        now = self.worker.loop.time()
+        if now >= linger.deadline:
+            self._end_linger(force=True)
+        elif now - linger.last >= linger.idle or linger.dropped > linger.max_bytes:
+            self._end_linger(force=False)
+        if self._linger is not None:
+            wake = min(linger.deadline, max(linger.last + linger.idle, now + 0.1))
+            linger.timer = self.worker.loop.call_at(wake, self._linger_tick)
+
+    def _end_linger(self, force):
+        transport = self.transport
+        if transport.get_write_buffer_size() == 0:
+            self._stop_lingering()
+            transport.close()
+        elif force:
+            # The answer could not be delivered within the bounds: the client does not read.
+            self._stop_lingering()
+            transport.abort()
+        else:
+            # The answer is still on its way: stop reading, the deadline ends it.
+            transport.pause_reading()
+
+    def _stop_lingering(self):
+        linger, self._linger = self._linger, None
+        if linger is not None and linger.timer is not None:
+            linger.timer.cancel()
+
+    def eof_received(self):
+        # The client is done sending: asyncio closes the transport once the answer is flushed.
+        self._stop_lingering()
+        return super().eof_received()
+
+    def connection_lost(self, exc):
+        self._cancel_header_timer()
+        self._stop_lingering()
+        super().connection_lost(exc)
+
 
 class BalancedASGIWorker(ASGIWorker):
+    header_timeout = HEADER_TIMEOUT
+    linger_seconds = LINGER_SECONDS
+    linger_idle = LINGER_IDLE
+    linger_max_bytes = LINGER_MAX_BYTES
+
     def _setup_event_loop(self):
         super()._setup_event_loop()
         create_server = self.loop.create_server
         listen_queue = self.cfg.backlog
 
-        async def balanced_create_server(*args, **kwargs):
+        async def balanced_create_server(protocol_factory, *args, **kwargs):
             kwargs["backlog"] = ACCEPT_BATCH
-            server = await create_server(*args, **kwargs)
+            server = await create_server(lambda: HTTPProtocol(self), *args, **kwargs)
             if kwargs.get("sock") is not None:
                 kwargs["sock"].listen(listen_queue)
             return server

@@ -1,0 +1,185 @@
+"""The server's worker on a real gunicorn: early answers reach clients still sending; slow headers time out."""
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from server.worker import BalancedASGIWorker
+from tests.apiclient import TOKEN, Gunicorn, gunicorn, http, wait_for  # noqa: F401  (fixture)
+
+class QuickWorker(BalancedASGIWorker):
+    """The server's worker with timeouts and bounds small enough for a test."""
+
+    header_timeout = 1.0
+    linger_seconds = 2.0
+    linger_idle = 1.0
+    linger_max_bytes = 4 * 1024 * 1024
+
+
+@pytest.fixture
+def quick_gunicorn(env):
+    """gunicorn as production runs it but for QuickWorker's bounds; keep-alive long enough not to close first."""
+    server = Gunicorn(dict(env, GUNICORN_CMD_ARGS="--worker-class tests.test_worker.QuickWorker --keep-alive 30"))
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+        server.reader.join(5)
+
+
+def closed_at(sock: socket.socket, dribble: bytes, deadline: float) -> float | None:
+    """Send `dribble` a byte at a time, each while waiting up to 0.1 s for the server to close; when it did."""
+    sent = 0
+    sock.settimeout(0.1)
+    while time.monotonic() < deadline:
+        try:
+            if sent < len(dribble):
+                sock.sendall(dribble[sent:sent + 1])
+                sent += 1
+            if sock.recv(4096) == b"":
+                return time.monotonic()
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic()
+    return None
+
+
+SLOW = b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+
+
+def test_dribbled_headers_are_cut_off_while_others_are_served(quick_gunicorn):
+    port = quick_gunicorn.port
+    opened = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as slow, socket.create_connection(("127.0.0.1", port)) as idle:
+        slow.sendall(SLOW[:20])
+        # Meanwhile the same workers answer a normal client at once.
+        assert http(quick_gunicorn.url + "/health/live", timeout=2)[0] == 200
+        closed = closed_at(slow, SLOW[20:], deadline=opened + QuickWorker.header_timeout + 5)
+        assert closed is not None, "a connection dribbling its headers was never closed"
+        assert QuickWorker.header_timeout - 0.05 <= closed - opened <= QuickWorker.header_timeout + 2, closed - opened
+        # A connection that sends nothing at all is closed by the same clock.
+        assert closed_at(idle, b"", deadline=opened + QuickWorker.header_timeout + 5) is not None
+    assert http(quick_gunicorn.url + "/health/live", timeout=2)[0] == 200
+
+
+@pytest.mark.parametrize("args", [
+    "--worker-class tests.test_worker.QuickWorker --keep-alive 30",  # the header timeout is the shorter clock
+    "--worker-class server.worker.BalancedASGIWorker --keep-alive 1",  # gunicorn's keep-alive is
+], ids=["header-timeout", "keep-alive"])
+def test_later_requests_on_a_kept_alive_connection_are_cut_off_too(env, args):
+    server = Gunicorn(dict(env, GUNICORN_CMD_ARGS=args))
+    try:
+        server.wait_ready()
+        with socket.create_connection(("127.0.0.1", server.port)) as conn:
+            conn.sendall(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            conn.settimeout(5)
+            assert conn.recv(4096).startswith(b"HTTP/1.1 200 ")
+            started = time.monotonic()
+            closed = closed_at(conn, SLOW, deadline=started + 6)
+            assert closed is not None and closed - started <= 1 + 2, closed and closed - started
+    finally:
+        server.stop()
+        server.reader.join(5)
+
+
+def test_a_body_may_take_longer_than_the_header_timeout(quick_gunicorn):
+    body = json.dumps({"maintenance": {"time": "04:00"}}).encode()
+    with socket.create_connection(("127.0.0.1", quick_gunicorn.port)) as conn:
+        conn.sendall(b"PATCH /api/config HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:5])
+        # Still open twice the header timeout later.
+        assert closed_at(conn, b"", deadline=time.monotonic() + 2 * QuickWorker.header_timeout) is None
+        conn.sendall(body[5:])
+        conn.settimeout(5)
+        answer = conn.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+
+
+def test_curl_upload_over_the_limit_prints_the_413(gunicorn, tmp_path):
+    from server.api.addons import MAX_PACKAGE_BYTES
+
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    big = tmp_path / "big.zip"
+    with big.open("wb") as f:  # sparse: no disk is written for it
+        f.truncate(MAX_PACKAGE_BYTES + 1)
+    result = subprocess.run(
+        [curl, "-sS", "-H", f"Authorization: Bearer {TOKEN}", "-H", "Content-Type: application/zip",
+         "--data-binary", f"@{big}", gunicorn.url + "/api/addons"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert error["status"] == 413, error
+    assert str(MAX_PACKAGE_BYTES) in error["description"], error
+
+
+def test_a_body_waiting_for_100_continue_is_refused_before_it_is_sent(gunicorn):
+    with socket.create_connection(("127.0.0.1", gunicorn.port)) as conn:
+        conn.sendall(b"PATCH /api/config HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Authorization: Bearer {TOKEN}\r\nContent-Length: {2 * 1024 * 1024}\r\n".encode()
+                     + b"Expect: 100-continue\r\n\r\n")
+        conn.settimeout(5)
+        answer = b""
+        while chunk := conn.recv(4096):  # the server closes after its answer
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 "), answer  # no 100 Continue before it
+    assert b"\r\nConnection: close" in head, head
+    assert "at most 1048576 bytes" in json.loads(body)["error"]["description"]
+
+
+def refused(port: int) -> socket.socket:
+    """A connection whose 2 MiB body was refused after 64 KiB of it, with the answer read up to the server's FIN."""
+    conn = socket.create_connection(("127.0.0.1", port))
+    conn.sendall(b"PATCH /api/config HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {TOKEN}\r\nContent-Length: {2 * 1024 * 1024}\r\n\r\n".encode()
+                 + b" " * 65536)
+    conn.settimeout(5)
+    answer = b""
+    while chunk := conn.recv(4096):
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413 "), answer
+    return conn
+
+
+def held_by_server(server: Gunicorn, client: socket.socket) -> bool:
+    """Whether a worker still has its end of the client's connection open."""
+    mine = client.getsockname()
+    return any(c.raddr and tuple(c.raddr) == mine
+               for worker in psutil.Process(server.proc.pid).children() for c in worker.net_connections("tcp"))
+
+
+def test_a_refused_client_that_goes_quiet_is_closed_after_the_idle_bound(quick_gunicorn):
+    with refused(quick_gunicorn.port) as conn:
+        assert held_by_server(quick_gunicorn, conn)  # lingering: its sending side only is shut down
+        wait_for(lambda: not held_by_server(quick_gunicorn, conn), QuickWorker.linger_idle + 3, "the server's close")
+
+
+@pytest.mark.parametrize("pace", [0.05, 0], ids=["slowly-until-the-time-bound", "flat-out-until-the-size-bound"])
+def test_a_refused_client_that_keeps_sending_is_cut_off(quick_gunicorn, pace):
+    with refused(quick_gunicorn.port) as conn:
+        started = time.monotonic()
+        piece = b" " * (1024 if pace else 256 * 1024)
+
+        def cut_off() -> bool:
+            try:
+                conn.sendall(piece)
+                return False
+            except (BrokenPipeError, ConnectionResetError):
+                return True
+
+        wait_for(cut_off, QuickWorker.linger_seconds + 5, "the server to cut the connection off", every=pace)
+        took = time.monotonic() - started
+    if pace:
+        assert QuickWorker.linger_seconds - 0.5 <= took <= QuickWorker.linger_seconds + 2, took
+    else:
+        assert took < QuickWorker.linger_seconds / 2, took
