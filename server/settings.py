@@ -311,6 +311,7 @@ class Setting:
     help: str
     secret: bool = False
     check: Callable[[Any], None] | None = None  # against this machine; the entrypoint runs it once
+    checked_when: Callable[["Settings"], bool] | None = None  # only when these settings use it (None: always)
 
     def parse(self, raw: str | None) -> Any:
         """Convert one raw value; unset or blank means the default."""
@@ -342,7 +343,7 @@ SETTINGS = [
     Setting("AYON_POSTGRES_URL", to_postgres_url, "", "PostgreSQL URL; unset runs an embedded PostgreSQL (evaluation only).", secret=True),
     Setting("AYON_DATA_DIR", to_data_path, "/var/lib/ayon", "Local data: log spool, installed addons, embedded PostgreSQL; a folder that can be created and written.", check=check_data_dir),
     Setting("AYON_INSTANCE_ID", to_slug, _hostname, "This instance's name in heartbeats, logs and install states (up to 63 letters, digits, `-`, `_`, `.`)."),
-    Setting("AYON_HTTP_BIND", to_bind, "0.0.0.0:5000", "Address the web server listens on: `HOST:PORT` or `[IPV6]:PORT`, an address of this machine.", check=check_bind),
+    Setting("AYON_HTTP_BIND", to_bind, "0.0.0.0:5000", "Address the web server listens on: `HOST:PORT` or `[IPV6]:PORT`, an address of this machine.", check=check_bind, checked_when=lambda v: v.run_server),
     Setting("AYON_SERVER_WORKERS", whole_number(1, 64), "2", "Number of gunicorn worker processes (1–64)."),
     Setting("AYON_LOG_LEVEL", one_of("debug", "info", "warning", "error"), "info", "Lowest level of log records kept."),
     Setting("AYON_LOG_FORMAT", one_of("text", "json"), "text", "Format of log lines on stdout."),
@@ -352,7 +353,7 @@ SETTINGS = [
     Setting("AYON_SCHEMA_WAIT_TIMEOUT", whole_number(1, 86400), "600", "Seconds a program waits for setup to bring the schema up to date (1–86400)."),
     Setting("AYON_DB_POOL_SIZE", whole_number(1, 100), "4", "Database connections per process (1–100; PostgreSQL allows 100 in all by default)."),
     Setting("AYON_LOG_SPOOL_MAX", bytes_size("64K", "1T"), "256M", "Size cap of the local log spool (64K–1T); the oldest records are dropped above it."),
-    Setting("AYON_SUPERVISOR_CONF", to_path, "/etc/supervisord.conf", "Where the entrypoint writes the generated supervisord config: a file in a writable folder.", check=check_conf_file),
+    Setting("AYON_SUPERVISOR_CONF", to_path, "/etc/supervisord.conf", "Where the entrypoint writes the generated supervisord config: a file in a writable folder.", check=check_conf_file, checked_when=lambda v: v.roles != ["setup"]),
     Setting("AYON_EMBEDDED_PG_PORT", to_port, "5432", "Port of the embedded PostgreSQL (loopback only; 1–65535)."),
 ]
 
@@ -407,8 +408,8 @@ def verify(values: Settings) -> None:
     created and written, the bind address is one of this machine's.
     """
     for setting in SETTINGS:
-        if setting.check is None:
-            continue
+        if setting.check is None or (setting.checked_when and not setting.checked_when(values)):
+            continue  # e.g. setup alone writes no supervisord config and listens nowhere
         value = values[key_of(setting.name)]
         try:
             setting.check(value)

@@ -184,3 +184,15 @@ def test_verify_refuses_the_server_on_the_embedded_postgres_port(tmp_path):
         settings.verify(values)
     assert str(caught.value) == ("AYON_EMBEDDED_PG_PORT='6543': the same port as AYON_HTTP_BIND '0.0.0.0:6543'; "
                                  "the embedded PostgreSQL and the server cannot share it")
+
+
+def test_verify_checks_only_what_the_roles_use(tmp_path):
+    # Setup alone (a Kubernetes Job, read-only root) writes no supervisord config and listens nowhere.
+    env = {"AYON_RUN_SERVER": "false", "AYON_RUN_MAINTENANCE": "false", "AYON_POSTGRES_URL": "postgresql://db/ayon",
+           "AYON_DATA_DIR": str(tmp_path), "AYON_SUPERVISOR_CONF": "/proc/x/supervisord.conf",
+           "AYON_HTTP_BIND": "192.0.2.1:5000"}
+    settings.verify(settings.load(env))
+    with pytest.raises(ConfigError, match=r"^AYON_SUPERVISOR_CONF='/proc/x/supervisord.conf': its folder: "):
+        settings.verify(settings.load({**env, "AYON_RUN_MAINTENANCE": "true"}))
+    with pytest.raises(ConfigError, match=r"^AYON_HTTP_BIND='192.0.2.1:5000': "):
+        settings.verify(settings.load({**env, "AYON_RUN_SERVER": "true", "AYON_SUPERVISOR_CONF": str(tmp_path / "s")}))
