@@ -258,3 +258,20 @@ def test_the_base_environment_passes(base, tmp_path, monkeypatch):
     values = entrypoint.validate()
     assert values.roles == ["server", "setup", "maintenance"]
     assert list(tmp_path.iterdir()) == [good]  # validation wrote nothing
+
+
+def test_relative_paths_reach_the_programs_resolved(base, tmp_path, monkeypatch):
+    """supervisord runs the programs in the checkout's folder: they get the paths the entrypoint checked."""
+    env, _ = base
+    (tmp_path / "ayon.yaml").write_text("maintenance: {time: '04:30'}\n")
+    env.update(AYON_DATA_DIR="data", AYON_SUPERVISOR_CONF="etc/supervisord.conf", AYON_CONFIG_FILE="ayon.yaml")
+    for key in [k for k in os.environ if k.startswith("AYON_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        if key.startswith("AYON_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    entrypoint.validate()
+    assert os.environ["AYON_DATA_DIR"] == str(tmp_path / "data")
+    assert os.environ["AYON_SUPERVISOR_CONF"] == str(tmp_path / "etc" / "supervisord.conf")
+    assert os.environ["AYON_CONFIG_FILE"] == str(tmp_path / "ayon.yaml")
