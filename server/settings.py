@@ -52,10 +52,6 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
 to_port = whole_number(1, 65535)
 
 
-def to_text(raw: str) -> str:
-    return raw.strip()
-
-
 def to_token(raw: str) -> str:
     token = raw.strip()
     if not token:
