@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from procs.lifeline import hold
+
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / ".run"
 
@@ -44,6 +46,27 @@ def give_back_terminal(previous: int | None) -> None:
     signal.signal(signal.SIGTTOU, old)
 
 
+def running_supervisord(data_dir: str) -> int | None:
+    """The pid of a supervisord still running on this data folder (another `make run`), if any."""
+    try:
+        pid = int((Path(data_dir) / "run" / "supervisord.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"supervisord" in cmdline else None
+
+
+def start_child():
+    """In the child, before exec: Ctrl-C reaches it again, and it dies with us (its programs follow it)."""
+    parent = os.getpid()
+
+    def prepare():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        hold(signal.SIGTERM, parent)
+
+    return prepare
+
+
 def main() -> int:
     RUN.mkdir(mode=0o700, exist_ok=True)
     env = dict(os.environ)
@@ -54,6 +77,11 @@ def main() -> int:
     env.setdefault("AYON_EMBEDDED_PG_PORT", "54329")
     env.setdefault("AYON_ADMIN_TOKEN", admin_token())
     env.setdefault("AYON_INSTANCE_ID", "local")
+    other = running_supervisord(env["AYON_DATA_DIR"])
+    if other:
+        print(f"make run: already running (supervisord pid {other}); stop it first (Ctrl-C there, or kill {other})",
+              file=sys.stderr, flush=True)
+        return 1
     host, _, port = env["AYON_HTTP_BIND"].rpartition(":")
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     print(f"make run: all roles on an embedded PostgreSQL, data in {env['AYON_DATA_DIR']}", flush=True)
@@ -63,7 +91,7 @@ def main() -> int:
     # supervisord stops everything on SIGINT; we only wait for it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     child = subprocess.Popen([sys.executable, "-m", "procs.entrypoint"], env=env, cwd=ROOT,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                             preexec_fn=start_child())
     code = child.wait()
     give_back_terminal(previous)
     print(f"make run: stopped ({'cleanly' if code == 0 else f'exit code {code}'})", flush=True)

@@ -85,15 +85,19 @@ def as_user(user: str | None) -> dict:
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
-def _chown_tree(path: Path, user: str) -> None:
-    entry = pwd.getpwnam(user)
-    for parent in [path, *path.parents]:
-        # Every folder above the data must be traversable by the server's user.
+def _reachable(path: Path) -> None:
+    """Every folder above `path` traversable by the server's user (at each start: a tool may have tightened one)."""
+    for parent in path.parents:
         if parent == Path("/"):
             break
         mode = parent.stat().st_mode
         if not mode & 0o001:
             os.chmod(parent, mode | 0o001)
+
+
+def _chown_tree(path: Path, user: str) -> None:
+    entry = pwd.getpwnam(user)
+    _reachable(path)
     os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
@@ -184,6 +188,8 @@ def close_access(datadir: Path, superuser_password: str) -> None:
     """
     datadir = Path(datadir)
     user = run_as()
+    if user:
+        _reachable(datadir)
     hba = datadir / "pg_hba.conf"
     if not hba.exists() or hba.read_text() != HBA:
         tmp = hba.with_name("pg_hba.conf.tmp")
