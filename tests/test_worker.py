@@ -137,6 +137,19 @@ def test_a_body_waiting_for_100_continue_is_refused_before_it_is_sent(gunicorn):
     assert "at most 1048576 bytes" in json.loads(body)["error"]["description"]
 
 
+def test_a_body_waiting_for_100_continue_within_the_limit_is_asked_for(gunicorn):
+    body = json.dumps({"maintenance": {"time": "04:00"}}).encode()
+    with socket.create_connection(("127.0.0.1", gunicorn.port)) as conn:
+        conn.sendall(b"PATCH /api/config HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n".encode()
+                     + b"Expect: 100-continue\r\n\r\n")
+        conn.settimeout(5)
+        assert conn.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        conn.sendall(body)
+        answer = conn.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer
+
+
 def refused(port: int) -> socket.socket:
     """A connection whose 2 MiB body was refused after 64 KiB of it, with the answer read up to the server's FIN."""
     conn = socket.create_connection(("127.0.0.1", port))
