@@ -402,6 +402,19 @@ def test_compose_instances_have_stable_ids_and_ports_of_their_own(path):
     assert len(set(defaults)) == len(defaults) and len(set(published)) == len(published), published
 
 
+@pytest.mark.parametrize("path", COMPOSE, ids=lambda p: p.name)
+def test_compose_database_outlives_its_clients_on_stop(path):
+    # podman-compose stops every container at once: PostgreSQL's smart shutdown (SIGTERM) waits
+    # for the ayon programs' sessions to end, and its grace period is the longest.
+    services = compose_services(path)
+
+    def seconds(service):
+        return int(service["stop_grace_period"].removesuffix("s"))
+
+    assert services["postgres"]["stop_signal"] == "SIGTERM"
+    assert all(seconds(services["postgres"]) > seconds(s) for s in project_services(path).values())
+
+
 def test_split_compose_runs_each_role_in_its_own_service():
     services = compose_services(ROOT / "deploy" / "compose" / "split.yml")
 

@@ -9,6 +9,14 @@ IMAGE = os.environ.get("AYON_TEST_IMAGE", "").strip()
 # runc refuses the host's unlimited rlimits inside the sandbox; these fit every program.
 PODMAN = ["podman", "--runtime", "runc"]
 RUN_OPTIONS = ["--network", "host", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+# The same for programs that run podman themselves (podman-compose): a containers.conf named by CONTAINERS_CONF.
+CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+
+[engine]
+runtime = "runc"
+"""
 # No systemd here to time health checks: the tests run them with `podman healthcheck run`.
 DETACHED_OPTIONS = [*RUN_OPTIONS, "--health-interval", "disable"]
 # What deploy/kubernetes asks of the pods: read-only root, writable data and
@@ -41,6 +49,13 @@ class Container:
         self.env = env
         self.args = args
         self.options = options
+
+    @classmethod
+    def existing(cls, name: str) -> "Container":
+        """A container started by something else (podman-compose), to check it the same way."""
+        container = cls({})
+        container.name = name
+        return container
 
     def start(self) -> "Container":
         flags = [item for key, value in self.env.items() for item in ("-e", f"{key}={value}")]

