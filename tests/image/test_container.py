@@ -1,5 +1,7 @@
 """The image as users run it: one container per role set, checked from outside."""
 
+import json
+import re
 import time
 import uuid
 
@@ -12,13 +14,30 @@ from tests.image.podman import (
 from tests.pg import free_port
 
 IMAGE_USER_ID = "10001"
-# The supervisord event listener that ends the instance when a program goes FATAL;
-# it is listed by supervisorctl beside the programs but is not one of them.
-LISTENER = "watchdog"
+# supervisord's event listeners: the watchdog (ends the instance when a program goes FATAL,
+# takes the finished setup out of the table) and the console (every program's lines on
+# stdout); supervisorctl lists them beside the programs but they are not programs.
+LISTENERS = ("watchdog", "console")
+ALL_IN_ONE = ("postgres", "setup", "server", "webactions", "installer", "logcollector", "maintenance")
+# What the all-in-one container's processes may have in their environment: the token is the server's alone.
+ENVIRON_CHECK = """
+import json, os
+found = {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if int(pid) == os.getpid():
+        continue  # this check, run with the container's environment
+    try:
+        env = open(f"/proc/{pid}/environ", "rb").read()
+        name = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode()[:100]
+    except OSError:
+        continue
+    found[pid] = [name, os.environ["AYON_ADMIN_TOKEN"].encode() in env]
+print(json.dumps(found))
+"""
 
 
 def programs_of(states: dict[str, str]) -> dict[str, str]:
-    return {name: state for name, state in states.items() if name != LISTENER}
+    return {name: state for name, state in states.items() if name not in LISTENERS}
 
 
 def query(url: str, sql: str, args: tuple = ()) -> list[tuple]:
@@ -41,7 +60,7 @@ def all_in_one():
         "AYON_EMBEDDED_PG_PORT": str(pg_port),
         "AYON_ADMIN_TOKEN": TOKEN,
     })
-    container.pg_url = f"postgresql://postgres@127.0.0.1:{pg_port}/ayon"
+    container.pg_port = pg_port
     try:
         yield container.start()
     finally:
@@ -53,11 +72,51 @@ def test_all_in_one_becomes_healthy(all_in_one):
     verdict = all_in_one.wait_healthy()
     progress(f"all-in-one healthy in {time.monotonic() - started:.1f} s: {verdict}")
     assert all_in_one.inspect("{{.State.Health.Status}}") == "healthy"
+    # The finished setup is gone from the table: `supervisorctl status` as a probe says all is well.
     states = programs_of(supervisor_status(all_in_one))
     assert states == {
-        "postgres": "RUNNING", "setup": "EXITED", "server": "RUNNING", "webactions": "RUNNING",
+        "postgres": "RUNNING", "server": "RUNNING", "webactions": "RUNNING",
         "installer": "RUNNING", "logcollector": "RUNNING", "maintenance": "RUNNING",
     }
+    status = all_in_one.exec("supervisorctl", "status")
+    assert status.returncode == 0, status.stdout + status.stderr
+
+
+def test_supervisorctl_tail_shows_one_program_and_the_log_shows_all(all_in_one):
+    all_in_one.wait_healthy()
+    tail = all_in_one.exec("supervisorctl", "tail", "server")
+    assert tail.returncode == 0, tail.stdout + tail.stderr
+    assert "[all-in-one/server]" in tail.stdout and "Booting worker" in tail.stdout, tail.stdout
+    others = re.findall(r"\[all-in-one/(\w+)\]", tail.stdout)
+    assert set(others) == {"server"}, tail.stdout
+    # `podman logs` still has every program's lines, each with its name
+    logs = all_in_one.logs(tail=2000)
+    for program in ALL_IN_ONE:
+        assert f"[all-in-one/{program}]" in logs, program
+
+
+def test_all_in_one_secrets_stay_where_needed(all_in_one):
+    all_in_one.wait_healthy()
+    # The embedded PostgreSQL wants a password, even on loopback.
+    with pytest.raises(psycopg2.OperationalError, match="no password supplied"):
+        psycopg2.connect(host="127.0.0.1", port=all_in_one.pg_port, user="postgres", dbname="postgres",
+                         passfile="/nonexistent", connect_timeout=5)
+    result = all_in_one.exec("python", "-c", ENVIRON_CHECK)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    with_token = sorted({name.split(" -c ")[0] for name, token in found.values() if token})
+    assert with_token and all("gunicorn" in name for name in with_token), with_token
+    # supervisord (PID 1) itself was started without the secrets
+    assert found["1"][1] is False, found["1"]
+    postgres = [entry for entry in found.values() if entry[0].startswith("postgres")]
+    assert len(postgres) > 3 and not any(token for _, token in postgres)
+
+
+def test_all_in_one_maintenance_by_hand_finds_its_database(all_in_one):
+    # `docker exec ayon python -m maintenance`: the embedded PostgreSQL's owner password is in the data folder.
+    all_in_one.wait_healthy()
+    result = all_in_one.exec("python", "-m", "maintenance", timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_all_in_one_processes_run_as_the_image_user(all_in_one):
