@@ -1,11 +1,13 @@
 """The setup process, run for real as `python -m procs.setup`."""
 
+import os
 import re
 import subprocess
 import sys
 import time
 
-from server import config, db
+from server import config, db, embedded_pg
+from server.embedded_pg import EmbeddedPostgres
 from tests.conftest import ROOT
 from tests.pg import free_port
 
@@ -100,3 +102,38 @@ def test_generated_admin_token_is_printed_once_and_stored_hashed(env, database):
     assert "Generated admin token" not in second.stdout
     stored = database.fetchone("SELECT value FROM secrets WHERE name = 'admin_token_sha256'")[0]
     assert token not in stored and len(stored) == 64
+
+
+def test_embedded_setup_makes_the_owner_role_and_migrates_as_it(tmp_path):
+    # The layout the postgres program makes: DATA/postgres, its superuser's password in DATA/secrets.
+    os.chmod(tmp_path, 0o755)
+    data = tmp_path / "data"
+    server = EmbeddedPostgres(data / "postgres", free_port())
+    server.start()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AYON_")}
+        env.update(AYON_DATA_DIR=str(data), AYON_EMBEDDED_PG_PORT=str(server.port), AYON_INSTANCE_ID="test",
+                   AYON_DB_WAIT_TIMEOUT="5", AYON_RUN_SERVER="true")
+        first = run_setup(env)
+        assert first.returncode == 0, first.stderr
+        assert "created role ayon" in first.stdout and "created database ayon owned by ayon" in first.stdout
+        assert run_setup(env).returncode == 0
+        database = db.Database(embedded_pg.url(data, server.port))
+        try:
+            owners = database.fetchall("SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class c JOIN pg_namespace n "
+                                       "ON n.oid = c.relnamespace WHERE n.nspname = 'public'")
+            assert owners == [("ayon",)]
+            assert database.fetchone("SELECT rolsuper FROM pg_roles WHERE rolname = current_user") == (False,)
+        finally:
+            database.close()
+        # A superuser password file that no longer matches: one line, no password in it.
+        (data / "secrets" / "postgres.pgpass").write_text("*:*:*:postgres:not-the-password\n")
+        env["AYON_DB_WAIT_TIMEOUT"] = "1"
+        failed = run_setup(env)
+        assert failed.returncode == 1
+        assert failed.stderr.strip().splitlines()[-1].startswith(
+            f"Error: PostgreSQL at 127.0.0.1:{server.port} did not answer within 1 s (")
+        assert server.password not in failed.stdout + failed.stderr
+        assert "not-the-password" not in failed.stdout + failed.stderr
+    finally:
+        server.stop()
