@@ -258,6 +258,10 @@ def ensure_owner(superuser_url: str, data_dir: str | Path) -> list[str]:
                 except psycopg2.errors.DuplicateObject:
                     pass  # a concurrent setup made it: set the password below
             cur.execute(sql.SQL("ALTER ROLE {} WITH ").format(role) + attributes, (verifier,))
+            # The maintenance task's VACUUM covers the shared catalogs too (PostgreSQL 17+), no superuser needed.
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'pg_maintain'")
+            if cur.fetchone():
+                cur.execute(sql.SQL("GRANT pg_maintain TO {}").format(role))
             cur.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (DATABASE,))
             row = cur.fetchone()
             if row is None:
