@@ -1,7 +1,8 @@
 """`python -m bench.http`: requests/s, p99 and CPU per request of this server against four other stacks.
 
-All stacks run one after the other on the same machine and database, each
-with two workers, driven by wrk on loopback at each connection count. Exit 0
+All stacks run side by side on the same machine and database, each with two
+workers, driven by wrk on loopback at each connection count, one stack at a
+time with their runs interleaved. Exit 0
 when every run completed with only good responses (with --strict, also
 every target met at the first connection count and load spread over both
 workers), 1 otherwise, 2 on bad arguments or tools.
@@ -25,9 +26,12 @@ from bench.http.database import BenchDatabase
 from tests.pg import free_port
 
 TOKEN = "bench-token"
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 WORKERS = 2
 PATHS = {servers.INFO: "/api/info", servers.EVENTS: "/api/events?limit=50"}
 STACKS = ("ayon", "falcon-ceiling", "db-ceiling", "fastapi-default", "fastapi-tuned")
+# Run only when named in --stacks: db-ceiling's other driver, to compare the two in one run.
+EXTRA_STACKS = ("db-ceiling-asyncpg",)
 CONNECTIONS = (32, 64, 128)
 # A worker doing less than this share of the CPU work means the load was not spread.
 MIN_WORKER_SHARE = 0.25
@@ -69,10 +73,10 @@ def connection_list(text: str) -> list[int]:
 
 def stack_list(text: str) -> list[str]:
     names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [n for n in names if n not in STACKS]
+    unknown = [n for n in names if n not in STACKS + EXTRA_STACKS]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"expected some of {', '.join(STACKS)}, got {text!r}")
-    return [s for s in STACKS if s in names]
+        raise argparse.ArgumentTypeError(f"expected some of {', '.join(STACKS + EXTRA_STACKS)}, got {text!r}")
+    return [s for s in STACKS + EXTRA_STACKS if s in names]
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -84,9 +88,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
                              "32 with --smoke); targets are judged at the first")
     parser.add_argument("--events", type=int, default=100_000, help="events in the table (default 100000)")
     parser.add_argument("--stacks", type=stack_list, default=list(STACKS),
-                        help=f"the stacks to run, separated by commas (default all: {','.join(STACKS)})")
-    parser.add_argument("--db-driver", choices=("psycopg2", "asyncpg"), default="psycopg2",
-                        help="the driver of db-ceiling (default psycopg2 in asynchronous mode, the faster here)")
+                        help=f"the stacks to run, separated by commas (default: {','.join(STACKS)}; also "
+                             f"{', '.join(EXTRA_STACKS)}: db-ceiling with asyncpg instead of psycopg2)")
     parser.add_argument("--postgres-url", default="", help="an existing PostgreSQL server (default: embedded)")
     parser.add_argument("--smoke", action="store_true", help="1 s runs, once, small table: checks the harness only")
     parser.add_argument("--reuse-port", action="store_true",
@@ -108,63 +111,85 @@ def _used(after: dict[int, float], before: dict[int, float]) -> list[float]:
     return [after[pid] - before.get(pid, 0.0) for pid in after]
 
 
-def measure(stack: servers.Stack, database: BenchDatabase, endpoint: str, connections: int,
-            args: argparse.Namespace) -> Case:
-    """Median of `repeat` wrk runs, with each worker's share of the CPU spent serving them."""
-    url = stack.base + PATHS[endpoint]
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    if not args.smoke:
-        wrk.run(url, 1, connections, headers=headers)  # warm-up: pools, caches, prepared statements
-    results, shares, costs, pg_costs = [], [], [], []
-    for _ in range(args.repeat):
-        before, pg_before = stack.cpu_seconds(), database.cpu_seconds()
-        result = wrk.run(url, args.seconds, connections, headers=headers)
-        after, pg_after = stack.cpu_seconds(), database.cpu_seconds()
-        requests = max(result.requests, 1)
-        if pg_before is not None and pg_after is not None:
-            pg_costs.append(sum(_used(pg_after, pg_before)) / requests * 1e6)
-        used = _used(after, before)
-        total = sum(used) or 1.0
-        results.append(result)
-        shares.append(sorted(u / total for u in used))
-        costs.append(sum(used) / requests * 1e6)
-    ranked = sorted(range(len(results)), key=lambda i: results[i].requests_per_s)
-    middle = ranked[len(ranked) // 2]
-    return Case(stack.name, endpoint, connections, results[middle].requests_per_s, results[middle].p99_ms,
-                sum(r.bad for r in results), shares[middle], [r.requests_per_s for r in results],
-                statistics.median(costs), statistics.median(pg_costs) if pg_costs else None)
+@dataclass
+class Run:
+    """One wrk run and the CPU it cost."""
+
+    result: wrk.Result
+    shares: list[float]
+    cpu_us: float
+    pg_us: float | None
 
 
-def run_stack(stack: servers.Stack, database: BenchDatabase, args: argparse.Namespace, say,
-              pages: dict) -> tuple[str, list[Case]]:
-    """Start the stack, measure each of its endpoints at each connection count, stop it; its runtime and cases.
+def one_run(stack: servers.Stack, database: BenchDatabase, endpoint: str, connections: int,
+            args: argparse.Namespace) -> Run:
+    """One wrk run, with the workers' (and PostgreSQL's) CPU time per request and each worker's share."""
+    before, pg_before = stack.cpu_seconds(), database.cpu_seconds()
+    result = wrk.run(stack.base + PATHS[endpoint], args.seconds, connections, headers=HEADERS)
+    after, pg_after = stack.cpu_seconds(), database.cpu_seconds()
+    requests = max(result.requests, 1)
+    pg_us = None
+    if pg_before is not None and pg_after is not None:
+        pg_us = sum(_used(pg_after, pg_before)) / requests * 1e6
+    used = _used(after, before)
+    total = sum(used) or 1.0
+    return Run(result, sorted(u / total for u in used), sum(used) / requests * 1e6, pg_us)
 
-    `pages` keeps the first events page seen: every stack that claims to send
-    the server's page must send that same document.
+
+def summary(stack: str, endpoint: str, connections: int, runs: list[Run]) -> Case:
+    """The median run by requests/s; CPU figures are medians of their own."""
+    middle = sorted(runs, key=lambda r: r.result.requests_per_s)[len(runs) // 2]
+    pg = [r.pg_us for r in runs if r.pg_us is not None]
+    return Case(stack, endpoint, connections, middle.result.requests_per_s, middle.result.p99_ms,
+                sum(r.result.bad for r in runs), middle.shares, [r.result.requests_per_s for r in runs],
+                statistics.median(r.cpu_us for r in runs), statistics.median(pg) if pg else None)
+
+
+def start_all(stacks: list[servers.Stack], say) -> dict[str, str]:
+    """Start every stack; each stack's loop and parser.
+
+    Every stack that claims to send the server's events page must send the
+    same document as the first one.
     """
-    say(f"starting {stack.name}")
-    stack.start(WORKERS)
-    try:
-        runtime = stack.runtime()
-        say(f"  {len(stack.workers)} workers answering ({runtime})")
+    runtimes, first = {}, None
+    for stack in stacks:
+        say(f"starting {stack.name}")
+        stack.start(WORKERS)
+        runtimes[stack.name] = stack.runtime()
+        say(f"  {len(stack.workers)} workers answering ({runtimes[stack.name]})")
         if stack.same_page and servers.EVENTS in stack.endpoints:
             page = stack.page(PATHS[servers.EVENTS], TOKEN)
-            first = pages.setdefault("page", (stack.name, page))
+            first = first or (stack.name, page)
             if first[1] != page:
                 raise RuntimeError(f"{stack.name} answers {PATHS[servers.EVENTS]} with another document than "
                                    f"{first[0]}")
-        cases = []
-        for endpoint in stack.endpoints:
-            for connections in args.connections:
-                case = measure(stack, database, endpoint, connections, args)
+    return runtimes
+
+
+def measure_all(stacks: list[servers.Stack], database: BenchDatabase, args: argparse.Namespace, say) -> list[Case]:
+    """Every case, the stacks' runs interleaved: load from outside drifts over all stacks alike, not one."""
+    cases = []
+    for connections in args.connections:
+        for endpoint, path in PATHS.items():
+            serving = [s for s in stacks if endpoint in s.endpoints]
+            if not args.smoke:
+                for stack in serving:  # warm-up: pools, caches, prepared statements
+                    wrk.run(stack.base + path, 1, connections, headers=HEADERS)
+            runs: dict[str, list[Run]] = {stack.name: [] for stack in serving}
+            for _ in range(args.repeat):
+                for stack in serving:
+                    runs[stack.name].append(one_run(stack, database, endpoint, connections, args))
+            for stack in serving:
+                case = summary(stack.name, endpoint, connections, runs[stack.name])
                 pg = "" if case.pg_us is None else f" + {case.pg_us:.0f} PostgreSQL"
-                say(f"  {PATHS[endpoint]} -c{connections}: {case.rps:,.0f} req/s, p99 {case.p99_ms:.2f} ms, "
+                say(f"  {stack.name} {path} -c{connections}: {case.rps:,.0f} req/s, p99 {case.p99_ms:.2f} ms, "
                     f"{case.cpu_us:.0f} worker{pg} µs CPU/request (runs {', '.join(f'{r:,.0f}' for r in case.runs)};"
                     f" worker CPU shares {'/'.join(f'{s:.0%}' for s in case.shares)})")
                 cases.append(case)
-        return runtime, cases
-    finally:
-        stack.stop()
+    order = {name: i for i, name in enumerate(STACKS + EXTRA_STACKS)}
+    endpoints = list(PATHS)
+    return sorted(cases, key=lambda c: (order[c.stack], endpoints.index(c.endpoint),
+                                        args.connections.index(c.connections)))
 
 
 def make_stacks(args: argparse.Namespace, database_url: str, folder: Path) -> list[servers.Stack]:
@@ -172,7 +197,8 @@ def make_stacks(args: argparse.Namespace, database_url: str, folder: Path) -> li
     makers = {
         "ayon": lambda port: servers.ours(database_url, TOKEN, port, folder, WORKERS, extra),
         "falcon-ceiling": lambda port: servers.falcon_ceiling(database_url, TOKEN, port, folder, WORKERS, extra),
-        "db-ceiling": lambda port: servers.db_ceiling(database_url, TOKEN, port, folder, WORKERS, args.db_driver),
+        "db-ceiling": lambda port: servers.db_ceiling(database_url, TOKEN, port, folder, WORKERS, "psycopg2"),
+        "db-ceiling-asyncpg": lambda port: servers.db_ceiling(database_url, TOKEN, port, folder, WORKERS, "asyncpg"),
         "fastapi-default": lambda port: servers.fastapi_default(database_url, TOKEN, port, folder, WORKERS),
         "fastapi-tuned": lambda port: servers.fastapi_tuned(database_url, TOKEN, port, folder, WORKERS),
     }
@@ -201,7 +227,7 @@ def ratio_lines(cases: list[Case], connections: int, judged: bool) -> tuple[list
         mine = by.get(("ayon", endpoint))
         if mine is None:
             continue
-        for other in STACKS[1:]:
+        for other in (STACKS + EXTRA_STACKS)[1:]:
             theirs = by.get((other, endpoint))
             if theirs is None or not theirs.rps:
                 continue
@@ -277,19 +303,20 @@ def main(argv: list[str] | None = None) -> None:
     folder = Path(tempfile.mkdtemp(prefix="ayon-bench-http-"))
     say(f"preparing PostgreSQL with {args.events:,} events (logs in {folder})")
     database = None
-    cases: list[Case] = []
-    runtimes: dict[str, str] = {}
+    stacks: list[servers.Stack] = []
     try:
         database = BenchDatabase(args.postgres_url)
         database.seed_events(args.events)
-        pages: dict = {}
-        for stack in make_stacks(args, database.url, folder):
-            runtimes[stack.name], found = run_stack(stack, database, args, say, pages)
-            cases += found
+        stacks = make_stacks(args, database.url, folder)
+        runtimes = start_all(stacks, say)
+        say(f"measuring: {args.repeat} run(s) of {args.seconds} s per case, the stacks in turn")
+        cases = measure_all(stacks, database, args, say)
     except (RuntimeError, OSError, psycopg2.Error) as exc:
         print(f"Error: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}", file=sys.stderr)
         sys.exit(1)
     finally:
+        for stack in stacks:
+            stack.stop()
         if database is not None:
             database.close()
     lines, ok = report(cases, runtimes, args, (load_before, os.getloadavg()[0]))

@@ -180,7 +180,8 @@ def db_ceiling(database_url: str, token: str, port: int, folder: Path, workers: 
     command = [sys.executable, "-m", "gunicorn", "-k", "asgi", "--asgi-loop", "uvloop", "--reuse-port",
                "--workers", str(workers), "--worker-connections", "1000", "--keep-alive", "5",
                "--bind", f"127.0.0.1:{port}", "--no-control-socket", "bench.http.db_ceiling:get_app()"]
-    return Stack("db-ceiling", command, env, port, folder / "db-ceiling.log")
+    name = "db-ceiling" if driver == "psycopg2" else f"db-ceiling-{driver}"
+    return Stack(name, command, env, port, folder / f"{name}.log")
 
 
 def _uvicorn(name: str, app: str, loop: str, http: str, database_url: str, token: str, port: int, folder: Path,
