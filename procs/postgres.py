@@ -117,9 +117,14 @@ def _orphaned(proc: psutil.Process) -> bool:
     """No supervisord owns it any more: its instance crashed (or it was started by hand)."""
     try:
         parent = proc.parent()
-        return parent is None or parent.pid == 1 or "supervisord" not in " ".join(parent.cmdline())
+        return parent is None or parent.pid == 1 or not is_supervisord(parent.cmdline())
     except psutil.Error:
         return True
+
+
+def is_supervisord(cmdline: list[str]) -> bool:
+    """`python -m procs.supervisord ...`, or a plain `supervisord`."""
+    return any(arg == "procs.supervisord" or Path(arg).name == "supervisord" for arg in cmdline[:3])
 
 
 def _stop(proc: psutil.Process) -> None:

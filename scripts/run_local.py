@@ -50,10 +50,10 @@ def running_supervisord(data_dir: str) -> int | None:
     """The pid of a supervisord still running on this data folder (another `make run`), if any."""
     try:
         pid = int((Path(data_dir) / "run" / "supervisord.pid").read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except (OSError, ValueError):
         return None
-    return pid if b"supervisord" in cmdline else None
+    return pid if "procs.supervisord" in cmdline[:3] else None
 
 
 def start_child():

@@ -167,15 +167,16 @@ def test_an_orphaned_postgres_on_the_data_folder_is_stopped(tmp_path):
 
 def test_a_postgres_of_a_running_instance_is_left_alone(tmp_path):
     os.chmod(tmp_path, 0o755)
-    # Its parent's command line names supervisord, as a running instance's does.
-    code = ("import sys; sys.path.insert(0, sys.argv[2]); from pathlib import Path; "
-            "from server.embedded_pg import EmbeddedPostgres; import time; "
-            "pg = EmbeddedPostgres(Path(sys.argv[1]), int(sys.argv[3])); pg.start(); print(pg.proc.pid, flush=True); "
-            "time.sleep(600)")
-    parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "data"), str(ROOT), str(free_port()),
-                               "supervisord"], stdout=subprocess.PIPE, text=True)
+    # Its parent is a supervisord, as a running instance's is (a script of that name will do).
+    script = tmp_path / "supervisord"
+    script.write_text("import sys, time; sys.path.insert(0, sys.argv[2]); from pathlib import Path\n"
+                      "from server.embedded_pg import EmbeddedPostgres\n"
+                      "pg = EmbeddedPostgres(Path(sys.argv[1]), int(sys.argv[3])); pg.start()\n"
+                      "print(pg.proc.pid, flush=True); time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path / "data"), str(ROOT), str(free_port())],
+                              stdout=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())
     try:
-        pid = int(parent.stdout.readline())
         with pytest.raises(AyonError) as caught:
             postgres_program.make_way(tmp_path / "data", free_port(), say=print)
         assert str(caught.value).startswith(f"{tmp_path / 'data'} is in use by PostgreSQL pid {pid} of a running "
