@@ -1,24 +1,15 @@
 """`python -m maintenance`: run the procedure once, list its tasks, or run the daemon."""
 
-import argparse
 import signal
 import sys
 import threading
 
 from maintenance import registry
-from maintenance.runner import Runner, plan
-from procs.common import open_database, start
-from server import config, migrations
-from server.errors import ConfigError, run_main
-
-
-class UsageError(ConfigError):
-    """A bad command line: exit 2 like a bad setting, restarting cannot help."""
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise UsageError(f"{message} (see python -m maintenance --help)")
+from maintenance.registry import plan
+from maintenance.runner import Runner
+from server.core.program import open_database, start
+from server.core import config, migrations
+from server.core.errors import Parser, UsageError, run_main
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -15,18 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import maintenance.tasks as tasks_package
+from server.core import config
+from server.core.values import Boolean, Value
 
 
 class Interrupted(Exception):
     """Raised by a task at a safe point once the run has been asked to stop."""
 
 
-@dataclass(frozen=True)
-class Option:
-    name: str
-    validator: Callable[[Any], Any]
-    default: Any
-    help: str
+Option = Value  # a task's option: its name, kind, default and help
 
 
 @dataclass(frozen=True)
@@ -59,7 +56,7 @@ YIELD_SHARE = 0.5
 class Context:
     """What a task receives: the database, its options, a progress reporter and the stop flag."""
 
-    db: Any  # server.db.Database dedicated to the run's tasks
+    db: Any  # server.core.db.Database dedicated to the run's tasks
     options: dict
     progress: Callable[[str], None]
     stop: threading.Event
@@ -96,5 +93,24 @@ def tasks() -> list[Task]:
     return sorted(found, key=lambda t: (t.last, t.order, t.name))
 
 
-def by_name() -> dict[str, Task]:
-    return {t.name: t for t in tasks()}
+def plan(cfg, names: list[str] | None = None) -> list[tuple[Task, bool, dict]]:
+    """The tasks of a run in order, each with its switch and options from the configuration (a config.View)."""
+    chosen = []
+    for task in tasks():
+        if names is not None and task.name not in names:
+            continue
+        section = cfg.maintenance.tasks[task.name].as_dict()
+        enabled = section.pop("enabled")
+        chosen.append((task, enabled, section))
+    return chosen
+
+
+def config_fields() -> list[config.Field]:
+    """Each task's switch and options as configuration keys under maintenance.tasks.<name>."""
+    found = []
+    for task in tasks():
+        base = f"maintenance.tasks.{task.name}"
+        found.append(config.Field(f"{base}.enabled", Boolean(), task.enabled_by_default, f"Run the {task.name} task."))
+        for option in task.options:
+            found.append(config.Field(f"{base}.{option.name}", option.kind, option.default, option.help))
+    return found

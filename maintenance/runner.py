@@ -10,12 +10,10 @@ from typing import Callable
 import psycopg2
 
 from maintenance import registry
-from server import config, events
-from server.db import BROKEN, Database, connect, try_advisory_lock
+from server.core import config, events
+from server.core.db import BROKEN, Database, connect, try_advisory_lock
 
 LOCK = "ayon.maintenance"
-TOPIC = "server.maintenance"
-REQUEST_TOPIC = "server.maintenance.request"
 SHUTDOWN = "interrupted by shutdown"
 ONE_CORE = "-c max_parallel_workers_per_gather=0 -c max_parallel_maintenance_workers=0"
 
@@ -39,22 +37,10 @@ class Outcome:
         return 1 if self.status in ("failed", "aborted") else 0
 
 
-def plan(doc: dict, names: list[str] | None = None) -> list[tuple[registry.Task, bool, dict]]:
-    """The tasks of a run in order, each with its switch and options from the configuration."""
-    chosen = []
-    for task in registry.tasks():
-        if names is not None and task.name not in names:
-            continue
-        settings = doc["maintenance"]["tasks"].get(task.name, {})
-        options = {k: v for k, v in settings.items() if k != "enabled"}
-        chosen.append((task, bool(settings.get("enabled", task.enabled_by_default)), options))
-    return chosen
-
-
 def recover_orphans(cur) -> list[str]:
     """Mark runs left in_progress by a dead process failed. Only call while holding the lock."""
     found = []
-    for topic in (TOPIC, REQUEST_TOPIC):
+    for topic in (events.MAINTENANCE, events.MAINTENANCE_REQUEST):
         cur.execute(
             "UPDATE events SET status = 'failed', description = 'interrupted: ' || description "
             "WHERE topic = %s AND status = 'in_progress' RETURNING id",
@@ -91,7 +77,7 @@ class Runner:
                 cur.execute(
                     "SELECT id FROM events WHERE topic = %s AND status = 'in_progress' "
                     "ORDER BY created_at DESC LIMIT 1",
-                    (TOPIC,),
+                    (events.MAINTENANCE,),
                 )
                 row = cur.fetchone()
             if row or time.monotonic() > deadline:
@@ -131,7 +117,7 @@ class Runner:
                     self.out(f"marked the interrupted run {orphan} failed")
                 if slot is not None:
                     cur.execute(
-                        "SELECT id FROM events WHERE topic = %s AND payload->>'slot' = %s LIMIT 1", (TOPIC, slot)
+                        "SELECT id FROM events WHERE topic = %s AND payload->>'slot' = %s LIMIT 1", (events.MAINTENANCE, slot)
                     )
                     done = cur.fetchone()
                     if done:
@@ -152,7 +138,7 @@ class Runner:
             return self._run_steps(cur, lock_conn, doc, names, trigger, slot, request_id)
 
     def _run_steps(self, cur, lock_conn, doc, names, trigger, slot, request_id) -> Outcome:
-        steps = plan(doc, names)
+        steps = registry.plan(doc, names)
         enabled = [task for task, on, _ in steps if on]
         payload = {"trigger": trigger, "tasks": [t.name for t, _, _ in steps]}
         if slot:
@@ -160,7 +146,7 @@ class Runner:
         if request_id:
             payload["request_id"] = request_id
         event_id = events.dispatch(
-            cur, TOPIC, status="in_progress",
+            cur, events.MAINTENANCE, status="in_progress",
             description=f"starting: {len(enabled)} tasks", payload=payload,
         )
         if request_id:

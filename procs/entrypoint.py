@@ -9,9 +9,9 @@ import os
 import sys
 
 from procs import supervisor
-from server import config
-from server import settings as settings_mod
-from server.errors import run_main
+from server.core import config
+from server.core import settings as settings_mod
+from server.core.errors import run_main
 
 # Programs run in the checkout's folder, not the caller's: relative paths are passed on resolved.
 PATHS = ("AYON_DATA_DIR", "AYON_SUPERVISOR_CONF", "AYON_CONFIG_FILE")
@@ -46,5 +46,10 @@ def main() -> int:
     return 0  # not reached
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Entry point of `python -m procs.entrypoint` and its console script."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -10,7 +10,6 @@ instance lives in `package_installs`; failures retry with backoff up to
 configuration's `installer.poll_interval` is the fallback poll.
 """
 
-import fcntl
 import os
 import shutil
 import tempfile
@@ -18,12 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from procs.daemon import Daemon
-from server import archive, config, packages
-from server.db import BROKEN
-from server.events import Listener
+from server.core.program import Daemon
+from server.core import archive, events, layout, packages
+from server.core.db import BROKEN
 
-STAGING = ".installing"
 LOCK_FILE = ".installer.lock"
 BACKOFF_BASE = 10  # seconds before the first retry, doubled each attempt
 BACKOFF_MAX = 3600
@@ -46,6 +43,7 @@ class Installer(Daemon):
     """Installs every active package on this instance, removes uninstalled ones."""
 
     program = "installer"
+    channels = (events.PACKAGES_CHANNEL,)
     config_keys = ("installer.",)
 
     def __init__(self):
@@ -53,54 +51,38 @@ class Installer(Daemon):
         self.queue_depth = 0
         self.seconds_to_retry: float | None = None
         self.healthy = True
-        self.listener = None
-        self.apply(config.defaults())  # until the first tick reads the stored configuration
 
     def heartbeat_info(self) -> dict:
         return {"queue_depth": self.queue_depth}
 
-    def apply(self, doc: dict) -> None:
-        self.poll_interval = config.lookup(doc, "installer.poll_interval")
-        self.max_attempts = config.lookup(doc, "installer.max_attempts")
+    def configure(self, cfg) -> None:
+        self.poll_interval = cfg.installer.poll_interval
+        self.max_attempts = cfg.installer.max_attempts
 
     # --- start ---
 
     def prepare(self) -> None:
         self.root = Path(self.settings.data_dir)
-        self.staging = self.root / STAGING
+        self.staging = layout.staging_dir(self.root)
         self.staging.mkdir(parents=True, exist_ok=True)
         self._lock_data_dir()
         # What a killed installer left half-done; nothing there was ever visible.
         for leftover in self.staging.iterdir():
             shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink()
-        try:  # listen before the first pass, so no announcement falls between the two
-            self.listener = Listener(self.db.url, ("ayon_packages", "ayon_config"), "ayon-installer-listen")
-        except BROKEN:
-            self.listener = None
 
     def _lock_data_dir(self) -> None:
         """One installer per data folder: a second one waits (a restart overlapping the old process)."""
         self.lock_fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        said = False
-        while not self.stop.is_set():
-            try:
-                fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if not said:
-                    self.log.info("another installer uses %s; waiting for it to stop", self.root)
-                    said = True
-                self.stop.wait(1.0)
+        layout.wait_for_lock(self.lock_fd, self.stop, lambda: self.log.info(
+            "another installer uses %s; waiting for it to stop", self.root), every=1.0)
 
     def target_of(self, kind: str, name: str, version: str) -> Path:
-        return self.root / packages.FOLDERS[kind] / name / version
+        return layout.package_dir(self.root, kind, name, version)
 
     # --- one pass ---
 
     def tick(self) -> None:
         self.healthy = False
-        with self.db.transaction() as cur:
-            self.apply(self.usable_config(cur))
         work = self._reconcile()
         self._remove_unlisted(work)
         for item in work:
@@ -140,7 +122,7 @@ class Installer(Daemon):
     def _remove_unlisted(self, work: list[Work]) -> None:
         """Delete package folders on disk that no active package accounts for."""
         wanted = {(w.kind, w.name, w.version) for w in work if w.active}
-        for kind, folder in packages.FOLDERS.items():
+        for kind, folder in layout.PACKAGE_FOLDERS.items():
             base = self.root / folder
             if not base.is_dir():
                 continue
@@ -258,25 +240,6 @@ class Installer(Daemon):
         if self.seconds_to_retry is not None:
             return min(float(self.poll_interval), self.seconds_to_retry + 0.05)
         return float(self.poll_interval)
-
-    def wait(self, seconds: float) -> None:
-        """Until a package or configuration change is announced, or `seconds` pass."""
-        deadline = time.monotonic() + seconds
-        while not self.stop.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            try:
-                if self.listener is None:
-                    self.listener = Listener(self.db.url, ("ayon_packages", "ayon_config"), "ayon-installer-listen")
-                    return  # notifications sent while disconnected are lost: look now
-                if self.listener.wait(min(remaining, 1.0)):
-                    return
-            except BROKEN:
-                if self.listener is not None:
-                    self.listener.close()
-                self.listener = None
-                self.stop.wait(min(remaining, UNHEALTHY_RETRY))
 
 
 if __name__ == "__main__":

@@ -9,16 +9,16 @@ value cannot carry every character, and are decoded into its environment.
 """
 
 import base64
-import ctypes
 import json
 import os
 import signal
 import sys
 
+from server.core.lifetime import hold
+
 SECRETS_VAR = "AYON_PROGRAM_SECRETS"
 # Set by procs.supervisord: the parent a program must still have once its lifeline holds.
 PARENT_VAR = "AYON_SUPERVISORD_PID"
-PR_SET_PDEATHSIG = 1
 
 
 def encode(variables: dict[str, str]) -> str:
@@ -30,27 +30,6 @@ def decode(word: str) -> dict[str, str]:
     if not word:
         return {}
     return json.loads(base64.urlsafe_b64decode(word + "=" * (-len(word) % 4)))
-
-
-def hold(signum: int, parent: int | None = None) -> bool:
-    """Have `signum` sent to this process when its parent dies; False where the kernel cannot.
-
-    The setting survives exec but not fork (each child needs its own) nor a
-    change of user. When the parent is no longer `parent`, it died before
-    the lifeline held: the signal is raised at once, as the kernel would have.
-    """
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except AttributeError:  # not Linux
-        return False
-    if prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"prctl(PR_SET_PDEATHSIG): {os.strerror(errno)}")
-    if parent is not None and os.getppid() != parent:
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        os._exit(128 + signum)  # a signal whose default is not to end the process
-    return True
 
 
 def signal_named(name: str) -> signal.Signals:

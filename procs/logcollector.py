@@ -1,6 +1,6 @@
 """The logcollector program: moves the local log spool into PostgreSQL, each record exactly once.
 
-Spool lines are already COPY text (server/logspool.py), so a batch is COPYed as
+Spool lines are already COPY text (server/core/logspool.py), so a batch is COPYed as
 read, without parsing a record. A file's new position is stored in
 `log_spool_positions` in the same transaction as its rows: after a crash or a
 lost commit the database says exactly where to resume. Consumed files whose
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import psycopg2
 import psycopg2.extras
 
-from procs.daemon import Daemon
-from server import logspool, migrations
-from server.db import BROKEN
+from server.core.program import Daemon
+from server.core import layout, logspool, migrations
+from server.core.db import BROKEN
 
 BATCH_BYTES = 4 * 1024 * 1024  # per transaction
 POLL = 0.1  # seconds between looks at an idle spool: bounds the spool-to-table latency
@@ -342,17 +342,8 @@ class Logcollector(Daemon):
         os.makedirs(self.dir, exist_ok=True)
         # Kept open for the life of the process; the kernel drops the lock when it dies.
         self.lock_fd = os.open(os.path.join(self.dir, ".collector.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        said = False
-        while not self.stop.is_set():
-            try:
-                fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if not said:
-                    self.log.warning("another log collector holds %s; waiting for it to stop", self.dir)
-                    said = True
-                self.stop.wait(0.5)
-        return False
+        return layout.wait_for_lock(self.lock_fd, self.stop, lambda: self.log.warning(
+            "another log collector holds %s; waiting for it to stop", self.dir))
 
     def wait_for_database(self) -> None:
         """Until PostgreSQL and a current schema are there (boot), keep the spool within its cap."""

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import psutil
 
-from procs import lifeline
-from procs.common import start
+from server.core.lifetime import hold
+from server.core.program import start
 from procs.watchdog import error_file
-from server import embedded_pg
-from server.errors import AyonError, run_main
+from server.core import embedded_pg, layout
+from server.core.errors import AyonError, run_main
 
 
 def main() -> int:
@@ -31,7 +31,7 @@ def main() -> int:
     log.warning(
         "embedded PostgreSQL is meant for evaluation only: set AYON_POSTGRES_URL to use a managed PostgreSQL"
     )
-    error = error_file(Path(values.data_dir) / "run", "postgres")
+    error = error_file(layout.run_dir(values.data_dir), "postgres")
     error.unlink(missing_ok=True)
     try:
         argv = prepare(values, log)
@@ -48,14 +48,14 @@ def main() -> int:
         os.setgid(entry.pw_gid)
         os.setuid(entry.pw_uid)
     # SIGQUIT is PostgreSQL's immediate shutdown: its backends end with it.
-    lifeline.hold(signal.SIGQUIT, parent)
+    hold(signal.SIGQUIT, parent)
     os.execv(argv[0], argv)
     return 0  # not reached
 
 
 def prepare(values, log) -> list[str]:
     """A closed cluster ready to start, nothing in its way; returns the server's command."""
-    datadir = Path(values.data_dir) / "postgres"
+    datadir = layout.postgres_dir(values.data_dir)
     datadir.parent.mkdir(parents=True, exist_ok=True)
     superuser_password = embedded_pg.password(values.data_dir, embedded_pg.SUPERUSER)
     make_way(datadir, values.embedded_pg_port, say=log.info)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import psycopg2
 
-from procs.common import open_database, start
+from server.core.program import open_database, start
 from procs.watchdog import error_file
-from server import config, db, embedded_pg, migrations
-from server.errors import AyonError, run_main
+from server.core import config, db, embedded_pg, layout, migrations
+from server.core.errors import AyonError, run_main
 
 TOKEN_SECRET = "admin_token_sha256"
 
@@ -34,7 +34,7 @@ def ensure_admin_token(cur, configured: str) -> str | None:
 
 def main() -> int:
     values, log = start("setup")
-    error = error_file(Path(values.data_dir) / "run", "setup")
+    error = error_file(layout.run_dir(values.data_dir), "setup")
     error.unlink(missing_ok=True)
     try:
         return run(values, log)
@@ -91,5 +91,10 @@ def run(values, log) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Entry point of `python -m procs.setup` and its console script."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    run()

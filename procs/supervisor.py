@@ -7,66 +7,20 @@ produce (credentials masked); `--programs` lists the program names.
 import os
 import secrets
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from procs import lifeline
-from server import settings as settings_mod
-from server.errors import ConfigError, run_main
+from procs.programs import Program, programs
+from server.core import settings as settings_mod
+from server.core.errors import ConfigError, Parser, run_main
+from server.core import layout
 
 ROOT = Path(__file__).resolve().parent.parent
-# gunicorn's graceful_timeout is 20 s (server/gunicorn_conf.py); supervisord must wait longer.
-SERVER_STOPWAIT = 30
-# gunicorn retries a busy address for 5 s before exiting: a server up longer than that has bound.
-GUNICORN_BIND_RETRY = 5
 # Each program's output file (for `supervisorctl tail`): capped and rotated once.
 LOG_MAX_BYTES = "5MB"
 LOG_BACKUPS = 1
-# The secrets a program may be given, by setting name; each program names those it needs.
-DATABASE = ("AYON_POSTGRES_URL",)
-DATABASE_AND_TOKEN = ("AYON_POSTGRES_URL", "AYON_ADMIN_TOKEN")
 # supervisord's event listeners, beside the programs.
 LISTENERS = ("watchdog", "console")
-
-
-@dataclass(frozen=True)
-class Program:
-    name: str
-    module: str  # run as `python -m <module> <args>`
-    args: tuple[str, ...] = ()
-    priority: int = 100
-    oneshot: bool = False
-    startsecs: int = 2
-    stopsignal: str = "TERM"
-    stopwaitsecs: int = 15
-    # Sent by the kernel when supervisord dies: a quick end, well within 5 s.
-    deathsignal: str = "TERM"
-    secrets: tuple[str, ...] = DATABASE
-
-
-def programs(values: settings_mod.Settings) -> list[Program]:
-    """The programs for these settings, in start order (the DESIGN table)."""
-    found = []
-    long_running = values.run_server or values.run_maintenance
-    if values.embedded_postgres:
-        # SIGQUIT is PostgreSQL's immediate shutdown: backends end at once, the next start recovers.
-        found.append(Program("postgres", "procs.postgres", priority=10, startsecs=3, stopsignal="INT", stopwaitsecs=30,
-                             deathsignal="QUIT", secrets=()))
-    if values.run_setup and long_running:
-        found.append(Program("setup", "procs.setup", priority=20, oneshot=True, startsecs=0, stopwaitsecs=10,
-                             secrets=DATABASE_AND_TOKEN))
-    if values.run_server:
-        # SIGINT is gunicorn's quick shutdown: its workers get SIGQUIT instead of a 20 s grace.
-        found.append(Program("server", "gunicorn", ("-c", str(ROOT / "server" / "gunicorn_conf.py")),
-                             priority=30, startsecs=GUNICORN_BIND_RETRY + 1, stopwaitsecs=SERVER_STOPWAIT,
-                             deathsignal="INT", secrets=DATABASE_AND_TOKEN))
-        found.append(Program("webactions", "procs.webactions", priority=40))
-        found.append(Program("installer", "procs.installer", priority=40))
-    if long_running:
-        found.append(Program("logcollector", "procs.logcollector", priority=25))
-    if values.run_maintenance:
-        found.append(Program("maintenance", "maintenance", ("--daemon",), priority=50))
-    return sorted(found, key=lambda p: p.priority)
 
 
 def check_roles(values: settings_mod.Settings) -> None:
@@ -82,11 +36,11 @@ def check_roles(values: settings_mod.Settings) -> None:
 
 
 def run_dir(values: settings_mod.Settings) -> Path:
-    return Path(values.data_dir) / "run"
+    return layout.run_dir(values.data_dir)
 
 
 def log_dir(values: settings_mod.Settings) -> Path:
-    return Path(values.data_dir) / "logs"
+    return layout.logs_dir(values.data_dir)
 
 
 def secret_names() -> list[str]:
@@ -150,7 +104,7 @@ def render(values: settings_mod.Settings, password: str | None = None, python: s
     ]
     for program in programs(values):
         entries = _program_entries(program, python, log_dir(values))
-        entries["environment"] = _env({"AYON_PROGRAM": program.name}, secret_values(values, program.secrets), mask)
+        entries["environment"] = _env({}, secret_values(values, program.secrets), mask)
         parts.append(_section(f"program:{program.name}", entries))
     parts.append(_section("eventlistener:watchdog", _listener({
         "command": _command(python, "TERM", "-m", "procs.watchdog", str(rundir)),
@@ -219,12 +173,11 @@ def write(values: settings_mod.Settings, path: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args not in ([], ["--programs"]):
-        print("usage: python -m procs.supervisor [--programs]", file=sys.stderr)
-        return 2
+    parser = Parser(prog="python -m procs.supervisor", description=__doc__.splitlines()[0])
+    parser.add_argument("--programs", action="store_true", help="list the program names, one a line")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     values = settings_mod.load()
-    if args == ["--programs"]:
+    if args.programs:
         check_roles(values)
         if values.roles == ["setup"]:
             print("setup")  # runs alone in the foreground, no supervisord
@@ -235,5 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Entry point of `python -m procs.supervisor` and `ayon-supervisor`."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,19 +1,27 @@
-"""Regenerate the README's settings table from the settings declaration."""
+"""Regenerate the README's tables from their declarations: settings (server.core.settings), programs (procs.programs)."""
 
 from pathlib import Path
 
-from server.settings import markdown_table
+from procs import programs
+from server.core import settings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-START, END = "<!-- settings-table -->\n", "<!-- /settings-table -->"
+TABLES = {"settings-table": settings.markdown_table, "program-table": programs.markdown_table}
+
+
+def render(text: str) -> str:
+    """The README text with every generated table current."""
+    for marker, table in TABLES.items():
+        start, end = f"<!-- {marker} -->\n", f"<!-- /{marker} -->"
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = head + start + table() + end + tail
+    return text
 
 
 def main() -> None:
-    text = README.read_text()
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(head + START + markdown_table() + END + tail)
-    print(f"updated the settings table in {README.name}")
+    README.write_text(render(README.read_text()))
+    print(f"updated {', '.join(TABLES)} in {README.name}")
 
 
 if __name__ == "__main__":

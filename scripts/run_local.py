@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from procs.lifeline import hold
+from server.core import layout
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / ".run"
@@ -49,7 +50,7 @@ def give_back_terminal(previous: int | None) -> None:
 def running_supervisord(data_dir: str) -> int | None:
     """The pid of a supervisord still running on this data folder (another `make run`), if any."""
     try:
-        pid = int((Path(data_dir) / "run" / "supervisord.pid").read_text().strip())
+        pid = int((layout.run_dir(data_dir) / "supervisord.pid").read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except (OSError, ValueError):
         return None

@@ -1,3 +1,1 @@
-"""The web app and the core every process shares."""
-
-VERSION = "0.1.0"
+"""The web wing: the falcon app, its API and dashboard, the gunicorn worker (the core is `server.core`)."""

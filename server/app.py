@@ -15,8 +15,8 @@ from server.api import events as events_api
 from server.api import actions, addons, frontend, health, instances, maintenance, openapi, stream
 from server.api import logs as logs_api
 from server.api.common import AppContext, dumps
-from server.db import BROKEN, Database
-from server.logs import AccessLog
+from server.core.db import BROKEN, Database
+from server.core.logs import AccessLog
 
 log = logging.getLogger("ayon.server")
 
@@ -277,6 +277,7 @@ def create_app(ctx: AppContext) -> falcon.asgi.App:
     app.add_error_handler(psycopg2.DataError, _bad_value)
     for exc_type in BROKEN:
         app.add_error_handler(exc_type, _database_down)
+    ctx.areas = tuple(AREAS)
     for area in AREAS:
         area.register(app, ctx)
     return app
@@ -284,7 +285,7 @@ def create_app(ctx: AppContext) -> falcon.asgi.App:
 
 def get_app() -> falcon.asgi.App:
     """The app for gunicorn, from the environment's settings."""
-    from procs.common import start
+    from server.core.program import start
 
     settings, _ = start("server")
     ctx = AppContext(settings=settings, db=Database(settings.postgres_url, settings.db_pool_size, "ayon-server"))

@@ -2,7 +2,8 @@
 
 import os
 
-from server import settings as settings_mod
+from server.core import settings as settings_mod
+from server.core import layout
 
 _settings = settings_mod.load()
 
@@ -20,7 +21,7 @@ worker_connections = 1000
 timeout = 120
 graceful_timeout = 20  # supervisord's stopwaitsecs for the server is longer
 keepalive = 5
-# Access lines come from the app (server/logs.py AccessLog), in our log format.
+# Access lines come from the app (server/core/logs.py AccessLog), in our log format.
 accesslog = None
 errorlog = "-"
 control_socket_disable = True
@@ -30,7 +31,7 @@ if os.path.isdir("/dev/shm"):
 
 # Metrics: each worker writes its counters to files in this folder and a scrape
 # sums them (server/metrics.py). Set before any worker imports prometheus_client.
-_metrics_dir = os.path.join(_settings.data_dir, "run", "metrics")
+_metrics_dir = str(layout.metrics_dir(_settings.data_dir))
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
 

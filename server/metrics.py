@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client import multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from server.events import STATUSES
+from server.core.events import STATUSES
 
 log = logging.getLogger("ayon.metrics")
 

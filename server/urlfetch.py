@@ -21,7 +21,7 @@ import ssl
 import time
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
-from server.errors import AyonError
+from server.core.errors import AyonError
 
 CONNECT_TIMEOUT = 10.0  # seconds to establish a connection (each address tried)
 READ_TIMEOUT = 60.0  # seconds the server may stay silent while answering

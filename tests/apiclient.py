@@ -13,8 +13,8 @@ import pytest
 
 from server.api.common import AppContext
 from server.app import create_app
-from server.db import Database
-from server.settings import load
+from server.core.db import Database
+from server.core.settings import load
 from tests.conftest import ROOT
 from tests.pg import free_port
 

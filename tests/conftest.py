@@ -1,16 +1,14 @@
 """Fixtures: a real PostgreSQL for the session, a fresh database per test."""
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from server.core.db import Database
+from tests.pg import TestServer
 
-from server.db import Database  # noqa: E402
-from tests.pg import TestServer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")

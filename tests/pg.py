@@ -8,8 +8,8 @@ from pathlib import Path
 
 import psycopg2
 
-from server import db, migrations
-from server.embedded_pg import EmbeddedPostgres
+from server.core import db, migrations
+from server.core.embedded_pg import EmbeddedPostgres
 
 TEMPLATE = "ayon_test_template"
 

@@ -1,6 +1,6 @@
 """GET and PATCH /api/config."""
 
-from server import events
+from server.core import events
 from tests.apiclient import assert_error, client  # noqa: F401  (fixture)
 
 

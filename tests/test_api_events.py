@@ -3,7 +3,7 @@
 import datetime
 import json
 
-from server import events
+from server.core import events
 from tests.apiclient import AUTH, assert_error, client, gunicorn  # noqa: F401  (fixtures)
 
 

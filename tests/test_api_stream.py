@@ -9,7 +9,7 @@ import time
 
 import falcon.testing
 
-from server import events
+from server.core import events
 from server.api import stream as stream_mod
 from tests.apiclient import AUTH, assert_error, client, gunicorn, make_app, wait_for  # noqa: F401
 

@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from server import archive, packages
+from server.core import archive, packages
 
 MANIFEST = "name: demo\nversion: '1.0.0'\n"
 

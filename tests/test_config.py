@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from server import config, events
-from server.errors import ConfigError
+from server.core import config, events
+from server.core.errors import ConfigError
 
 
 def test_defaults_match_the_design_shape():

@@ -30,8 +30,8 @@ from maintenance.scheduler import slot_of
 from procs import supervisor
 from procs.installer import Installer
 from procs.webactions import Webactions
-from server import config, db, settings, webactions
-from server.errors import ConfigError
+from server.core import config, db, settings, webactions
+from server.core.errors import ConfigError
 from tests.apiclient import AUTH, make_app
 from tests.pg import free_port
 

@@ -7,7 +7,7 @@ records one `server.config_rejected` event and stays up.
 
 import pytest
 
-from server import config, events, webactions
+from server.core import config, events, webactions
 from tests.apiclient import wait_for
 from tests.instance import Instance
 from tests.test_maintenance_daemon import store_directly

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from server import config, events
+from server.core import config, events
 from tests.conftest import ROOT
 from tests.pg import free_port
 

@@ -5,7 +5,7 @@ import threading
 import psycopg2
 import pytest
 
-from server import db
+from server.core import db
 from tests.apiclient import wait_for
 
 

@@ -12,8 +12,8 @@ from kubernetes_validate import utils as kubernetes_validate
 from packaging.version import Version
 
 from procs import supervisor
-from server import config, settings
-from server.settings import BY_NAME
+from server.core import config, settings
+from server.core.settings import BY_NAME
 from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent

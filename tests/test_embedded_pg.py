@@ -8,8 +8,8 @@ import threading
 import psycopg2
 import pytest
 
-from server import db, embedded_pg, migrations
-from server.embedded_pg import EmbeddedPostgres
+from server.core import db, embedded_pg, migrations
+from server.core.embedded_pg import EmbeddedPostgres
 from tests.pg import free_port
 
 

@@ -2,7 +2,7 @@
 
 import time
 
-from server import events
+from server.core import events
 
 
 def test_dispatch_update_get(database):

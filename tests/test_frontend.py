@@ -5,11 +5,11 @@ import re
 import falcon.testing
 import pytest
 
-from server import settings as settings_mod
+from server.core import settings as settings_mod
 from server.api import frontend
 from server.api.common import AppContext
 from server.app import create_app
-from server.db import Database
+from server.core.db import Database
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import zipfile
 import falcon.testing
 import psycopg2
 
-from server import archive, packages
+from server.core import archive, packages
 from tests.apiclient import AUTH, make_app
 from tests.test_archive import HOSTILE, make_zip
 from tests.test_webactions import Program, wait_for

@@ -10,15 +10,15 @@ import time
 
 import pytest
 
-from server import logspool, settings
+from server.core import logspool, settings
 from tests.apiclient import wait_for
 from tests.conftest import ROOT
 
 # A producer: `python -c PRODUCER NAME COUNT RATE PAD` logs COUNT numbered records through setup_logging.
 PRODUCER = """
 import sys, time
-from server import settings
-from server.logs import setup_logging
+from server.core import settings
+from server.core.logs import setup_logging
 name, count, rate, pad = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), "x" * int(sys.argv[4])
 log = setup_logging(name, settings.load())
 start = time.monotonic()

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from server import logspool, settings
+from server.core import logspool, settings
 from tests.conftest import ROOT
 
 
@@ -118,8 +118,8 @@ def test_unwritable_spool_never_reaches_the_producer(tmp_path):
 def test_setup_logging_spools_every_record_of_a_process(tmp_path, env):
     code = (
         "import logging\n"
-        "from server import settings\n"
-        "from server.logs import setup_logging\n"
+        "from server.core import settings\n"
+        "from server.core.logs import setup_logging\n"
         "log = setup_logging('producer', settings.load())\n"
         "log.info('hello %s', 'spool', extra={'n': 7})\n"
         "logging.getLogger('other').warning('second')\n"

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from server import config, events
+from server.core import config, events
 from tests.conftest import ROOT
 
 # Runs `python -m maintenance` with an extra tasks folder appended to the package

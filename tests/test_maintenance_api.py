@@ -3,7 +3,7 @@
 import datetime
 import zoneinfo
 
-from server import config, events
+from server.core import config, events
 from tests.apiclient import assert_error, client  # noqa: F401  (fixture)
 
 

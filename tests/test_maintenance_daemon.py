@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from server import config, events
+from server.core import config, events
 from server.api.maintenance import request_run
 from tests.conftest import ROOT
 from tests.test_maintenance import command, poll, runs, set_config, start_cli, wait_for_task, write_task

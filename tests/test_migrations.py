@@ -5,8 +5,8 @@ import shutil
 import psycopg2
 import pytest
 
-from server import db, migrations
-from server.errors import SchemaError
+from server.core import db, migrations
+from server.core.errors import SchemaError
 
 
 def copy_migrations(tmp_path):

@@ -11,7 +11,7 @@ import zipfile
 
 import pytest
 
-from server import db, events
+from server.core import db, events
 from tests.conftest import ROOT
 from tests.instance import Instance, http_get, poll
 from tests.pg import free_port

@@ -13,9 +13,9 @@ import psycopg2
 import pytest
 
 from procs import postgres as postgres_program
-from server import embedded_pg
-from server.embedded_pg import EmbeddedPostgres
-from server.errors import AyonError
+from server.core import embedded_pg
+from server.core.embedded_pg import EmbeddedPostgres
+from server.core.errors import AyonError
 from tests.conftest import ROOT
 from tests.instance import Instance, poll
 from tests.pg import free_port
@@ -170,7 +170,7 @@ def test_a_postgres_of_a_running_instance_is_left_alone(tmp_path):
     # Its parent is a supervisord, as a running instance's is (a script of that name will do).
     script = tmp_path / "supervisord"
     script.write_text("import sys, time; sys.path.insert(0, sys.argv[2]); from pathlib import Path\n"
-                      "from server.embedded_pg import EmbeddedPostgres\n"
+                      "from server.core.embedded_pg import EmbeddedPostgres\n"
                       "pg = EmbeddedPostgres(Path(sys.argv[1]), int(sys.argv[3])); pg.start()\n"
                       "print(pg.proc.pid, flush=True); time.sleep(600)\n")
     parent = subprocess.Popen([sys.executable, str(script), str(tmp_path / "data"), str(ROOT), str(free_port())],

@@ -385,9 +385,9 @@ def test_no_cors_answers(client):
 def test_addon_files_are_sandboxed(database_url, tmp_path):
     import falcon.testing
 
-    from server import packages
+    from server.core import layout
 
-    folder = tmp_path / packages.FOLDERS["addon"] / "demo" / "1.0.0"
+    folder = layout.package_dir(tmp_path, "addon", "demo", "1.0.0")
     folder.mkdir(parents=True)
     (folder / "index.html").write_text("<script>document.title = localStorage.length</script>")
     anonymous = falcon.testing.TestClient(make_app(database_url, AYON_DATA_DIR=str(tmp_path)))

@@ -6,8 +6,8 @@ import subprocess
 import sys
 import time
 
-from server import config, db, embedded_pg
-from server.embedded_pg import EmbeddedPostgres
+from server.core import config, db, embedded_pg
+from server.core.embedded_pg import EmbeddedPostgres
 from tests.conftest import ROOT
 from tests.pg import free_port
 

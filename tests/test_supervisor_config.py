@@ -10,7 +10,7 @@ import pytest
 from supervisor.options import ServerOptions
 
 from procs import lifeline, supervisor
-from server import settings
+from server.core import settings
 from tests.conftest import ROOT
 
 EXTERNAL = "postgresql://ayon:secret@db.example:5432/ayon"
@@ -147,7 +147,7 @@ def test_each_program_gets_only_its_secrets(embedded, tmp_path):
     watchdog = program_secrets(programs["watchdog"])
     assert set(watchdog) == {"SUPERVISOR_USERNAME", "SUPERVISOR_PASSWORD"}
     for proc in programs.values():
-        assert set(proc.environment) <= {"PYTHONUNBUFFERED", "AYON_PROGRAM", lifeline.SECRETS_VAR}
+        assert set(proc.environment) <= {"PYTHONUNBUFFERED", lifeline.SECRETS_VAR}
 
 
 def run(module, *args, env):

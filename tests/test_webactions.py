@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from server import config, events, webactions
-from server.db import Database
+from server.core import config, events, webactions
+from server.core.db import Database
 from tests.apiclient import wait_for
 from tests.conftest import ROOT
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import psutil
 
-from server import db, migrations
-from server.embedded_pg import EmbeddedPostgres
+from server.core import db, migrations
+from server.core.embedded_pg import EmbeddedPostgres
 from tests.pg import free_port
 
 TOPICS = ("server.maintenance", "action.launch", "entity.task.changed", "server.config_changed", "log.message")

@@ -25,7 +25,7 @@ import falcon
 import falcon.asgi
 
 # Copied from server/api/events.py (LIST_SQL for `?limit=50`, no filter), with
-# %(limit)s as $1 as server/db.py's execute_prepared sends it; the harness's
+# %(limit)s as $1 as server/core/db.py's execute_prepared sends it; the harness's
 # test fails when the server's statement changes, so this copy is refreshed.
 PAGE_SQL = r"""
 WITH found AS (

@@ -3,8 +3,8 @@
 import sys
 import time
 
-from server import settings
-from server.logs import setup_logging
+from server.core import settings
+from server.core.logs import setup_logging
 
 
 def main() -> None:

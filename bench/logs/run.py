@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from server import db, logspool, migrations
-from server.embedded_pg import EmbeddedPostgres
+from server.core import db, logspool, migrations
+from server.core.embedded_pg import EmbeddedPostgres
 from tests.pg import free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent

@@ -2,7 +2,7 @@
 
 import datetime
 
-from server import db
+from server.core import db
 
 MESSAGE = ("'request handled in ' || (i %% 997) || ' ms for project project' || (i %% 13) "
            "|| ' by user user' || (i %% 17)")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from bench.maintenance import data
 from bench.maintenance.probe import Probe, percentile
-from server import config, db, events, migrations
-from server.db import Database
-from server.embedded_pg import EmbeddedPostgres
+from server.core import config, db, events, migrations
+from server.core.db import Database
+from server.core.embedded_pg import EmbeddedPostgres
 from tests.pg import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from server.core.embedded_pg import EmbeddedPostgres
+from tests.instance import Instance, http_get, poll
+from tests.pg import free_port
 
-from server.embedded_pg import EmbeddedPostgres  # noqa: E402
-from tests.instance import Instance, http_get, poll  # noqa: E402
-from tests.pg import free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 PROGRAMS = {"setup", "server", "webactions", "installer", "logcollector", "maintenance"}

@@ -1,13 +1,13 @@
 """Remove package data nobody references any more and install records of instances that are gone."""
 
 from maintenance.registry import Option
-from server.config import integer
+from server.core.values import Integer
 
 DESCRIPTION = "remove unreferenced package data, packages removed over {removed_retention_days} days ago"
 ENABLED = True
 ORDER = 50
 OPTIONS = [
-    Option("removed_retention_days", integer(1, 3650), 30, "Days a removed package is kept before it is deleted."),
+    Option("removed_retention_days", Integer(1, 3650), 30, "Days a removed package is kept before it is deleted."),
 ]
 
 # A blob is stored before the package row that references it; a young orphan may be an upload in flight.

@@ -2,12 +2,12 @@
 
 from maintenance.registry import Option
 from maintenance.tasks import _events
-from server.config import integer
+from server.core.values import Integer
 
 DESCRIPTION = "remove events older than {retention_days} days"
 ENABLED = True
 ORDER = 20
-OPTIONS = [Option("retention_days", integer(1, 36500), 90, "Days of events to keep.")]
+OPTIONS = [Option("retention_days", Integer(1, 36500), 90, "Days of events to keep.")]
 
 
 def run(ctx):

@@ -11,12 +11,12 @@ import psycopg2.errors
 from psycopg2 import sql
 
 from maintenance.registry import Option
-from server.config import integer
+from server.core.values import Integer
 
 DESCRIPTION = "remove log records older than {retention_days} days"
 ENABLED = True
 ORDER = 10
-OPTIONS = [Option("retention_days", integer(1, 3650), 7, "Days of logs to keep.")]
+OPTIONS = [Option("retention_days", Integer(1, 3650), 7, "Days of logs to keep.")]
 
 PARTITION = re.compile(r"^logs_(\d{4})(\d{2})(\d{2})$")
 BATCH = 10000

@@ -2,12 +2,12 @@
 
 from maintenance.registry import Option
 from maintenance.tasks import _events
-from server.config import integer
+from server.core.values import Integer
 
 DESCRIPTION = "remove finished or failed webactions older than {retention_days} days"
 ENABLED = True
 ORDER = 30
-OPTIONS = [Option("retention_days", integer(1, 36500), 30, "Days of finished or failed webactions to keep.")]
+OPTIONS = [Option("retention_days", Integer(1, 36500), 30, "Days of finished or failed webactions to keep.")]
 
 
 def run(ctx):

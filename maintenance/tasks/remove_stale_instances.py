@@ -1,12 +1,12 @@
 """Remove heartbeats of programs and instances not seen for days, with their install records."""
 
 from maintenance.registry import Option
-from server.config import integer
+from server.core.values import Integer
 
 DESCRIPTION = "remove instances and program heartbeats not seen for {stale_days} days"
 ENABLED = True
 ORDER = 40
-OPTIONS = [Option("stale_days", integer(1, 3650), 14, "Days without a heartbeat before an instance is forgotten.")]
+OPTIONS = [Option("stale_days", Integer(1, 3650), 14, "Days without a heartbeat before an instance is forgotten.")]
 
 
 def run(ctx):

@@ -3,7 +3,7 @@
 
 import falcon
 
-from server import events, webactions
+from server.core import events, webactions
 from server.api.common import check_params, dumps, int_between, param, parse_json
 from server.api.events import EVENT_SCHEMA
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import falcon
 
-from server import archive, config, packages, urlfetch
+from server.core import archive, config, layout, packages
+from server import urlfetch
 from server.api.common import check_params, dumps, param, read_json
 
 MAX_PACKAGE_BYTES = 512 * 1024 * 1024
@@ -100,7 +101,7 @@ class FromUrl:
 
     def _fetch(self, url: str) -> bytes:
         with self.ctx.db.transaction() as cur:
-            allow_private = config.lookup(config.get(cur), "installer.allow_private_urls")
+            allow_private = config.get(cur).installer.allow_private_urls
         return urlfetch.fetch(url, MAX_PACKAGE_BYTES, allow_private=allow_private)
 
     async def on_post(self, req, resp):
@@ -173,7 +174,7 @@ class Files:
         missing = falcon.HTTPNotFound(title="Not found", description=f"{name} {version} has no file {path!r} here")
         if not packages.valid_name(name) or not packages.valid_version(version):
             raise missing
-        base = (Path(self.ctx.settings.data_dir) / packages.FOLDERS["addon"] / name / version).resolve()
+        base = layout.package_dir(self.ctx.settings.data_dir, "addon", name, version).resolve()
         target = (base / path).resolve()
         # resolve() follows any link and folds '..': the result must still be inside the addon.
         if not target.is_relative_to(base) or not target.is_file():

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import falcon
 
-from server.db import Database
+from server.core.db import Database
 
 
 @dataclass
@@ -22,6 +22,7 @@ class AppContext:
     started: float = field(default_factory=time.time)
     schema: Any = None  # the last SchemaStatus seen by the readiness check
     executor: ThreadPoolExecutor | None = None
+    areas: tuple = ()  # the app's areas, for the OpenAPI document
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run blocking work (psycopg2) in this worker's thread pool, off the event loop."""

@@ -2,16 +2,16 @@
 
 import falcon
 
-from server import config
+from server.core import config
 from server.api.common import check_params, read_json
-from server.errors import ConfigError
+from server.core.errors import ConfigError
 
 WHO = "admin (API)"
 
 
 def _get(db) -> dict:
     with db.transaction() as cur:
-        return config.get(cur)
+        return config.get(cur).as_dict()
 
 
 def _update(db, patch) -> dict:
@@ -53,14 +53,11 @@ def _schema() -> dict:
     root: dict = {"type": "object", "properties": {}, "additionalProperties": False}
     for field in config.fields():
         node = root
-        *parents, leaf = field.path.split(".")
+        *parents, leaf = field.name.split(".")
         for key in parents:
             node = node["properties"].setdefault(
                 key, {"type": "object", "properties": {}, "additionalProperties": False})
-        default = field.default
-        kind = ("boolean" if isinstance(default, bool) else "integer" if isinstance(default, int)
-                else "string" if isinstance(default, str) else None)
-        node["properties"][leaf] = {"description": field.help, **({"type": kind} if kind else {})}
+        node["properties"][leaf] = {"description": field.help, **field.kind.schema()}
     return root
 
 

@@ -4,7 +4,7 @@ import uuid
 
 import falcon
 
-from server import events
+from server.core import events
 from server.api.common import check_params, int_between, param, timestamp
 from server.api.pages import (cursor_sql, cursor_time, cursor_uuid, decode_cursor, fetch_text, like_escape,
                               send_json_text, text_param, utc_json)

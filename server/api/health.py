@@ -6,8 +6,8 @@ import time
 
 import falcon
 
-from server import VERSION, migrations
-from server.db import BROKEN
+from server.core import VERSION, migrations
+from server.core.db import BROKEN
 
 READY_RETRY_AFTER = "5"
 

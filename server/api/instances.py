@@ -1,13 +1,13 @@
 """GET /api/instances: every instance, its programs and their last heartbeat; stale ones flagged."""
 
 from server.api.common import check_params
+from server.core import config
 from server.api.pages import fetch_text, send_json_text
 
-# stale_after comes from the configuration (instances.stale_after), read in the same statement.
+# stale_after comes from the configuration (instances.stale_after).
 SQL = """
 WITH cfg AS (
-    SELECT coalesce((SELECT (data #>> '{instances,stale_after}')::int FROM server_config WHERE id = 1),
-                    %(default)s) AS stale_after
+    SELECT %(stale_after)s::int AS stale_after
 ), beats AS (
     SELECT i.*, i.last_seen < clock_timestamp() - make_interval(secs => cfg.stale_after) AS stale
     FROM instances i, cfg
@@ -32,10 +32,10 @@ SELECT json_build_object(
 """
 
 
-def _stale_default() -> int:
-    from server.config import FIELDS
-
-    return next(f.default for f in FIELDS if f.path == "instances.stale_after")
+def _listing(db) -> str:
+    with db.transaction() as cur:
+        stale_after = config.get(cur).instances.stale_after
+    return fetch_text(db, SQL, {"stale_after": stale_after})
 
 
 class Instances:
@@ -44,7 +44,7 @@ class Instances:
 
     async def on_get(self, req, resp):
         check_params(req, set())
-        text = await self.ctx.run(fetch_text, self.ctx.db, SQL, {"default": _stale_default()})
+        text = await self.ctx.run(_listing, self.ctx.db)
         send_json_text(resp, text)
 
 

@@ -1,43 +1,37 @@
 """GET /api/maintenance (configuration, next run, last runs) and POST /api/maintenance/run."""
 
-import datetime
 
 import falcon
 
 from maintenance import registry
-from maintenance.runner import REQUEST_TOPIC, TOPIC, plan
-from server import config, events
+from server.core import config, events, times
 from server.api.common import check_params, dumps, int_between, param, parse_json
 
 LAST_RUNS = 10
 
 
-def _utc(value: datetime.datetime) -> str:
-    # The same spelling as GET /api/events: UTC with a Z.
-    return value.astimezone(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def _event(record: dict) -> dict:
-    return {**record, "created_at": _utc(record["created_at"]), "updated_at": _utc(record["updated_at"])}
+    return {**record, "created_at": times.rfc3339(record["created_at"]), "updated_at": times.rfc3339(record["updated_at"])}
 
 
 def overview(db, last: int) -> dict:
     """The maintenance configuration, the next scheduled run, the running and the last runs."""
     with db.transaction() as cur:
-        doc = config.get(cur)
-        section = doc["maintenance"]
-        running = events.query(cur, topic=TOPIC, status="in_progress", limit=1)
-        pending = events.query(cur, topic=REQUEST_TOPIC, status="pending", limit=100)
-        last_runs = events.query(cur, topic=TOPIC, limit=last)
+        cfg = config.get(cur)
+        section = cfg.maintenance
+        running = events.query(cur, topic=events.MAINTENANCE, status="in_progress", limit=1)
+        pending = events.query(cur, topic=events.MAINTENANCE_REQUEST, status="pending", limit=100)
+        last_runs = events.query(cur, topic=events.MAINTENANCE, limit=last)
     tasks = [
         {"name": task.name, "enabled": enabled, "description": task.describe(options), "options": options}
-        for task, enabled, options in plan(doc)
+        for task, enabled, options in registry.plan(cfg)
     ]
     return {
-        "enabled": section["enabled"],
-        "time": section["time"],
-        "timezone": section["timezone"],
-        "next_run": _utc(config.next_daily_run(doc)) if section["enabled"] else None,
+        "enabled": section.enabled,
+        "time": section.time,
+        "timezone": section.timezone,
+        "next_run": times.rfc3339(times.next_run(times.utc_now(), section.time, section.timezone))
+        if section.enabled else None,
         "tasks": tasks,
         "running": _event(running[0]) if running else None,
         "pending_requests": [p["id"] for p in pending],
@@ -50,12 +44,12 @@ def request_run(db, names: list[str] | None) -> tuple[str, bool]:
     with db.transaction() as cur:
         # One request at a time per task list: a second click must not queue a second run.
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('ayon.maintenance.request'))")
-        for pending in events.query(cur, topic=REQUEST_TOPIC, status="pending", limit=100):
+        for pending in events.query(cur, topic=events.MAINTENANCE_REQUEST, status="pending", limit=100):
             if (pending["payload"] or {}).get("tasks") == names:
                 return pending["id"], False
         what = ", ".join(names) if names else "all enabled tasks"
         event_id = events.dispatch(
-            cur, REQUEST_TOPIC, status="pending", description=f"maintenance run requested: {what}",
+            cur, events.MAINTENANCE_REQUEST, status="pending", description=f"maintenance run requested: {what}",
             payload={"tasks": names}, sender="api",
         )
     return event_id, True

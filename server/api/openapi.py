@@ -10,7 +10,7 @@ paths with parameters, 411/413 with a body, 500, 503) and the error shape.
 import copy
 import json
 
-from server import VERSION
+from server.core import VERSION
 from server.api.common import check_params
 
 ERROR_SCHEMA = {
@@ -105,9 +105,7 @@ class OpenAPI:
     async def on_get(self, req, resp):
         check_params(req, set())
         if self.text is None:
-            from server.app import AREAS
-
-            self.text = json.dumps(build(AREAS))
+            self.text = json.dumps(build(self.ctx.areas))
         resp.text = self.text
         resp.content_type = "application/json"
 

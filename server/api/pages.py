@@ -8,7 +8,7 @@ from typing import Any, Callable
 import falcon
 
 from server.api.common import param
-from server.db import Connection, Database, execute_prepared
+from server.core.db import Connection, Database, execute_prepared
 
 
 def utc_json(column: str) -> str:

@@ -19,10 +19,10 @@ import time
 import falcon
 from falcon.asgi import SSEvent
 
-from server import events
+from server.core import events
 from server.api.common import check_params
 from server.api.pages import cursor_time, cursor_uuid, decode_cursor, like_escape, text_param
-from server.db import BROKEN, connect
+from server.core.db import BROKEN, connect
 
 log = logging.getLogger("ayon.stream")
 

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from procs.supervisor import LISTENERS
-from server import settings
+from server.core import settings
 from tests.conftest import ROOT
 from tests.image.podman import (
     CONTAINERS_CONF, IMAGE, PODMAN, STOP_GRACE, TOKEN, Container, podman, progress, supervisor_status,

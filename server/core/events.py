@@ -12,11 +12,19 @@ import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from server import db as dbmod
+from server.core import db as dbmod
 
 STATUSES = ("pending", "in_progress", "finished", "failed", "aborted")
-UNFINISHED = ("pending", "in_progress")
-CHANNEL = "ayon_events"
+# The NOTIFY channels every process shares (triggers in server/core/migrations send them).
+CHANNEL = "ayon_events"  # every event change
+CONFIG_CHANNEL = "ayon_config"  # every configuration change
+PACKAGES_CHANNEL = "ayon_packages"  # a package to install or remove
+
+# Topics the server itself sends (a contract: monitoring and the dashboard read them).
+MAINTENANCE = "server.maintenance"
+MAINTENANCE_REQUEST = "server.maintenance.request"
+CONFIG_CHANGED = "server.config_changed"
+CONFIG_REJECTED = "server.config_rejected"  # a program met a stored value it cannot use and kept its last good one
 COLUMNS = "id, topic, status, description, summary, payload, sender, depends_on, created_at, updated_at"
 
 _default_sender = "ayon"

@@ -8,14 +8,8 @@ import sys
 import time
 import traceback
 
-from server import events
-
-# Attributes every LogRecord has; anything else on a record is a structured extra.
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
-
-
-def extras_of(record: logging.LogRecord) -> dict:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+from server.core import events
+from server.core.logspool import attach_spool, extras_of
 
 
 def iso_time(created: float) -> str:
@@ -107,13 +101,10 @@ def setup_logging(program: str, settings, spool: bool = True) -> logging.Logger:
     stdout.setFormatter(formatter_class(settings.instance_id, program))
     root.addHandler(stdout)
     if spool:
-        # The durable hand-off to the log collector (see server/logspool.py).
-        from server.logspool import attach_spool
-
+        # The durable hand-off to the log collector (see server/core/logspool.py).
         attach_spool(root, settings, program)
     root.setLevel(settings.log_level.upper())
     for noisy in ("urllib3", "schemathesis", "hypothesis"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     events.set_default_sender(f"{settings.instance_id}/{program}")
-    os.environ.setdefault("AYON_PROGRAM", program)
     return logging.getLogger(f"ayon.{program}")

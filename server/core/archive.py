@@ -19,7 +19,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from server.errors import AyonError
+from server.core.errors import AyonError
 
 CHUNK = 1 << 20
 # PKWARE's Unix extra field: its variable part names the target of a hard or symbolic link.

@@ -16,7 +16,7 @@ import psycopg2.extensions
 import psycopg2.extras
 from psycopg2 import sql
 
-from server.errors import DatabaseUnavailable
+from server.core.errors import DatabaseUnavailable
 
 log = logging.getLogger("ayon.db")
 

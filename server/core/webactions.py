@@ -6,7 +6,7 @@ most once: PostgreSQL re-checks the WHERE clause against the row a
 concurrent transaction just committed.
 """
 
-from server import events
+from server.core import events
 
 PREFIX = "action."
 LIKE = "action.%"

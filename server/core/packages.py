@@ -12,11 +12,10 @@ from dataclasses import dataclass
 import psycopg2
 import yaml
 
-from server import archive
-from server.errors import AyonError
+from server.core import archive
+from server.core.errors import AyonError
 
 KINDS = ("addon", "dependency_package")
-FOLDERS = {"addon": "addons", "dependency_package": "dependency_packages"}
 MANIFEST = "package.yaml"
 MANIFEST_MAX_BYTES = 64 * 1024
 NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")

@@ -31,14 +31,16 @@ from urllib.parse import quote
 import psycopg2
 from psycopg2 import sql
 
-from server.errors import AyonError
+from server.core.errors import AyonError
+from server.core import layout
+from server.core.lifetime import hold
 
 PG_USER = "embedded_postgres"
 SUPERUSER = "postgres"
 OWNER = "ayon"  # the programs' role: owns the database, no superuser
 DATABASE = "ayon"
 HBA = (
-    "# Written by server/embedded_pg.py at every start: a password (scram-sha-256) over\n"
+    "# Written by server/core/embedded_pg.py at every start: a password (scram-sha-256) over\n"
     "# loopback TCP, nothing else (no Unix socket, no trust).\n"
     "host all all 127.0.0.1/32 scram-sha-256\n"
 )
@@ -105,7 +107,7 @@ def _chown_tree(path: Path, user: str) -> None:
 
 
 def passfile(data_dir: str | Path, role: str) -> Path:
-    return Path(data_dir) / "secrets" / f"{role}.pgpass"
+    return layout.secrets_dir(data_dir) / f"{role}.pgpass"
 
 
 def password(data_dir: str | Path, role: str) -> str:
@@ -282,7 +284,7 @@ def ensure_owner(superuser_url: str, data_dir: str | Path) -> list[str]:
 
 def _hand_over_objects(superuser_url: str) -> None:
     """Every table, sequence and function of the database's public schema to the owner."""
-    from server.db import with_database
+    from server.core.db import with_database
 
     conn = psycopg2.connect(with_database(superuser_url, DATABASE), connect_timeout=5)
     try:
@@ -326,8 +328,6 @@ class EmbeddedPostgres:
         return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> None:
-        from procs.lifeline import hold
-
         initdb(self.datadir, self.password, say=lambda _: None)
         close_access(self.datadir, self.password)
         parent = os.getpid()

@@ -10,8 +10,8 @@ from typing import Callable
 
 import psycopg2
 
-from server import db
-from server.errors import DatabaseUnavailable, SchemaError
+from server.core import db
+from server.core.errors import DatabaseUnavailable, SchemaError
 
 log = logging.getLogger("ayon.migrations")
 

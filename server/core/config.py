@@ -5,133 +5,94 @@ declares); defaults, validation, setup's YAML seeding and PATCH /api/config
 all derive from that declaration. Programs read the stored document through
 `usable()`: a value written around the API that its validator refuses is never
 used; `get()` puts the default in its place, a daemon its last good value
-(procs/daemon.py).
+(server/core/program.py).
 """
 
 import copy
-import datetime
-import functools
 import json
 import os
 import re
 import stat
-import zoneinfo
-from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import yaml
 
-from server.errors import ConfigError
+from server.core import events
+from server.core.errors import ConfigError
+from server.core.values import Boolean, ClockTime, Integer, TimeZone, Value, shown
 
 
-# --- validators: take a decoded value, return it or raise ValueError ---
-
-
-def boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {shown(value)}")
-    return value
-
-
-def integer(low: int, high: int) -> Callable[[Any], int]:
-    def validate(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected a whole number, got {shown(value)}")
-        if not low <= value <= high:
-            raise ValueError(f"expected a number from {low} to {high}, got {shown(value)}")
-        return value
-
-    return validate
-
-
-def shown(value: Any) -> str:
-    """A value as an error line quotes it: its repr, cut short."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def clock_time(value: Any) -> str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        # YAML 1.1 reads an unquoted 03:00 as the number 180 (base 60).
-        raise ValueError(f"expected HH:MM (24-hour) as text, got the number {value}; quote it in YAML: '03:00'")
-    if not isinstance(value, str) or not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value.strip()):
-        raise ValueError(f"expected HH:MM (24-hour), got {shown(value)}")
-    return value.strip()
-
-
-# Names zoneinfo loads but that are no place's time: the tz database's placeholder
-# for "not set" and the machine's own zone, which differs between instances.
-NOT_PLACES = frozenset({"Factory", "localtime", "posixrules"})
-
-
-@functools.lru_cache(maxsize=1)
-def time_zones() -> frozenset[str]:
-    """The time zone names the scheduler accepts."""
-    return frozenset(zoneinfo.available_timezones()) - NOT_PLACES
-
-
-def timezone(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a time zone name such as UTC or Europe/Prague, got {shown(value)}")
-    name = value.strip()
-    if name not in time_zones():
-        raise ValueError(f"unknown time zone {shown(value)}")
-    next_run(datetime.datetime.now(datetime.timezone.utc), "00:00", name)  # the scheduler's own computation
-    return name
-
-
-def next_run(now: datetime.datetime, at: str, zone: str) -> datetime.datetime:
-    """The first moment after `now` when the clock in `zone` shows `at` (HH:MM), as an aware UTC datetime.
-
-    The one computation of a daily due time: the maintenance daemon schedules by it,
-    GET /api/maintenance shows it, and the time zone validator tries it. A wall time
-    skipped by a DST change falls an hour later that day; a repeated one is due once,
-    at its first occurrence.
-    """
-    tz = zoneinfo.ZoneInfo(zone)
-    clock = datetime.time(*map(int, at.split(":")))
-    day = now.astimezone(tz).date()
-    for offset in (-1, 0, 1, 2):
-        due = datetime.datetime.combine(day + datetime.timedelta(days=offset), clock, tzinfo=tz)
-        due = due.astimezone(datetime.timezone.utc)
-        if due > now:
-            return due
-    raise AssertionError("a daily time recurs within two days")
-
-
-@dataclass(frozen=True)
-class Field:
-    path: str  # dotted key
-    validator: Callable[[Any], Any]
-    default: Any
-    help: str
-
+Field = Value  # a configuration key: its dotted path, kind, default and help
 
 FIELDS = [
-    Field("maintenance.enabled", boolean, True, "The daemon runs the procedure on schedule."),
-    Field("maintenance.time", clock_time, "03:00", "Daily start time, HH:MM."),
-    Field("maintenance.timezone", timezone, "UTC", "Time zone of maintenance.time."),
-    Field("webactions.check_interval", integer(1, 86400), 300, "Seconds between timed-out webaction checks."),
-    Field("webactions.timeout", integer(1, 30 * 86400), 3600, "Seconds after which an unfinished webaction fails."),
-    Field("installer.poll_interval", integer(1, 3600), 60, "Seconds between installer polls (NOTIFY wakes it sooner)."),
-    Field("installer.max_attempts", integer(1, 100), 5, "Install attempts per package before it stays failed."),
-    Field("installer.allow_private_urls", boolean, False,
+    Field("maintenance.enabled", Boolean(), True, "The daemon runs the procedure on schedule."),
+    Field("maintenance.time", ClockTime(), "03:00", "Daily start time, HH:MM."),
+    Field("maintenance.timezone", TimeZone(), "UTC", "Time zone of maintenance.time."),
+    Field("webactions.check_interval", Integer(1, 86400), 300, "Seconds between timed-out webaction checks."),
+    Field("webactions.timeout", Integer(1, 30 * 86400), 3600, "Seconds after which an unfinished webaction fails."),
+    Field("installer.poll_interval", Integer(1, 3600), 60, "Seconds between installer polls (NOTIFY wakes it sooner)."),
+    Field("installer.max_attempts", Integer(1, 100), 5, "Install attempts per package before it stays failed."),
+    Field("installer.allow_private_urls", Boolean(), False,
           "install-from-url may fetch from loopback, private, link-local and other non-public addresses."),
-    Field("instances.stale_after", integer(5, 86400), 30, "Seconds without a heartbeat before an instance shows stale."),
+    Field("instances.stale_after", Integer(5, 86400), 30, "Seconds without a heartbeat before an instance shows stale."),
 ]
 
 
-def fields() -> list[Field]:
-    """The whole declaration: fixed fields plus each maintenance task's switch and options."""
-    from maintenance.registry import tasks  # tasks declare their own options
+# Keys that other parts declare when they are imported (each maintenance task's switch and options:
+# `import maintenance`), so this core module never imports them.
+_DECLARED: dict[str, Field] = {}
 
-    found = list(FIELDS)
-    for task in tasks():
-        base = f"maintenance.tasks.{task.name}"
-        found.append(Field(f"{base}.enabled", boolean, task.enabled_by_default, f"Run the {task.name} task."))
-        for option in task.options:
-            found.append(Field(f"{base}.{option.name}", option.validator, option.default, option.help))
-    return found
+
+def declare(more: list[Field]) -> None:
+    """Add keys to the declaration; declaring the same key again replaces it."""
+    for field in more:
+        _DECLARED[field.name] = field
+
+
+def fields() -> list[Field]:
+    """The whole declaration: fixed fields plus what was declared."""
+    return FIELDS + list(_DECLARED.values())
+
+
+class View:
+    """The configuration read as typed objects: `cfg.webactions.timeout`, `cfg.maintenance.tasks["vacuum"]`.
+
+    An undeclared key is an AttributeError naming it, never a silent None.
+    """
+
+    __slots__ = ("_doc", "_path")
+
+    def __init__(self, doc: dict, path: str = ""):
+        object.__setattr__(self, "_doc", doc)
+        object.__setattr__(self, "_path", path)
+
+    def _get(self, key: str):
+        try:
+            value = self._doc[key]
+        except KeyError:
+            raise AttributeError(f"no configuration key {self._path + key!r}") from None
+        return View(value, f"{self._path}{key}.") if isinstance(value, dict) else value
+
+    __getattr__ = _get
+    __getitem__ = _get
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._doc
+
+    def __iter__(self):
+        return iter(self._doc)
+
+    def __setattr__(self, key, value):
+        raise AttributeError("the configuration is read-only; change it with config.update")
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, View) and self._doc == other._doc
+
+    def __repr__(self) -> str:
+        return f"View({self._doc!r})"
+
+    def as_dict(self) -> dict:
+        return copy.deepcopy(self._doc)
 
 
 MAX_FILE_BYTES = 1024 * 1024  # as PATCH /api/config's body limit
@@ -160,14 +121,14 @@ def tree() -> dict:
     """The declaration as nested mappings whose leaves are the Fields."""
     root: dict = {}
     for field in fields():
-        _set(root, field.path, field)
+        _set(root, field.name, field)
     return root
 
 
 def defaults() -> dict:
     doc: dict = {}
     for field in fields():
-        _set(doc, field.path, copy.deepcopy(field.default))
+        _set(doc, field.name, copy.deepcopy(field.default))
     return doc
 
 
@@ -251,7 +212,7 @@ def usable(stored: Any, fallback: dict | None = None) -> tuple[dict, list[Proble
     problems: list[Problem] = []
     seen_bad_parents = set()
     for field in fields():
-        value, bad_parent = _stored_value(stored, field.path)
+        value, bad_parent = _stored_value(stored, field.name)
         if value is _MISSING:
             if bad_parent is not None and bad_parent not in seen_bad_parents:
                 seen_bad_parents.add(bad_parent)
@@ -260,14 +221,14 @@ def usable(stored: Any, fallback: dict | None = None) -> tuple[dict, list[Proble
                 problems.append(Problem(bad_parent, parent_value, f"expected a mapping, got {shown(parent_value)}",
                                         copy.deepcopy(kept)))
             if bad_parent is not None:
-                _set(doc, field.path, copy.deepcopy(lookup(fallback, field.path)))
+                _set(doc, field.name, copy.deepcopy(lookup(fallback, field.name)))
             continue
         try:
-            _set(doc, field.path, field.validator(value))
+            _set(doc, field.name, field.validator(value))
         except ValueError as exc:
-            kept = copy.deepcopy(lookup(fallback, field.path))
-            problems.append(Problem(field.path, value, str(exc), kept))
-            _set(doc, field.path, kept)
+            kept = copy.deepcopy(lookup(fallback, field.name))
+            problems.append(Problem(field.name, value, str(exc), kept))
+            _set(doc, field.name, kept)
     return doc, problems
 
 
@@ -316,9 +277,6 @@ def load_file(path: str) -> dict:
 # --- storage ---
 
 
-CHANGED_TOPIC = "server.config_changed"
-# A program met a stored value it cannot use (written around the API) and kept its last good one.
-REJECTED_TOPIC = "server.config_rejected"
 
 
 def stored(cur) -> Any:
@@ -328,9 +286,9 @@ def stored(cur) -> Any:
     return row[0] if row else {}
 
 
-def get(cur) -> dict:
-    """The configuration in effect: defaults for missing keys and for stored values their validator refuses."""
-    return complete(stored(cur))
+def get(cur) -> View:
+    """The configuration in effect, typed: defaults for missing keys and for stored values their validator refuses."""
+    return View(complete(stored(cur)))
 
 
 def seed(cur) -> bool:
@@ -342,10 +300,8 @@ def seed(cur) -> bool:
     return cur.rowcount == 1
 
 
-def update(cur, patch: Any, who: str, dispatch_event: bool = True) -> tuple[dict, dict]:
+def update(cur, patch: Any, who: str) -> tuple[dict, dict]:
     """Merge-update under a row lock; dispatches `server.config_changed` when anything changed."""
-    from server import events
-
     cur.execute("SELECT data FROM server_config WHERE id = 1 FOR UPDATE")
     row = cur.fetchone()
     current = complete(row[0] if row else {})
@@ -357,16 +313,15 @@ def update(cur, patch: Any, who: str, dispatch_event: bool = True) -> tuple[dict
         "ON CONFLICT (id) DO UPDATE SET data = EXCLUDED.data, updated_at = now()",
         (json.dumps(merged),),
     )
-    if dispatch_event:
-        listed = {k: {"old": old, "new": new} for k, (old, new) in changes.items()}
-        events.dispatch(
-            cur,
-            CHANGED_TOPIC,
-            status="finished",
-            description=f"{who} changed " + ", ".join(sorted(changes)),
-            summary={"changes": listed, "by": who},
-            sender=who,
-        )
+    listed = {k: {"old": old, "new": new} for k, (old, new) in changes.items()}
+    events.dispatch(
+        cur,
+        events.CONFIG_CHANGED,
+        status="finished",
+        description=f"{who} changed " + ", ".join(sorted(changes)),
+        summary={"changes": listed, "by": who},
+        sender=who,
+    )
     return merged, changes
 
 
@@ -374,9 +329,3 @@ def lookup(doc: dict, path: str) -> Any:
     for key in path.split("."):
         doc = doc[key]
     return doc
-
-
-def next_daily_run(doc: dict, now: datetime.datetime | None = None) -> datetime.datetime:
-    """When the daily maintenance is next due, as an aware datetime in UTC."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    return next_run(now, doc["maintenance"]["time"], doc["maintenance"]["timezone"])

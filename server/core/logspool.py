@@ -23,7 +23,15 @@ import sys
 import time
 import traceback
 
-from server.logs import extras_of
+from server.core import layout
+
+# Attributes every LogRecord has; anything else on a record is a structured extra.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+
+
+def extras_of(record: logging.LogRecord) -> dict:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
 
 SUFFIX = ".copy"
 COLUMNS = ("ts", "level", "instance", "program", "pid", "logger", "message", "extras", "exc")
@@ -37,7 +45,7 @@ _UTC = datetime.timezone.utc
 
 
 def spool_dir(data_dir: str) -> str:
-    return os.path.join(data_dir, "spool")
+    return str(layout.spool_dir(data_dir))
 
 
 def file_size_for(cap: int) -> int:

@@ -1,7 +1,7 @@
 """Every AYON_* setting, declared once: name, type, default and help.
 
 Everything else derives from SETTINGS: environment parsing, the supervisord
-generator's inputs, `python -m server.settings` and the README table.
+generator's inputs, `python -m server.core.settings` and the README table.
 """
 
 import errno
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from server.errors import ConfigError
+from server.core.errors import ConfigError, Parser, run_main
 
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
@@ -374,7 +374,7 @@ class Settings(dict):
         url = self["postgres_url_raw"]
         if url:
             return url
-        from server.embedded_pg import url  # the owner role, its password in a 0600 file
+        from server.core.embedded_pg import url  # the owner role, its password in a 0600 file
 
         return url(self.data_dir, self.embedded_pg_port)
 
@@ -452,23 +452,23 @@ def markdown_table() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the effective settings (secrets masked), or the README table with --markdown."""
-    args = sys.argv[1:] if argv is None else argv
-    if args == ["--markdown"]:
+    parser = Parser(prog="python -m server.core.settings", description="The effective settings, secrets masked.")
+    parser.add_argument("--markdown", action="store_true", help="print the README's settings table instead")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.markdown:
         sys.stdout.write(markdown_table())
         return 0
-    if args:
-        print("usage: python -m server.settings [--markdown]", file=sys.stderr)
-        return 2
-    try:
-        values = load()
-    except ConfigError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 2
+    values = load()
     width = max(len(s.name) for s in SETTINGS)
     for name, shown in describe(values):
         print(f"{name:<{width}}  {shown}")
     return 0
 
 
+def run() -> None:
+    """Entry point of `python -m server.core.settings` and `ayon-settings`."""
+    run_main(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -6,8 +6,8 @@ import os
 import socket
 import threading
 
-from server import VERSION
-from server.db import BROKEN, Database
+from server.core import VERSION
+from server.core.db import BROKEN, Database
 
 log = logging.getLogger("ayon.heartbeat")
 

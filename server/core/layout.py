@@ -1,0 +1,64 @@
+"""The data folder (AYON_DATA_DIR): every sub-path named once, and the one way to wait for a folder's lock."""
+
+import fcntl
+import threading
+from pathlib import Path
+from typing import Callable
+
+# Addons and dependency packages, installed by each instance's installer and served from there.
+PACKAGE_FOLDERS = {"addon": "addons", "dependency_package": "dependency_packages"}
+
+
+def run_dir(data_dir: str | Path) -> Path:
+    """supervisord's socket and pid file, programs' error lines, the metrics of the web workers (0700)."""
+    return Path(data_dir) / "run"
+
+
+def metrics_dir(data_dir: str | Path) -> Path:
+    return run_dir(data_dir) / "metrics"
+
+
+def logs_dir(data_dir: str | Path) -> Path:
+    """Each program's output, for `supervisorctl tail`."""
+    return Path(data_dir) / "logs"
+
+
+def spool_dir(data_dir: str | Path) -> Path:
+    """Log records on their way to the log collector."""
+    return Path(data_dir) / "spool"
+
+
+def secrets_dir(data_dir: str | Path) -> Path:
+    """The embedded PostgreSQL's password files (0700, files 0600)."""
+    return Path(data_dir) / "secrets"
+
+
+def postgres_dir(data_dir: str | Path) -> Path:
+    """The embedded PostgreSQL's cluster."""
+    return Path(data_dir) / "postgres"
+
+
+def package_dir(data_dir: str | Path, kind: str, name: str = "", version: str = "") -> Path:
+    """Where a package of this kind is installed (the kind's folder without name and version)."""
+    folder = Path(data_dir) / PACKAGE_FOLDERS[kind]
+    return folder / name / version if name else folder
+
+
+def staging_dir(data_dir: str | Path) -> Path:
+    """Where the installer unpacks before renaming into place."""
+    return Path(data_dir) / ".installing"
+
+
+def wait_for_lock(fd: int, stop: threading.Event, say: Callable[[], None], every: float = 0.5) -> bool:
+    """Take an exclusive flock on `fd`, saying once that another process holds it; False when stopped first."""
+    said = False
+    while not stop.is_set():
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if not said:
+                say()
+                said = True
+            stop.wait(every)
+    return False

@@ -1,0 +1,215 @@
+"""The base of every long-running program: start, wait for the schema, heartbeat, loop, wake on NOTIFY, stop.
+
+A program declares what it waits for (`channels`), which configuration keys
+it uses (`config_keys`: a change re-reads them and calls `configure`), how
+often it works at the latest (`interval`) and what one pass does (`tick`).
+The base owns everything around that: the LISTEN connection and its
+reconnects, the configuration refresh, the heartbeat, the signals and the
+stop flag. `python -m procs.<name>` is then three lines.
+"""
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from server.core import config, events, migrations
+from server.core import settings as settings_mod
+from server.core.db import BROKEN, Database
+from server.core.errors import AyonError, first_line, run_main
+from server.core.heartbeat import Heartbeat
+from server.core.logs import setup_logging
+
+_NOTHING = object()
+# Between LISTEN reconnects, and the longest a wait blocks before it looks at the stop flag.
+RETRY_SECONDS = 1.0
+
+
+def start(program: str, spool: bool = True) -> tuple[settings_mod.Settings, logging.Logger]:
+    """Load settings (a bad one raises ConfigError: one line, exit 2) and set up logging."""
+    values = settings_mod.load()
+    return values, setup_logging(program, values, spool=spool)
+
+
+def open_database(values: settings_mod.Settings, program: str) -> Database:
+    return Database(values.postgres_url, size=values.db_pool_size, application_name=f"ayon-{program}")
+
+
+class Daemon:
+    """Subclasses set `program`, `channels`, `config_keys` and implement `tick()` (and `configure()`)."""
+
+    program = "daemon"
+    # NOTIFY channels whose notifications wake the loop for a tick (see `notified`).
+    channels: tuple[str, ...] = ()
+    # Prefixes of the configuration keys this program uses: a change calls `configure`,
+    # and only their problems are reported.
+    config_keys: tuple[str, ...] = ()
+
+    def __init__(self):
+        self.settings, self.log = start(self.program)
+        self.db = open_database(self.settings, self.program)
+        self.stop = threading.Event()
+        self.stop_reason = ""
+        self.good_config = config.defaults()  # the last configuration this program could use
+        self.rejected: dict[str, object] = {}  # key -> the refused stored value, reported once
+        self.listener = None
+        self.listen_failing = False
+
+    # --- what a program implements ---
+
+    def prepare(self) -> None:
+        """Called once the schema is current, before the first tick."""
+
+    def configure(self, cfg: config.View) -> None:
+        """Apply the configuration in effect: at start and after every change of it."""
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def interval(self) -> float:
+        """The longest pause between two ticks."""
+        return 5.0
+
+    def notified(self, channel: str, payload: Any) -> bool:
+        """Whether a notification on one of `channels` calls for a tick now."""
+        return True
+
+    def heartbeat_info(self) -> dict:
+        return {}
+
+    # --- configuration ---
+
+    def usable_config(self, cur) -> config.View:
+        """The stored configuration as this program can use it; a value it cannot use keeps its last good one.
+
+        A stored value its validator refuses (written into the database around the
+        API) must not stop the program: it is logged and recorded once as a
+        `server.config_rejected` event, and the program goes on with what it had.
+        """
+        doc, problems = config.usable(config.stored(cur), self.good_config)
+        mine = {p.key: p for p in problems if self._uses(p.key)}
+        for key in [k for k in self.rejected if k not in mine]:
+            self.log.info("configuration %s is usable again", key)
+            del self.rejected[key]
+        for key, problem in mine.items():
+            if self.rejected.get(key, _NOTHING) != problem.value:
+                self.rejected[key] = problem.value
+                self._report_rejected(problem)
+        self.good_config = doc
+        return config.View(doc)
+
+    def refresh_config(self) -> None:
+        """Re-read the configuration and apply it; while PostgreSQL is away the last one holds."""
+        try:
+            with self.db.transaction() as cur:
+                cfg = self.usable_config(cur)
+        except BROKEN as exc:
+            self.log.warning("could not re-read the configuration, keeping the last one: %s", first_line(exc))
+            return
+        self.configure(cfg)
+
+    def _uses(self, key: str) -> bool:
+        return key == "(top)" or any(key.startswith(p) or p.startswith(key + ".") for p in self.config_keys)
+
+    def _report_rejected(self, problem) -> None:
+        where = f"{self.settings.instance_id}/{self.program}"
+        text = (f"{where} cannot use the stored {problem.key} = {config.shown(problem.value)} "
+                f"({problem.error}); it keeps {config.shown(problem.kept)}")
+        self.log.error("%s", text)
+        try:
+            events.dispatch(self.db, events.CONFIG_REJECTED, status="failed", description=text, summary={
+                "key": problem.key, "value": problem.value, "error": problem.error, "kept": problem.kept,
+                "instance": self.settings.instance_id, "program": self.program,
+            })
+        except BROKEN:
+            del self.rejected[problem.key]  # recorded on the next read instead
+
+    # --- waiting ---
+
+    def _channels(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.channels + ((events.CONFIG_CHANNEL,) if self.config_keys else ())))
+
+    def wait(self, seconds: float) -> None:
+        """Pause up to `seconds`: a configuration change is applied and the pause goes on; a notification
+        on `channels` that calls for work (or a reconnect, after which one may have been missed) ends it."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if not self._channels():
+                self.stop.wait(remaining)
+                continue
+            if self._listen(min(remaining, RETRY_SECONDS)):
+                return
+
+    def _listen(self, timeout: float) -> bool:
+        """Wait for notifications up to `timeout`; True when the loop should tick now."""
+        try:
+            if self.listener is None:
+                self.listener = events.Listener(self.settings.postgres_url, self._channels(),
+                                                f"ayon-{self.program}-listen")
+                if self.listen_failing:
+                    self.log.info("listening again on %s", ", ".join(self._channels()))
+                    self.listen_failing = False
+                    self.refresh_config()  # a change may have been missed while not listening
+                    return True
+            found = self.listener.wait(timeout)
+        except BROKEN as exc:
+            if not self.listen_failing:
+                self.log.warning("listening for notifications failed, will retry: %s", first_line(exc))
+            self.listen_failing = True
+            if self.listener is not None:
+                self.listener.close()
+            self.listener = None
+            self.stop.wait(timeout)
+            return False
+        wake = False
+        for channel, payload in found:
+            if channel == events.CONFIG_CHANNEL and self.config_keys:
+                self.refresh_config()
+            if channel in self.channels and self.notified(channel, payload):
+                wake = True
+        return wake
+
+    # --- the loop ---
+
+    def _on_signal(self, signum, frame) -> None:
+        # Signal handlers only record the signal; the loop acts on it.
+        self.stop_reason = signal.Signals(signum).name
+        self.stop.set()
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        try:
+            migrations.wait_until_current(
+                self.db, self.settings.schema_wait_timeout, self.log.info, stop=self.stop.is_set
+            )
+        except AyonError as exc:
+            if self.stop.is_set():
+                self.log.info("stopping on %s before the schema was current", self.stop_reason)
+                return 0
+            self.log.error("%s", exc)
+            return exc.exit_code
+        Heartbeat(self.db, self.settings.instance_id, self.program, self.stop, self.heartbeat_info).start()
+        self.refresh_config()
+        self.prepare()
+        self.log.info("%s started", self.program)
+        while not self.stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                self.log.exception("%s: tick failed, will retry", self.program)
+            if not self.stop.is_set():
+                self.wait(self.interval())
+        if self.listener is not None:
+            self.listener.close()
+        self.log.info("%s stopping on %s", self.program, self.stop_reason or "request")
+        return 0
+
+    @classmethod
+    def main(cls) -> None:
+        """Entry point of `python -m procs.<program>`: expected errors are one line, a bug its traceback."""
+        run_main(lambda: cls().run(), program=cls.program)

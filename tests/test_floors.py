@@ -1,0 +1,145 @@
+"""The floors: the core imports nothing above it, wings import the core and each other's public modules only, no circles.
+
+Every import is read from the source (module level and inside functions),
+so an import hidden in a function counts as much as one at the top.
+"""
+
+import ast
+import shutil
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+CORE = "server.core"
+# The wings, each a top-level package or part of one; the first prefix that matches wins.
+WINGS = {CORE: "core", "server": "web", "procs": "programs", "maintenance": "maintenance"}
+# What a wing may import of another: its public modules only.
+PUBLIC = {"maintenance", "maintenance.registry"}
+PACKAGES = ("server", "procs", "maintenance")
+
+
+def module_name(root: Path, path: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(root: Path, path: Path) -> set[str]:
+    """Every project module this file imports, resolved to the longest module that exists."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = module_name(root, path) if path.name == "__init__.py" else module_name(root, path).rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            # `from package import module` imports the module; `from module import name`, the module.
+            names = [f"{base}.{alias.name}" if _exists(root, f"{base}.{alias.name}") else base
+                     for alias in node.names]
+        for name in names:
+            if name.split(".")[0] not in PACKAGES:
+                continue
+            while name and not _exists(root, name):
+                name = name.rpartition(".")[0]
+            if name:
+                found.add(name)
+    return found
+
+
+def _exists(root: Path, name: str) -> bool:
+    path = root.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def wing_of(name: str) -> str:
+    for prefix, wing in WINGS.items():
+        if name == prefix or name.startswith(prefix + "."):
+            return wing
+    raise AssertionError(f"{name} belongs to no wing")
+
+
+def graph(root: Path) -> dict[str, set[str]]:
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            found[module_name(root, path)] = imports_of(root, path) - {module_name(root, path)}
+    return found
+
+
+def violations(root: Path) -> list[str]:
+    problems = []
+    edges = graph(root)
+    for module, targets in edges.items():
+        mine = wing_of(module)
+        for target in targets:
+            theirs = wing_of(target)
+            if mine == "core" and theirs != "core":
+                problems.append(f"core module {module} imports {target} ({theirs})")
+            elif mine != "core" and theirs not in ("core", mine) and target not in PUBLIC:
+                problems.append(f"{module} ({mine}) imports {target}, an internal of {theirs}")
+    problems += [f"import circle: {' -> '.join(cycle)}" for cycle in cycles(edges)]
+    return problems
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Circles of imports between modules (a package's __init__ importing its own modules does not count)."""
+    found, state = [], {}
+
+    def visit(node, trail):
+        state[node] = "open"
+        for target in sorted(edges.get(node, ())):
+            if node.startswith(target + "."):
+                continue  # a module importing its own package: Python's normal package loading
+            if state.get(target) == "open":
+                found.append(trail[trail.index(target):] + [target])
+            elif target not in state:
+                visit(target, trail + [target])
+        state[node] = "done"
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_the_floors_hold():
+    assert violations(ROOT) == []
+
+
+def test_every_module_belongs_to_a_wing_and_the_core_is_not_empty():
+    edges = graph(ROOT)
+    assert sum(wing_of(m) == "core" for m in edges) >= 10
+    assert {wing_of(m) for m in edges} == {"core", "web", "programs", "maintenance"}
+
+
+def copy_tree(tmp_path: Path) -> Path:
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__", "static"))
+    return tmp_path
+
+
+def test_a_core_module_importing_a_wing_is_caught(tmp_path):
+    root = copy_tree(tmp_path)
+    config = root / "server" / "core" / "config.py"
+    # Hidden in a function, the way such imports used to be written.
+    config.write_text(config.read_text() + "\n\ndef _tasks():\n    from maintenance import registry\n")
+    assert violations(root) == ["core module server.core.config imports maintenance.registry (maintenance)"]
+
+
+def test_a_wing_importing_another_wings_internals_is_caught(tmp_path):
+    root = copy_tree(tmp_path)
+    api = root / "server" / "api" / "maintenance.py"
+    api.write_text("from maintenance.runner import Runner\n" + api.read_text())
+    assert violations(root) == ["server.api.maintenance (web) imports maintenance.runner, an internal of maintenance"]
+
+
+def test_a_circle_is_caught(tmp_path):
+    root = copy_tree(tmp_path)
+    (root / "server" / "core" / "values.py").write_text(
+        (root / "server" / "core" / "values.py").read_text() + "\nfrom server.core import config\n")
+    assert any("import circle" in problem and "server.core.values" in problem for problem in violations(root))
