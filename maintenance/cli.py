@@ -1,5 +1,6 @@
 """`python -m maintenance`: run the procedure once, list its tasks, or run the daemon."""
 
+import argparse
 import signal
 import sys
 import threading

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psutil
 
+from server.core import layout
 from tests.apiclient import http
 from tests.apiclient import wait_for as poll  # noqa: F401  (re-exported for the tests)
 from tests.conftest import ROOT
@@ -24,7 +25,8 @@ def http_get(url: str, token: str | None = None, timeout: float = 5) -> tuple[in
 class Instance:
     """One supervisord tree with its own data folder, config and port."""
 
-    def __init__(self, env: dict, folder: Path, **overrides: str):
+    def __init__(self, env: dict, folder: Path, root: Path = ROOT, **overrides: str):
+        self.root = Path(root)  # the tree whose code runs
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -44,7 +46,7 @@ class Instance:
 
     def start(self) -> "Instance":
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "procs.entrypoint"], env=self.env, cwd=ROOT,
+            [sys.executable, "-m", "procs.entrypoint"], env=self.env, cwd=self.root,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
@@ -61,7 +63,7 @@ class Instance:
     def ctl(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "supervisor.supervisorctl", "-c", self.env["AYON_SUPERVISOR_CONF"], *args],
-            capture_output=True, text=True, timeout=60, cwd=ROOT,
+            capture_output=True, text=True, timeout=60, cwd=self.root,
         )
 
     def status(self) -> dict[str, str]:
@@ -90,7 +92,7 @@ class Instance:
         return poll(ready, timeout, lambda: f"programs {sorted(programs)} RUNNING: {self.status()}\n{self.output[-3000:]}")
 
     def setup_done(self, programs: set[str]) -> bool:
-        return "setup" not in programs or (Path(self.env["AYON_DATA_DIR"]) / "run" / "setup.done").exists()
+        return "setup" not in programs or (layout.run_dir(self.env["AYON_DATA_DIR"]) / "setup.done").exists()
 
     def wait_ready(self, timeout: float = 60) -> None:
         poll(lambda: http_get(self.url + "/health/ready")[0] == 200, timeout,
