@@ -128,7 +128,10 @@ def test_a_core_module_importing_a_wing_is_caught(tmp_path):
     config = root / "server" / "core" / "config.py"
     # Hidden in a function, the way such imports used to be written.
     config.write_text(config.read_text() + "\n\ndef _tasks():\n    from maintenance import registry\n")
-    assert violations(root) == ["core module server.core.config imports maintenance.registry (maintenance)"]
+    problems = violations(root)
+    assert "core module server.core.config imports maintenance.registry (maintenance)" in problems
+    # maintenance.registry imports the configuration, so the same line also closes a circle.
+    assert all(p.startswith("core module") or "import circle" in p for p in problems)
 
 
 def test_a_wing_importing_another_wings_internals_is_caught(tmp_path):

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+from procs.programs import names_for
 from pathlib import Path
 
 import psutil
@@ -21,7 +22,7 @@ from tests.instance import Instance, poll
 from tests.pg import free_port
 
 TOKEN = "process-tree-test-token"
-PROGRAMS = {"postgres", "setup", "server", "webactions", "installer", "logcollector", "maintenance"}
+PROGRAMS = set(names_for(server=True, setup=True, maintenance=True, embedded=True))
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from procs.programs import names_for
 from supervisor.options import ServerOptions
 
 from procs import lifeline, supervisor
@@ -15,9 +16,12 @@ from tests.conftest import ROOT
 
 EXTERNAL = "postgresql://ayon:secret@db.example:5432/ayon"
 BACKGROUND = ["webactions", "installer"]
+# The program names users and tools rely on (README, Programs): a program added later may join them.
+CONTRACT = {"postgres", "setup", "server", "webactions", "installer", "logcollector", "maintenance"}
 
 
 def expected_programs(server, setup, maintenance, embedded):
+    """The contract's programs for these roles."""
     found = []
     if embedded:
         found.append("postgres")
@@ -60,7 +64,9 @@ def test_program_set_matches_the_design(server, setup, maintenance, embedded, tm
     values = settings.load(environ(server, setup, maintenance, embedded, tmp_path))
     path = supervisor.write(values, tmp_path / "supervisord.conf")
     programs, options = parse(path)
-    assert set(programs) - set(supervisor.LISTENERS) == expected_programs(server, setup, maintenance, embedded)
+    assert set(programs) & CONTRACT == expected_programs(server, setup, maintenance, embedded)
+    assert set(programs) - set(supervisor.LISTENERS) == set(
+        names_for(server=server, setup=setup, maintenance=maintenance, embedded=embedded))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "data" / "run").st_mode) == 0o700
     assert options.nodaemon
@@ -105,7 +111,10 @@ def test_setup_alone_runs_in_the_foreground(tmp_path):
 
 def test_programs_flag_lists_names(tmp_path):
     out = run("procs.supervisor", "--programs", env=environ(True, True, True, True, tmp_path))
-    assert out.stdout.split() == ["postgres", "setup", "logcollector", "server", "webactions", "installer", "maintenance"]
+    listed = out.stdout.split()
+    assert [name for name in listed if name in CONTRACT] == [
+        "postgres", "setup", "logcollector", "server", "webactions", "installer", "maintenance"]
+    assert listed == names_for(server=True, setup=True, maintenance=True, embedded=True)
 
 
 def test_printed_config_masks_credentials(tmp_path):

@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from procs.programs import names_for
 from pathlib import Path
 
 import pytest
@@ -105,21 +106,10 @@ print(json.dumps(cur.fetchall(), default=str))
 
 
 def designed_programs(env: dict[str, str]) -> set[str]:
-    """The programs a container must run for its environment, as the design's table says."""
+    """The programs a container must run for its environment, from the programs' declaration."""
     values = settings.load(env)
-    long_running = values.run_server or values.run_maintenance
-    programs = set()
-    if not env.get("AYON_POSTGRES_URL"):
-        programs.add("postgres")
-    if values.run_setup and long_running:
-        programs.add("setup")
-    if values.run_server:
-        programs |= {"server", "webactions", "installer"}
-    if long_running:
-        programs.add("logcollector")
-    if values.run_maintenance:
-        programs.add("maintenance")
-    return programs
+    return set(names_for(server=values.run_server, setup=values.run_setup, maintenance=values.run_maintenance,
+                         embedded=not env.get("AYON_POSTGRES_URL")))
 
 
 def poll(what: str, check, timeout: float, interval: float = 1.0):

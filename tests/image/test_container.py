@@ -8,6 +8,7 @@ import uuid
 import psycopg2
 import pytest
 
+from procs.programs import names_for
 from tests.image.podman import (
     HARDENED_OPTIONS, STOP_GRACE, TOKEN, Container, podman, progress, run_once, supervisor_status,
 )
@@ -18,7 +19,12 @@ IMAGE_USER_ID = "10001"
 # takes the finished setup out of the table) and the console (every program's lines on
 # stdout); supervisorctl lists them beside the programs but they are not programs.
 LISTENERS = ("watchdog", "console")
-ALL_IN_ONE = ("postgres", "setup", "server", "webactions", "installer", "logcollector", "maintenance")
+ALL_IN_ONE = tuple(names_for(server=True, setup=True, maintenance=True, embedded=True))
+
+
+def running(**roles: bool) -> dict[str, str]:
+    """Every program of these roles RUNNING (a finished setup has left the table)."""
+    return {name: "RUNNING" for name in names_for(**roles) if name != "setup"}
 # What the all-in-one container's processes may have in their environment: the token is the server's alone.
 ENVIRON_CHECK = """
 import json, os
@@ -74,10 +80,7 @@ def test_all_in_one_becomes_healthy(all_in_one):
     assert all_in_one.inspect("{{.State.Health.Status}}") == "healthy"
     # The finished setup is gone from the table: `supervisorctl status` as a probe says all is well.
     states = programs_of(supervisor_status(all_in_one))
-    assert states == {
-        "postgres": "RUNNING", "server": "RUNNING", "webactions": "RUNNING",
-        "installer": "RUNNING", "logcollector": "RUNNING", "maintenance": "RUNNING",
-    }
+    assert states == running(server=True, setup=True, maintenance=True, embedded=True)
     status = all_in_one.exec("supervisorctl", "status")
     assert status.returncode == 0, status.stdout + status.stderr
 
@@ -170,9 +173,8 @@ def test_server_only_runs_exactly_its_programs(container_factory, database_url):
         "AYON_INSTANCE_ID": "server-only", "AYON_HTTP_BIND": f"127.0.0.1:{free_port()}",
     }, options=HARDENED_OPTIONS)
     container.wait_healthy()
-    assert programs_of(supervisor_status(container)) == {
-        "server": "RUNNING", "webactions": "RUNNING", "installer": "RUNNING", "logcollector": "RUNNING",
-    }
+    assert programs_of(supervisor_status(container)) == running(server=True, setup=False, maintenance=False,
+                                                                embedded=False)
 
     # The health check fails as soon as one expected program is not running.
     assert container.exec("supervisorctl", "stop", "webactions").returncode == 0
@@ -189,7 +191,8 @@ def test_maintenance_only_runs_exactly_its_programs_and_runs_the_procedure(conta
         "AYON_POSTGRES_URL": database_url, "AYON_INSTANCE_ID": "maintenance-only",
     })
     container.wait_healthy()
-    assert programs_of(supervisor_status(container)) == {"maintenance": "RUNNING", "logcollector": "RUNNING"}
+    assert programs_of(supervisor_status(container)) == running(server=False, setup=False, maintenance=True,
+                                                                embedded=False)
 
     result = container.exec("python", "-m", "maintenance", timeout=180)
     progress("python -m maintenance: " + (result.stdout.strip().splitlines() or ["(no output)"])[-1])
