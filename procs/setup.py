@@ -1,7 +1,5 @@
 """The setup process: wait for PostgreSQL, create the database, migrate, seed the configuration."""
 
-import hashlib
-import secrets as secrets_mod
 import sys
 import time
 from pathlib import Path
@@ -10,27 +8,8 @@ import psycopg2
 
 from server.core.program import open_database, start
 from procs.watchdog import error_file
-from server.core import config, db, embedded_pg, layout, migrations
+from server.core import auth, config, db, embedded_pg, layout, migrations
 from server.core.errors import AyonError, run_main
-
-TOKEN_SECRET = "admin_token_sha256"
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def ensure_admin_token(cur, configured: str) -> str | None:
-    """With no AYON_ADMIN_TOKEN, generate one on the first run; returns it only when new."""
-    if configured:
-        return None
-    token = secrets_mod.token_urlsafe(32)
-    cur.execute(
-        "INSERT INTO secrets (name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
-        (TOKEN_SECRET, token_hash(token)),
-    )
-    return token if cur.rowcount == 1 else None
-
 
 def main() -> int:
     values, log = start("setup")
@@ -77,7 +56,7 @@ def run(values, log) -> int:
             _, changes = config.update(cur, file_doc, who="setup (AYON_CONFIG_FILE)")
             if changes:
                 log.info("applied %s: %s", values.config_file, ", ".join(sorted(changes)))
-        token = ensure_admin_token(cur, values.admin_token)
+        token = auth.generate_if_unset(cur, values.admin_token)
     if token:
         # Printed once, straight to the terminal: the database keeps only its hash.
         print(f"Generated admin token (shown once, keep it): {token}", flush=True)
@@ -91,10 +70,10 @@ def run(values, log) -> int:
     return 0
 
 
-def run() -> None:
-    """Entry point of `python -m procs.setup` and its console script."""
+def cli() -> None:
+    """Entry point of `python -m procs.setup` and `ayon-setup`."""
     run_main(main)
 
 
 if __name__ == "__main__":
-    run()
+    cli()

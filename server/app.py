@@ -1,7 +1,5 @@
 """The falcon ASGI app: `create_app` wires routes and middleware; `get_app` reads settings for gunicorn."""
 
-import hashlib
-import hmac
 import logging
 import time
 
@@ -15,6 +13,7 @@ from server.api import events as events_api
 from server.api import actions, addons, frontend, health, instances, maintenance, openapi, stream
 from server.api import logs as logs_api
 from server.api.common import AppContext, dumps
+from server.core import auth
 from server.core.db import BROKEN, Database
 from server.core.logs import AccessLog
 
@@ -49,16 +48,10 @@ class Auth:
         self.ctx = ctx
         self._hash = None  # setup stores the token's sha256 once; it never changes afterwards
 
-    def _stored_hash(self):
-        if self._hash is None:
-            row = self.ctx.db.fetchone("SELECT value FROM secrets WHERE name = 'admin_token_sha256'")
-            self._hash = row[0] if row else None
-        return self._hash
-
     def token_ok(self, token: str) -> bool:
-        stored = self._stored_hash()
-        candidate = hashlib.sha256(token.encode()).hexdigest()
-        return stored is not None and hmac.compare_digest(candidate, stored)
+        if self._hash is None:
+            self._hash = auth.stored_hash(self.ctx.db)
+        return auth.matches(token, "", self._hash)
 
     async def process_resource(self, req, resp, resource, params):
         if is_public(resource):
@@ -75,7 +68,7 @@ class Auth:
         configured = self.ctx.settings.admin_token
         if configured:
             # No thread hop on the hot path: the comparison needs no database.
-            ok = hmac.compare_digest(token.encode(), configured.encode())
+            ok = auth.matches(token, configured, None)
         elif self._hash is not None:
             ok = self.token_ok(token)
         else:
