@@ -146,7 +146,7 @@ def _walk(node: dict, value: Any, prefix: str, leaves: dict[str, Any]) -> None:
             raise ConfigError(f"{path}: unknown key (known: {', '.join(sorted(node))})")
         if isinstance(child, Field):
             try:
-                leaves[path] = child.validator(sub)
+                leaves[path] = child.kind(sub)
             except ValueError as exc:
                 raise ConfigError(f"{path}: {exc}") from None
         else:
@@ -224,7 +224,7 @@ def usable(stored: Any, fallback: dict | None = None) -> tuple[dict, list[Proble
                 _set(doc, field.name, copy.deepcopy(lookup(fallback, field.name)))
             continue
         try:
-            _set(doc, field.name, field.validator(value))
+            _set(doc, field.name, field.kind(value))
         except ValueError as exc:
             kept = copy.deepcopy(lookup(fallback, field.name))
             problems.append(Problem(field.name, value, str(exc), kept))
