@@ -1,13 +1,11 @@
-"""Every AYON_* setting, declared once: name, type, default and help.
+"""Every AYON_* setting, declared once: name, kind (server/core/values.py), default and help.
 
 Everything else derives from SETTINGS: environment parsing, the supervisord
 generator's inputs, `python -m server.core.settings` and the README table.
 """
 
 import errno
-import ipaddress
 import os
-import re
 import socket
 import sys
 import threading
@@ -16,197 +14,12 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from server.core.errors import ConfigError, Parser, run_main
+from server.core.values import (Bind, Boolean, Choice, Integer, Path, PostgresUrl, Size, Slug, Token, Value, reason,
+                                split_bind)
 
-TRUE_WORDS = ("true", "1", "yes", "on")
-FALSE_WORDS = ("false", "0", "no", "off")
 TOKEN_MIN = 8  # the admin token guards everything; a few characters can be guessed
 TOKEN_MAX = 1024
 RESOLVE_TIMEOUT = 1.0  # the entrypoint answers within 2 s, also when DNS does not
-
-
-# --- validators: take the raw string, return the value or raise ValueError ---
-
-
-def to_bool(raw: str) -> bool:
-    word = raw.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise ValueError("expected one of true/false/1/0/yes/no/on/off")
-
-
-def whole_number(low: int, high: int) -> Callable[[str], int]:
-    def validate(raw: str) -> int:
-        text = raw.strip()
-        if not re.fullmatch(r"-?[0-9]+", text):
-            raise ValueError("expected a whole number")
-        value = int(text)
-        if not low <= value <= high:
-            raise ValueError(f"expected a whole number from {low} to {high}")
-        return value
-
-    return validate
-
-
-to_port = whole_number(1, 65535)
-
-
-def to_token(raw: str) -> str:
-    token = raw.strip()
-    if not token:
-        return ""  # unset: setup generates one
-    if not all("!" <= c <= "~" for c in token):
-        # The token travels in an HTTP header: anything else could never be sent back.
-        raise ValueError("expected visible ASCII characters without spaces")
-    if not TOKEN_MIN <= len(token) <= TOKEN_MAX:
-        raise ValueError(f"expected {TOKEN_MIN} to {TOKEN_MAX} characters")
-    return token
-
-
-# libpq's own value checks happen only when it connects; these are refused at once.
-URL_CHOICES = {
-    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
-    "gssencmode": ("disable", "prefer", "require"),
-    "channel_binding": ("disable", "prefer", "require"),
-    "sslcertmode": ("disable", "allow", "require"),
-    "sslnegotiation": ("postgres", "direct"),
-    "target_session_attrs": ("any", "read-write", "read-only", "primary", "standby", "prefer-standby"),
-    "load_balance_hosts": ("disable", "random"),
-    "keepalives": ("0", "1"),
-}
-URL_NUMBERS = ("connect_timeout", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout")
-
-
-def to_postgres_url(raw: str) -> str:
-    url = raw.strip()
-    if not url:
-        return ""
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgres", "postgresql"):
-        raise ValueError("expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
-    try:
-        parts.port
-    except ValueError:
-        raise ValueError("the port is not a number from 1 to 65535") from None
-    if not parts.hostname:
-        raise ValueError("the URL names no host")
-    if not parts.path.strip("/"):
-        raise ValueError("the URL names no database")
-    from psycopg2.extensions import parse_dsn
-
-    try:
-        options = parse_dsn(url)
-    except Exception as exc:  # psycopg2.ProgrammingError; its text may quote the password
-        detail = str(exc).strip().removeprefix("invalid dsn: ")
-        raise ValueError("libpq cannot read it" + (f": {detail}" if "query parameter" in detail else "")) from None
-    return _check_url_options(url, options)
-
-
-def _check_url_options(url: str, options: dict) -> str:
-    if "?" in url and re.search(r"[?&]dbname=", url):
-        raise ValueError("name the database in the path, not as ?dbname=")
-    for name, allowed in URL_CHOICES.items():
-        if name in options and options[name] not in allowed:
-            raise ValueError(f"{name}={options[name]!r}: expected one of {'/'.join(allowed)}")
-    for name in URL_NUMBERS:
-        if name in options and not re.fullmatch(r"[0-9]{1,9}", options[name]):
-            raise ValueError(f"{name}={options[name]!r}: expected a whole number of seconds or counts")
-    for port in options.get("port", "").split(","):
-        if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
-            raise ValueError(f"port={port!r}: expected a number from 1 to 65535")
-    return url
-
-
-HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
-
-
-def split_bind(value: str) -> tuple[str, int]:
-    """HOST:PORT or [IPV6]:PORT as (host, port); the host as gunicorn will read it."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host:
-        raise ValueError("expected HOST:PORT")
-    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-        raise ValueError("expected HOST:PORT with a port from 1 to 65535")
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            raise ValueError(f"{host} is not an IPv6 address") from None
-        return host[1:-1], int(port)
-    if ":" in host:
-        raise ValueError("expected HOST:PORT (an IPv6 address goes in brackets: [::]:5000)")
-    labels = host.split(".")
-    if len(host) > 253 or not all(HOST_LABEL.fullmatch(label) for label in labels):
-        raise ValueError(f"{host!r} is not a host name or IP address")
-    return host, int(port)
-
-
-def to_bind(raw: str) -> str:
-    value = raw.strip()
-    split_bind(value)
-    return value
-
-
-def one_of(*choices: str) -> Callable[[str], str]:
-    def validate(raw: str) -> str:
-        word = raw.strip().lower()
-        if word not in choices:
-            raise ValueError("expected one of " + "/".join(choices))
-        return word
-
-    return validate
-
-
-def to_path(raw: str) -> str:
-    value = raw.strip()
-    if not value:
-        raise ValueError("expected a path")
-    if not value.isprintable():
-        raise ValueError("expected a path without control characters")
-    return os.path.abspath(value)
-
-
-def to_optional_path(raw: str) -> str:
-    return to_path(raw) if raw.strip() else ""
-
-
-def to_data_path(raw: str) -> str:
-    value = to_path(raw)
-    # The folder goes into the supervisord config, whose parser expands '%', ends a value
-    # at ' ;' and splits commands at spaces and quotes.
-    if re.search(r"[\s%;'\"\\]", value):
-        raise ValueError("expected a path without spaces, quotes, backslashes, '%' or ';'")
-    return value
-
-
-def to_slug(raw: str) -> str:
-    value = raw.strip()
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", value):
-        raise ValueError("expected 1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit")
-    return value
-
-
-SIZE_UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
-def bytes_size(low: str, high: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        text = text.strip().upper()
-        factor = 1
-        if text[-1:] in SIZE_UNITS:
-            factor, text = SIZE_UNITS[text[-1]], text[:-1]
-        if not re.fullmatch(r"[0-9]{1,15}", text) or int(text) < 1:
-            raise ValueError("expected a size such as 512M, 2G or a number of bytes")
-        return int(text) * factor
-
-    def validate(raw: str) -> int:
-        value = parse(raw)
-        if not parse(low) <= value <= parse(high):
-            raise ValueError(f"expected a size from {low} to {high}")
-        return value
-
-    return validate
 
 
 # --- checks against this machine: run once, by the entrypoint, before anything starts ---
@@ -300,12 +113,9 @@ def check_bind(value: str) -> None:
 
 
 @dataclass(frozen=True)
-class Setting:
-    name: str
-    validator: Callable[[str], Any]
-    default: str  # as the user would write it; passes through the validator
-    help: str
-    secret: bool = False
+class Setting(Value):
+    """One AYON_* variable: its kind parses the text; `default` is text as the user would write it."""
+
     check: Callable[[Any], None] | None = None  # against this machine; the entrypoint runs it once
     checked_when: Callable[["Settings"], bool] | None = None  # only when these settings use it (None: always)
 
@@ -316,9 +126,10 @@ class Setting:
         try:
             if not raw.strip().isprintable():
                 raise ValueError("contains control characters or bytes that are not text")
-            return self.validator(raw)
+            return self.kind.from_text(raw)
         except ValueError as exc:
-            raise ConfigError(f"{self.name}={self.shown(raw)}: {exc}") from None
+            # The raw text is quoted here (masked when secret), so the kind's own quote is left out.
+            raise ConfigError(f"{self.name}={self.shown(raw)}: {reason(exc)}") from None
 
     def shown(self, raw: str) -> str:
         return "***" if self.secret else repr(raw)
@@ -333,24 +144,24 @@ def _hostname() -> str:
 
 
 SETTINGS = [
-    Setting("AYON_RUN_SERVER", to_bool, "true", "Run the web server and the per-instance background processes."),
-    Setting("AYON_RUN_SETUP", to_bool, "true", "Run setup: create the database, migrate, seed the configuration."),
-    Setting("AYON_RUN_MAINTENANCE", to_bool, "true", "Run the maintenance daemon (the procedure daily at the configured time)."),
-    Setting("AYON_POSTGRES_URL", to_postgres_url, "", "PostgreSQL URL; unset runs an embedded PostgreSQL (evaluation only).", secret=True),
-    Setting("AYON_DATA_DIR", to_data_path, "/var/lib/ayon", "Local data: log spool, installed addons, embedded PostgreSQL; a folder that can be created and written.", check=check_data_dir),
-    Setting("AYON_INSTANCE_ID", to_slug, _hostname, "This instance's name in heartbeats, logs and install states (up to 63 letters, digits, `-`, `_`, `.`)."),
-    Setting("AYON_HTTP_BIND", to_bind, "0.0.0.0:5000", "Address the web server listens on: `HOST:PORT` or `[IPV6]:PORT`, an address of this machine.", check=check_bind, checked_when=lambda v: v.run_server),
-    Setting("AYON_SERVER_WORKERS", whole_number(1, 64), "2", "Number of gunicorn worker processes (1–64)."),
-    Setting("AYON_LOG_LEVEL", one_of("debug", "info", "warning", "error"), "info", "Lowest level of log records kept."),
-    Setting("AYON_LOG_FORMAT", one_of("text", "json"), "text", "Format of log lines on stdout."),
-    Setting("AYON_ADMIN_TOKEN", to_token, "", f"Admin API token ({TOKEN_MIN} or more visible ASCII characters); unset lets setup generate one on first run and print it once.", secret=True),
-    Setting("AYON_CONFIG_FILE", to_optional_path, "", "YAML file applied to the server configuration when setup runs; the entrypoint checks it first."),
-    Setting("AYON_DB_WAIT_TIMEOUT", whole_number(1, 3600), "60", "Seconds to wait for PostgreSQL and a current schema before giving up (1–3600)."),
-    Setting("AYON_SCHEMA_WAIT_TIMEOUT", whole_number(1, 86400), "600", "Seconds a program waits for setup to bring the schema up to date (1–86400)."),
-    Setting("AYON_DB_POOL_SIZE", whole_number(1, 100), "4", "Database connections per process (1–100; PostgreSQL allows 100 in all by default)."),
-    Setting("AYON_LOG_SPOOL_MAX", bytes_size("64K", "1T"), "256M", "Size cap of the local log spool (64K–1T); the oldest records are dropped above it."),
-    Setting("AYON_SUPERVISOR_CONF", to_path, "/etc/supervisord.conf", "Where the entrypoint writes the generated supervisord config: a file in a writable folder.", check=check_conf_file, checked_when=lambda v: v.roles != ["setup"]),
-    Setting("AYON_EMBEDDED_PG_PORT", to_port, "5432", "Port of the embedded PostgreSQL (loopback only; 1–65535)."),
+    Setting("AYON_RUN_SERVER", Boolean(), "true", "Run the web server and the per-instance background processes."),
+    Setting("AYON_RUN_SETUP", Boolean(), "true", "Run setup: create the database, migrate, seed the configuration."),
+    Setting("AYON_RUN_MAINTENANCE", Boolean(), "true", "Run the maintenance daemon (the procedure daily at the configured time)."),
+    Setting("AYON_POSTGRES_URL", PostgresUrl(optional=True), "", "PostgreSQL URL; unset runs an embedded PostgreSQL (evaluation only).", secret=True),
+    Setting("AYON_DATA_DIR", Path(plain=True), "/var/lib/ayon", "Local data: log spool, installed addons, embedded PostgreSQL; a folder that can be created and written.", check=check_data_dir),
+    Setting("AYON_INSTANCE_ID", Slug(), _hostname, "This instance's name in heartbeats, logs and install states (up to 63 letters, digits, `-`, `_`, `.`)."),
+    Setting("AYON_HTTP_BIND", Bind(), "0.0.0.0:5000", "Address the web server listens on: `HOST:PORT` or `[IPV6]:PORT`, an address of this machine.", check=check_bind, checked_when=lambda v: v.run_server),
+    Setting("AYON_SERVER_WORKERS", Integer(1, 64), "2", "Number of gunicorn worker processes (1–64)."),
+    Setting("AYON_LOG_LEVEL", Choice(("debug", "info", "warning", "error")), "info", "Lowest level of log records kept."),
+    Setting("AYON_LOG_FORMAT", Choice(("text", "json")), "text", "Format of log lines on stdout."),
+    Setting("AYON_ADMIN_TOKEN", Token(TOKEN_MIN, TOKEN_MAX, optional=True), "", f"Admin API token ({TOKEN_MIN} or more visible ASCII characters); unset lets setup generate one on first run and print it once.", secret=True),
+    Setting("AYON_CONFIG_FILE", Path(optional=True), "", "YAML file applied to the server configuration when setup runs; the entrypoint checks it first."),
+    Setting("AYON_DB_WAIT_TIMEOUT", Integer(1, 3600), "60", "Seconds to wait for PostgreSQL and a current schema before giving up (1–3600)."),
+    Setting("AYON_SCHEMA_WAIT_TIMEOUT", Integer(1, 86400), "600", "Seconds a program waits for setup to bring the schema up to date (1–86400)."),
+    Setting("AYON_DB_POOL_SIZE", Integer(1, 100), "4", "Database connections per process (1–100; PostgreSQL allows 100 in all by default)."),
+    Setting("AYON_LOG_SPOOL_MAX", Size("64K", "1T"), "256M", "Size cap of the local log spool (64K–1T); the oldest records are dropped above it."),
+    Setting("AYON_SUPERVISOR_CONF", Path(), "/etc/supervisord.conf", "Where the entrypoint writes the generated supervisord config: a file in a writable folder.", check=check_conf_file, checked_when=lambda v: v.roles != ["setup"]),
+    Setting("AYON_EMBEDDED_PG_PORT", Integer(1, 65535), "5432", "Port of the embedded PostgreSQL (loopback only; 1–65535)."),
 ]
 
 BY_NAME = {s.name: s for s in SETTINGS}

@@ -3,18 +3,21 @@
 A kind checks a decoded value (JSON or YAML: `kind(value)`), parses text (an
 environment variable or a query parameter: `kind.from_text(raw)`), and
 describes itself for the OpenAPI document (`kind.schema()`). Each returns the
-converted value or raises ValueError quoting the bad value; which variable,
-key or parameter it was is added once, at the boundary.
+converted value or raises ValueError quoting the bad value (a secret's kind
+never quotes it); which variable, key or parameter it was is added once, at
+the boundary.
 """
 
 import datetime
 import functools
+import ipaddress
 import os
 import re
 import uuid
 import zoneinfo
 from dataclasses import dataclass
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from server.core import times
 
@@ -26,6 +29,26 @@ def shown(value: Any) -> str:
     """A value as an error line quotes it: its repr, cut short."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+_UNQUOTED = object()
+
+
+class Invalid(ValueError):
+    """A refused value: what was expected (`reason`), and the value quoted after it.
+
+    A boundary that shows the raw text itself (a setting, masked when secret)
+    uses `reason` alone, so the value is quoted once and a secret never.
+    """
+
+    def __init__(self, reason: str, value: Any = _UNQUOTED):
+        self.reason = reason
+        super().__init__(reason if value is _UNQUOTED else f"{reason}, got {shown(value)}")
+
+
+def reason(exc: ValueError) -> str:
+    """What a refusal says without quoting the value (see Invalid)."""
+    return exc.reason if isinstance(exc, Invalid) else str(exc)
 
 
 class Kind:
@@ -69,15 +92,15 @@ class Integer(Kind):
 
     def check(self, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected a whole number, got {shown(value)}")
+            raise Invalid("expected a whole number", value)
         if not self.low <= value <= self.high:
-            raise ValueError(f"expected a number from {self.low} to {self.high}, got {shown(value)}")
+            raise Invalid(f"expected a number from {self.low} to {self.high}", value)
         return value
 
     def from_text(self, raw: str) -> int:
         text = raw.strip()
         if not re.fullmatch(r"-?[0-9]{1,19}", text):
-            raise ValueError(f"expected a whole number, got {shown(raw)}")
+            raise Invalid("expected a whole number", raw)
         return self.check(int(text))
 
     def schema(self) -> dict:
@@ -91,7 +114,7 @@ class Choice(Kind):
     def check(self, value: Any) -> str:
         word = value.strip().lower() if isinstance(value, str) else value
         if word not in self.words:
-            raise ValueError(f"expected one of {'/'.join(self.words)}, got {shown(value)}")
+            raise Invalid(f"expected one of {'/'.join(self.words)}", value)
         return word
 
     def schema(self) -> dict:
@@ -212,6 +235,136 @@ class Path(Kind):
             raise ValueError("expected a path without spaces, quotes, backslashes, '%' or ';'")
         return path
 
+
+
+SLUG = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
+
+
+class Slug(Kind):
+    """A name that is safe in paths, URLs, log prefixes and the supervisord config."""
+
+    def check(self, value: Any) -> str:
+        if not isinstance(value, str) or not re.fullmatch(SLUG, value):
+            raise Invalid("expected 1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit", value)
+        return value
+
+    def schema(self) -> dict:
+        return {"type": "string", "pattern": f"^{SLUG}$"}
+
+
+@dataclass(frozen=True)
+class Token(Kind):
+    """A secret sent back in an HTTP header; never quoted in an error. `optional`: empty means unset."""
+
+    min_length: int
+    max_length: int
+    optional: bool = False
+
+    def check(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise Invalid("expected a token")
+        if not value and self.optional:
+            return ""
+        if not all("!" <= c <= "~" for c in value):
+            # The token travels in an HTTP header: anything else could never be sent back.
+            raise Invalid("expected visible ASCII characters without spaces")
+        if not self.min_length <= len(value) <= self.max_length:
+            raise Invalid(f"expected {self.min_length} to {self.max_length} characters")
+        return value
+
+    def schema(self) -> dict:
+        return {"type": "string", "minLength": self.min_length, "maxLength": self.max_length, "pattern": "^[!-~]*$"}
+
+
+# libpq's own value checks happen only when it connects; these are refused at once.
+URL_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "sslcertmode": ("disable", "allow", "require"),
+    "sslnegotiation": ("postgres", "direct"),
+    "target_session_attrs": ("any", "read-write", "read-only", "primary", "standby", "prefer-standby"),
+    "load_balance_hosts": ("disable", "random"),
+    "keepalives": ("0", "1"),
+}
+URL_NUMBERS = ("connect_timeout", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout")
+
+
+@dataclass(frozen=True)
+class PostgresUrl(Kind):
+    """A PostgreSQL URL libpq will accept; never quoted in an error (it may carry a password)."""
+
+    optional: bool = False
+
+    def check(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise Invalid("expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+        if not value and self.optional:
+            return ""
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgres", "postgresql"):
+            raise Invalid("expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+        try:
+            parts.port
+        except ValueError:
+            raise Invalid("the port is not a number from 1 to 65535") from None
+        if not parts.hostname:
+            raise Invalid("the URL names no host")
+        if not parts.path.strip("/"):
+            raise Invalid("the URL names no database")
+        from psycopg2.extensions import parse_dsn
+
+        try:
+            options = parse_dsn(value)
+        except Exception as exc:  # psycopg2.ProgrammingError; its text may quote the password
+            detail = str(exc).strip().removeprefix("invalid dsn: ")
+            raise Invalid("libpq cannot read it" + (f": {detail}" if "query parameter" in detail else "")) from None
+        if "?" in value and re.search(r"[?&]dbname=", value):
+            raise Invalid("name the database in the path, not as ?dbname=")
+        for name, allowed in URL_CHOICES.items():
+            if name in options and options[name] not in allowed:
+                raise Invalid(f"{name}={options[name]!r}: expected one of {'/'.join(allowed)}")
+        for name in URL_NUMBERS:
+            if name in options and not re.fullmatch(r"[0-9]{1,9}", options[name]):
+                raise Invalid(f"{name}={options[name]!r}: expected a whole number of seconds or counts")
+        for port in options.get("port", "").split(","):
+            if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+                raise Invalid(f"port={port!r}: expected a number from 1 to 65535")
+        return value
+
+
+HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def split_bind(value: str) -> tuple[str, int]:
+    """HOST:PORT or [IPV6]:PORT as (host, port); the host as gunicorn will read it."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise Invalid("expected HOST:PORT")
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise Invalid("expected HOST:PORT with a port from 1 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise Invalid(f"{host} is not an IPv6 address") from None
+        return host[1:-1], int(port)
+    if ":" in host:
+        raise Invalid("expected HOST:PORT (an IPv6 address goes in brackets: [::]:5000)")
+    labels = host.split(".")
+    if len(host) > 253 or not all(HOST_LABEL.fullmatch(label) for label in labels):
+        raise Invalid(f"{host!r} is not a host name or IP address")
+    return host, int(port)
+
+
+class Bind(Kind):
+    """An address to listen on, HOST:PORT or [IPV6]:PORT, kept as written."""
+
+    def check(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise Invalid("expected HOST:PORT", value)
+        split_bind(value)
+        return value
 
 class Uuid(Kind):
     def check(self, value: Any) -> str:
