@@ -56,7 +56,8 @@ PROGRAMS = [
     Program("postgres", "procs.postgres", "embedded", "embedded PostgreSQL for evaluation and `make run`; starts first",
             priority=10, startsecs=3, stopsignal="INT", stopwaitsecs=30, deathsignal="QUIT", secrets=()),
     Program("setup", "procs.setup", "setup beside", "one-shot: creates the database, migrates, seeds the configuration; "
-            "once it exits 0 it leaves the process table; its failure stops the instance", priority=20, oneshot=True,
+            "once it exits 0 it leaves the process table (so `supervisorctl status` exits 0 on a healthy instance); "
+            "its failure stops the instance with a non-zero code", priority=20, oneshot=True,
             startsecs=0, stopwaitsecs=10, secrets=DATABASE_AND_TOKEN),
     Program("logcollector", "procs.logcollector", "long-running",
             "moves every program's log records from the local spool into PostgreSQL", priority=25),

@@ -38,7 +38,7 @@ SELECT '{"events": [' || coalesce((SELECT string_agg(doc, ',' ORDER BY created_a
             -- Only the page's last row is encoded, not every row the OFFSET skips.
             SELECT created_at, id FROM found ORDER BY created_at DESC, id DESC OFFSET $1 - 1 LIMIT 1) last)
         END)::text, 'null') || '}'
-"""  # noqa: E501
+"""
 
 GENERIC_PLAN = "SET plan_cache_mode = force_generic_plan"
 APPLICATION_NAME = "ayon-bench-db-ceiling"

@@ -23,7 +23,7 @@ PARSERS = (("httptools/parser/parser.", "httptools"), ("gunicorn_h1c", "gunicorn
 
 @dataclass
 class Stack:
-    """A server command and its environment; `start()` waits until /api/info answers."""
+    """A server command and its environment; `start()` waits until every worker answers /api/info."""
 
     name: str
     command: list[str]
@@ -158,14 +158,14 @@ def server_env(database_url: str, token: str, port: int, data_dir: Path) -> dict
     return env
 
 
-def ours(database_url: str, token: str, port: int, folder: Path, workers: int, gunicorn_args: list[str]) -> Stack:
+def ours(database_url: str, token: str, port: int, folder: Path, gunicorn_args: list[str]) -> Stack:
+    # Two workers: AYON_SERVER_WORKERS's default.
     env = server_env(database_url, token, port, folder / "ours-data")
     command = [sys.executable, "-m", "gunicorn", "-c", "server/gunicorn_conf.py", *gunicorn_args]
     return Stack("ayon", command, env, port, folder / "ours.log")
 
 
-def falcon_ceiling(database_url: str, token: str, port: int, folder: Path, workers: int,
-                   gunicorn_args: list[str]) -> Stack:
+def falcon_ceiling(database_url: str, token: str, port: int, folder: Path, gunicorn_args: list[str]) -> Stack:
     # Same gunicorn settings file (so the same loop and parser); the positional app replaces the configured one.
     env = server_env(database_url, token, port, folder / "falcon-ceiling-data")
     command = [sys.executable, "-m", "gunicorn", "-c", "server/gunicorn_conf.py", *gunicorn_args,
