@@ -25,12 +25,13 @@ from gunicorn.util import parse_address
 from hypothesis import HealthCheck, event, given, settings as hsettings, strategies as st
 from supervisor.options import ServerOptions
 
-from maintenance.runner import Runner, plan
+from maintenance.registry import plan
+from maintenance.runner import Runner
 from maintenance.scheduler import slot_of
 from procs import supervisor
 from procs.installer import Installer
 from procs.webactions import Webactions
-from server.core import config, db, settings, webactions
+from server.core import config, db, settings, times, values, webactions
 from server.core.errors import ConfigError
 from tests.apiclient import AUTH, make_app
 from tests.pg import free_port
@@ -59,9 +60,9 @@ VALUE = st.one_of(SCALAR, st.lists(SCALAR, max_size=2), st.dictionaries(TEXT, SC
 
 def plausible(field: config.Field) -> st.SearchStrategy:
     """Values near what the field takes: its type, around its range; often right, sometimes just off."""
-    if field.path.endswith(".timezone"):
+    if field.name.endswith(".timezone"):
         return ZONE_LIKE
-    if field.path.endswith(".time"):
+    if field.name.endswith(".time"):
         return TIME_LIKE
     if isinstance(field.default, bool):
         return st.booleans()
@@ -73,15 +74,15 @@ def plausible(field: config.Field) -> st.SearchStrategy:
 
 def passes(field: config.Field, value) -> bool:
     try:
-        field.validator(value)
+        field.kind(value)
         return True
     except ValueError:
         return False
 
 
 def valid(field: config.Field) -> st.SearchStrategy:
-    if field.path.endswith(".timezone"):
-        return st.sampled_from(sorted(config.time_zones()))
+    if field.name.endswith(".timezone"):
+        return st.sampled_from(sorted(values.time_zones()))
     return plausible(field).filter(lambda v: passes(field, v))
 
 
@@ -121,27 +122,27 @@ def accepted(doc) -> bool:
 
 def check_consumers(doc: dict, now: datetime.datetime) -> None:
     """Every in-process consumer of the configuration uses the document without an error."""
-    section = doc["maintenance"]
-    # The scheduler (and GET /api/maintenance): a due time after now, within two days, and the next after it.
-    due = config.next_run(now, section["time"], section["timezone"])
+    cfg = config.View(doc)
+    section = cfg.maintenance
+    # The scheduler and GET /api/maintenance: a due time after now, within two days, and the next after it.
+    due = times.next_run(now, section.time, section.timezone)
     assert now < due <= now + datetime.timedelta(hours=50)
-    assert config.next_run(due, section["time"], section["timezone"]) > due
-    assert config.next_daily_run(doc, now) == due
+    assert times.next_run(due, section.time, section.timezone) > due
     assert slot_of(due)
     # webactions
     web = types.SimpleNamespace()
-    Webactions.apply(web, doc)
+    Webactions.configure(web, cfg)
     assert Webactions.interval(web) >= 1.0 and web.timeout >= 1
     # the installer
     inst = types.SimpleNamespace(healthy=True, seconds_to_retry=None)
-    Installer.apply(inst, doc)
+    Installer.configure(inst, cfg)
     assert Installer.interval(inst) >= 1.0 and inst.max_attempts >= 1
     # each maintenance task: its switch and options as the runner hands them over
-    for task, enabled, options in plan(doc):
+    for task, enabled, options in plan(cfg):
         assert isinstance(enabled, bool)
         assert "{" not in task.describe(options)
         for option in task.options:
-            assert option.validator(options[option.name]) == options[option.name]
+            assert option.kind(options[option.name]) == options[option.name]
 
 
 @hsettings(max_examples=400, deadline=None)
@@ -169,16 +170,16 @@ def test_whatever_the_api_or_the_file_accepts_every_consumer_accepts(doc, now, t
 
 def test_every_zone_the_validator_accepts_schedules_through_a_year():
     start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
-    for zone in sorted(config.time_zones()):
-        assert config.timezone(zone) == zone
+    for zone in sorted(values.time_zones()):
+        assert values.TimeZone()(zone) == zone
         for hours in range(0, 365 * 24, 7 * 24 + 5):  # a week and five hours apart: every weekday and hour
             now = start + datetime.timedelta(hours=hours)
             for at in ("00:00", "02:30", "23:59"):
-                due = config.next_run(now, at, zone)
+                due = times.next_run(now, at, zone)
                 assert now < due <= now + datetime.timedelta(hours=50), (zone, now, at)
-    for name in config.NOT_PLACES:
+    for name in values.NOT_PLACES:
         with pytest.raises(ValueError):
-            config.timezone(name)
+            values.TimeZone()(name)
 
 
 @pytest.fixture
@@ -206,7 +207,7 @@ def test_what_patch_accepts_runs_everywhere(doc, api, database, database_url):
     check_consumers(current, datetime.datetime.now(datetime.timezone.utc))
     webactions.expire(database, current["webactions"]["timeout"])
     inst = types.SimpleNamespace(db=database, settings=types.SimpleNamespace(instance_id="test"))
-    Installer.apply(inst, current)
+    Installer.configure(inst, config.View(current))
     Installer._measure(inst)
     # Every task runs with these options (the lock, the event, each task's SQL).
     outcome = Runner(database_url, lambda line: None, threading.Event()).run(trigger="manual")
@@ -303,7 +304,7 @@ def test_a_bind_address_the_settings_accept_gunicorn_binds(bind):
         event("refused")
         return
     event("accepted")
-    host, port = settings.split_bind(value)
+    host, port = values.split_bind(value)
     address = parse_address(value)
     assert address == (host.lower(), port)
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET

@@ -15,7 +15,7 @@ from tests.test_webactions import Program
 
 
 def rejected(database, program: str) -> list[dict]:
-    return [e for e in events.query(database, topic=config.REJECTED_TOPIC, limit=100)
+    return [e for e in events.query(database, topic=events.CONFIG_REJECTED, limit=100)
             if e["summary"].get("program") == program]
 
 

@@ -11,7 +11,6 @@ used; `get()` puts the default in its place, a daemon its last good value
 import copy
 import json
 import os
-import re
 import stat
 from typing import Any, NamedTuple
 
@@ -217,24 +216,19 @@ def usable(stored: Any, fallback: dict | None = None) -> tuple[dict, list[Proble
             if bad_parent is not None and bad_parent not in seen_bad_parents:
                 seen_bad_parents.add(bad_parent)
                 parent_value = stored if bad_parent == "(top)" else _stored_value(stored, bad_parent)[0]
-                kept = fallback if bad_parent == "(top)" else lookup(fallback, bad_parent)
+                kept = fallback if bad_parent == "(top)" else _stored_value(fallback, bad_parent)[0]
                 problems.append(Problem(bad_parent, parent_value, f"expected a mapping, got {shown(parent_value)}",
                                         copy.deepcopy(kept)))
             if bad_parent is not None:
-                _set(doc, field.name, copy.deepcopy(lookup(fallback, field.name)))
+                _set(doc, field.name, copy.deepcopy(_stored_value(fallback, field.name)[0]))
             continue
         try:
             _set(doc, field.name, field.kind(value))
         except ValueError as exc:
-            kept = copy.deepcopy(lookup(fallback, field.name))
+            kept = copy.deepcopy(_stored_value(fallback, field.name)[0])
             problems.append(Problem(field.name, value, str(exc), kept))
             _set(doc, field.name, kept)
     return doc, problems
-
-
-def complete(stored: Any) -> dict:
-    """A stored document with defaults for keys it lacks or holds values it cannot use, minus undeclared keys."""
-    return usable(stored)[0]
 
 
 def load_file(path: str) -> dict:
@@ -277,8 +271,6 @@ def load_file(path: str) -> dict:
 # --- storage ---
 
 
-
-
 def stored(cur) -> Any:
     """The stored document as it is: any JSON value, unchecked."""
     cur.execute("SELECT data FROM server_config WHERE id = 1")
@@ -288,7 +280,7 @@ def stored(cur) -> Any:
 
 def get(cur) -> View:
     """The configuration in effect, typed: defaults for missing keys and for stored values their validator refuses."""
-    return View(complete(stored(cur)))
+    return View(usable(stored(cur))[0])
 
 
 def seed(cur) -> bool:
@@ -304,7 +296,7 @@ def update(cur, patch: Any, who: str) -> tuple[dict, dict]:
     """Merge-update under a row lock; dispatches `server.config_changed` when anything changed."""
     cur.execute("SELECT data FROM server_config WHERE id = 1 FOR UPDATE")
     row = cur.fetchone()
-    current = complete(row[0] if row else {})
+    current = usable(row[0] if row else {})[0]
     merged, changes = merge(current, patch)
     if not changes:
         return merged, {}
@@ -323,9 +315,3 @@ def update(cur, patch: Any, who: str) -> tuple[dict, dict]:
         sender=who,
     )
     return merged, changes
-
-
-def lookup(doc: dict, path: str) -> Any:
-    for key in path.split("."):
-        doc = doc[key]
-    return doc
