@@ -391,6 +391,59 @@ class Timestamp(Kind):
         return {"type": "string", "format": "date-time"}
 
 
+class AnyText(Kind):
+    """Any text, passed on as it came: a cursor or a name to filter by, which its user decodes or looks up.
+
+    For query parameters and path segments, which the request line already bounds.
+    """
+
+    def check(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise Invalid("expected text", value)
+        return value
+
+    def from_text(self, raw: str) -> str:
+        return raw
+
+
+class Object(Kind):
+    """A JSON object, whose keys are someone else's to check."""
+
+    def check(self, value: Any) -> dict:
+        if not isinstance(value, dict):
+            raise Invalid("expected an object", value)
+        return value
+
+    def schema(self) -> dict:
+        return {"type": "object"}
+
+
+@dataclass(frozen=True)
+class ListOf(Kind):
+    """Several values of one kind: a list, or as text the items separated by commas (empty items skipped)."""
+
+    item: Kind
+    min_items: int = 0
+    max_items: int = 100
+
+    def check(self, value: Any) -> list:
+        if not isinstance(value, list):
+            raise Invalid("expected a list", value)
+        return [self.item(found) for found in self._sized(value)]
+
+    def from_text(self, raw: str) -> list:
+        parts = [part.strip() for part in raw.split(",") if part.strip()]
+        return [self.item.from_text(part) for part in self._sized(parts)]
+
+    def _sized(self, items: list) -> list:
+        if not self.min_items <= len(items) <= self.max_items:
+            raise Invalid(f"expected a list of {self.min_items} to {self.max_items} items, got {len(items)}")
+        return items
+
+    def schema(self) -> dict:
+        return {"type": "array", "items": self.item.schema(), "minItems": self.min_items, "maxItems": self.max_items}
+
+
 @dataclass(frozen=True)
 class Value:
     """One declared value: a setting, a configuration key or a task option."""
