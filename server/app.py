@@ -8,32 +8,21 @@ import falcon.asgi
 import psycopg2
 
 from server import metrics
+from server.api import actions, addons, frontend, health, instances, maintenance, openapi, stream
 from server.api import config as config_api
 from server.api import events as events_api
-from server.api import actions, addons, frontend, health, instances, maintenance, openapi, stream
 from server.api import logs as logs_api
-from server.api.common import AppContext, dumps
+from server.api.common import JSON_TYPES, AppContext, dumps, is_public
 from server.core import auth
 from server.core.db import BROKEN, Database
+from server.core.errors import first_line
 from server.core.logs import AccessLog
 
 log = logging.getLogger("ayon.server")
 
-# Every area of the HTTP interface; each module has register(app, ctx) and may
-# describe its routes in an OPENAPI dict (merged by server/api/openapi.py).
-AREAS = [health, events_api, stream, config_api, logs_api, instances, metrics, openapi, frontend, actions, addons,
-         maintenance]
-
-# Request bodies are JSON documents unless a resource says otherwise with a
+# Request bodies are at most this long unless the resource says otherwise with a
 # `max_body_bytes` attribute (package uploads do).
 DEFAULT_MAX_BODY = 1024 * 1024
-# ... and must say they are JSON unless the resource declares its own `accepts`.
-JSON_TYPES = ("application/json",)
-
-
-def is_public(resource) -> bool:
-    """A resource answers without the token only when it says so itself (deny by default)."""
-    return getattr(resource, "public", False) is True
 
 
 class Auth:
@@ -204,7 +193,7 @@ async def _database_down(req, resp, exc, params):
 
 async def _bad_value(req, resp, exc, params):
     # PostgreSQL refused a value the client sent (a NUL character, a number out of range...).
-    detail = (getattr(exc, "pgerror", None) or str(exc)).strip().splitlines()[0].removeprefix("ERROR:").strip()
+    detail = first_line(exc).removeprefix("ERROR:").strip()
     raise falcon.HTTPBadRequest(title="Invalid value", description=f"a value cannot be stored: {detail}")
 
 
@@ -243,22 +232,6 @@ class App(falcon.asgi.App):
         super().add_route(uri_template, resource, **kwargs)
 
 
-def routes(app: falcon.asgi.App) -> list[tuple[str, object, tuple[str, ...]]]:
-    """Every route of the app from its router: (URI template, resource, methods it answers itself)."""
-    found = []
-
-    def walk(nodes):
-        for node in nodes:
-            if node.resource is not None:
-                methods = tuple(sorted(method for method, responder in node.method_map.items()
-                                       if getattr(responder, "__self__", None) is node.resource))
-                found.append((node.uri_template, node.resource, methods))
-            walk(node.children)
-
-    walk(app._router._roots)
-    return sorted(found, key=lambda route: route[0])
-
-
 def create_app(ctx: AppContext) -> falcon.asgi.App:
     app = App(middleware=[RequestMetrics(AccessLog(ctx.settings)), CanonicalPath(), SchemaGate(ctx), Auth(ctx),
                           ContentType(), QueryText(), BodyLimit()])
@@ -270,9 +243,38 @@ def create_app(ctx: AppContext) -> falcon.asgi.App:
     app.add_error_handler(psycopg2.DataError, _bad_value)
     for exc_type in BROKEN:
         app.add_error_handler(exc_type, _database_down)
-    ctx.areas = tuple(AREAS)
-    for area in AREAS:
-        area.register(app, ctx)
+
+    # Every route of the server, in one place. Each responder declares what it takes and
+    # answers (server/api/spec.py); /api/openapi.json is built from this table and those.
+    assets = frontend.load_assets()
+    app.add_route("/", frontend.Page(assets))
+    app.add_route("/static/{name}", frontend.Static(assets))
+    app.add_route("/favicon.ico", frontend.Favicon(assets))
+    app.add_route("/health/live", health.Live())
+    app.add_route("/health/ready", health.Ready(ctx))
+    app.add_route("/metrics", metrics.Metrics(ctx))
+    app.add_route("/api/info", health.Info(ctx))
+    app.add_route("/api/openapi.json", openapi.OpenAPI(app))
+    app.add_route("/api/events", events_api.EventList(ctx))
+    app.add_route("/api/events/{event_id}", events_api.EventItem(ctx))
+    event_stream = stream.EventStream(ctx)
+    app.add_route("/api/events/stream", event_stream)
+    app.add_middleware(stream.Shutdown(event_stream))  # closes its LISTEN connection
+    app.add_route("/api/config", config_api.Config(ctx))
+    app.add_route("/api/logs", logs_api.Logs(ctx))
+    app.add_route("/api/instances", instances.Instances(ctx))
+    app.add_route("/api/maintenance", maintenance.Maintenance(ctx))
+    app.add_route("/api/maintenance/run", maintenance.Run(ctx))
+    app.add_route("/api/actions", actions.Collection(ctx))
+    action = actions.Item(ctx)
+    app.add_route("/api/actions/{action_id}", action)
+    app.add_route("/api/actions/{action_id}/take", action, suffix="take")
+    app.add_route("/api/actions/{action_id}/finish", action, suffix="finish")
+    app.add_route("/api/actions/{action_id}/fail", action, suffix="fail")
+    app.add_route("/api/addons", addons.Collection(ctx))
+    app.add_route("/api/addons/install-from-url", addons.FromUrl(ctx))
+    app.add_route("/api/addons/{name}/{version}", addons.Item(ctx))
+    app.add_route("/addons/{name}/{version}/{path:path}", addons.Files(ctx))
     return app
 
 

@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client import multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from server.api.spec import Reply, operation
 from server.core.events import STATUSES
 
 log = logging.getLogger("ayon.metrics")
@@ -268,28 +269,12 @@ class Metrics:
     def __init__(self, ctx):
         self.ctx = ctx
 
+    # Scrapers may add parameters of their own: not strict.
+    @operation("Prometheus metrics", tags=["metrics"], strict=False,
+               description="Requests by method, route template and status and their latency (summed over every "
+                           "worker), events by topic family and status, the latest maintenance run, log collector "
+                           "and installer figures by instance (label ayon_instance).",
+               responses={200: Reply("Prometheus text exposition format", {"type": "string"}, "text/plain")})
     async def on_get(self, req, resp):
         resp.data = await self.ctx.run(scrape, self.ctx.db)
         resp.content_type = CONTENT_TYPE_LATEST
-
-
-def register(app, ctx) -> None:
-    app.add_route("/metrics", Metrics(ctx))
-
-
-OPENAPI = {
-    "/metrics": {
-        "get": {
-            "summary": "Prometheus metrics",
-            "description": "Requests by method, route template and status and their latency (summed over every "
-                           "worker), events by topic family and status, the latest maintenance run, log collector "
-                           "and installer figures by instance (label ayon_instance).",
-            "tags": ["metrics"],
-            "responses": {
-                "200": {"description": "Prometheus text exposition format",
-                        "content": {"text/plain": {"schema": {"type": "string"}}}},
-            },
-        }
-    }
-}
-

@@ -10,7 +10,7 @@ import falcon.testing
 import pytest
 
 from bench.http import db_ceiling, run
-from server.api.events import list_query
+from server.api.events import EventList, list_query
 from tests.conftest import ROOT
 
 STACKS = ("ayon", "falcon-ceiling", "db-ceiling", "fastapi-default", "fastapi-tuned")
@@ -44,7 +44,8 @@ def test_bench_http_smoke(pg):
 
 
 def test_db_ceiling_issues_the_servers_page_query():
-    sql, params = list_query(falcon.testing.create_req(query_string="limit=50"))
+    query = EventList.on_get.spec.read_query(falcon.testing.create_req(query_string="limit=50").params)
+    sql, params = list_query(query)
     assert params == {"limit": 50}
     assert sql.replace("%(limit)s", "$1") == db_ceiling.PAGE_SQL
 

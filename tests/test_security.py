@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
-from server.api.openapi import build
-from server.app import AREAS, is_public, routes
+from server.api.common import is_public
+from server.api.openapi import build, routes
 from tests.apiclient import assert_error, client, gunicorn, make_app  # noqa: F401  (fixtures)
 
 # The resources that answer without the token, and why (README, "Security").
@@ -72,12 +72,17 @@ def spellings(path: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def app_routes(pg):
+def app(pg):
     url = pg.new_database()
     try:
-        yield routes(make_app(url))
+        yield make_app(url)
     finally:
         pg.drop_database(url)
+
+
+@pytest.fixture(scope="module")
+def app_routes(app):
+    return routes(app)
 
 
 class Raw:
@@ -135,8 +140,8 @@ def test_public_routes_are_exactly_the_documented_ones(app_routes):
     assert public == set(PUBLIC_ROUTES), "a resource became public (or stopped being): update README 'Security'"
 
 
-def test_openapi_says_which_routes_need_the_token(app_routes):
-    document = build(AREAS)
+def test_openapi_says_which_routes_need_the_token(app, app_routes):
+    document = build(app)
     for template, resource, methods in app_routes:
         path = template.replace("{path:path}", "{path}")
         operations = document["paths"].get(path)
@@ -274,8 +279,7 @@ def json_write_routes(app_routes):
                 yield template, method
 
 
-def documented_keys(template: str, method: str) -> list[str]:
-    document = build(AREAS)
+def documented_keys(document: dict, template: str, method: str) -> list[str]:
     operation = document["paths"][template.replace("{path:path}", "{path}")][method.lower()]
     schema = (operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {}))
     return list(schema.get("properties", {}))
@@ -293,10 +297,11 @@ def test_hostile_bodies_are_a_4xx_json_error_on_every_json_route(client, app_rou
             assert result.json["error"]["status"] == result.status_code, where
 
 
-def test_hostile_values_never_make_a_500(client, app_routes):
+def test_hostile_values_never_make_a_500(client, app, app_routes):
+    document = build(app)
     for template, method in json_write_routes(app_routes):
         path = concrete(template)
-        for key in documented_keys(template, method) or ["x"]:
+        for key in documented_keys(document, template, method) or ["x"]:
             for value in HOSTILE_VALUES:
                 for body in ({key: value}, {key: {"nested": value}}, {key: [value]}):
                     result = client.simulate_request(method, path, json=body)
@@ -336,8 +341,8 @@ HOSTILE_QUERY = ["", "%00", "%ff%fe", "%ED%A0%80", "-1", "0", "99999999999999999
                  "%27%20OR%201%3D1%20--", "x" * 5000, "AAAA", "eyJ4IjoxfQ", "////", "..%2F..%2F"]
 
 
-def test_hostile_query_values_never_make_a_500(client, app_routes):
-    document = build(AREAS)
+def test_hostile_query_values_never_make_a_500(client, app, app_routes):
+    document = build(app)
     for template, resource, methods in app_routes:
         if "GET" not in methods or template.endswith("/stream"):
             continue

@@ -1,1 +1,1 @@
-"""The HTTP resources, one module per area; each has `register(app, ctx)`."""
+"""The HTTP resources, one module per area; each responder declares what it takes and answers (spec.py)."""

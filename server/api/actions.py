@@ -1,34 +1,17 @@
 """Webactions over HTTP: create, take (one winner), finish, fail, list."""
 
-
 import falcon
 
+from server.api.common import dumps
+from server.api.events import EVENT
+from server.api.spec import Body, Field, PathParam, Query, Reply, operation
 from server.core import events, webactions
-from server.api.common import check_params, dumps, int_between, param, parse_json
-from server.api.events import EVENT_SCHEMA
+from server.core.values import AnyText, Choice, Integer, Object, Text
 
-# A webaction is an event: the same shape on the wire.
-ACTION_SCHEMA = EVENT_SCHEMA
-TYPE_NAMES = {str: "a string", dict: "an object"}
-ID_PARAM = {"name": "action_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
-
-
-async def _body(req, allowed: dict[str, type]) -> dict:
-    """An optional JSON object with only known keys of the right types; anything else is a 400 naming it."""
-    raw = await req.stream.read()
-    if not raw.strip():
-        return {}
-    raw = parse_json(raw)
-    if not isinstance(raw, dict):
-        raise falcon.HTTPBadRequest(title="Invalid body", description="the body must be a JSON object")
-    for key, value in raw.items():
-        if key not in allowed:
-            raise falcon.HTTPBadRequest(
-                title="Invalid body", description=f"unknown key '{key}'; allowed: {', '.join(sorted(allowed))}"
-            )
-        if not isinstance(value, allowed[key]):
-            raise falcon.HTTPBadRequest(title="Invalid body", description=f"'{key}' must be {TYPE_NAMES[allowed[key]]}")
-    return raw
+TAGS = ["webactions"]
+# Not a UUID is no webaction either: 404 from the lookup, as for an unknown one.
+ACTION_ID = PathParam("action_id", AnyText(), "The webaction's id (a UUID).")
+DESCRIPTION = Text(max_length=100_000)
 
 
 async def _call(ctx, fn, *args, **kwargs):
@@ -40,33 +23,38 @@ async def _call(ctx, fn, *args, **kwargs):
         raise error(title=title, description=str(exc)) from None
 
 
-def _status(raw: str) -> str:
-    if raw not in events.STATUSES:
-        raise ValueError(f"expected one of {', '.join(events.STATUSES)}, got {raw!r}")
-    return raw
+def _transition(summary: str, fields: list[Field], from_status: str) -> operation:
+    """The declaration of a move from `from_status`, with its optional body."""
+    return operation(summary, tags=TAGS, path=[ACTION_ID], body=Body("What to record", fields, required=False),
+                     responses={200: Reply("The webaction after the change", EVENT), 404: "No such webaction",
+                                409: f"The webaction is not {from_status}"})
 
 
-def _param(req, name: str, convert, default=None):
-    """Like `param`, but `?name=` with no value is a 400 rather than the default."""
-    if req.params.get(name) == "":
-        raise falcon.HTTPBadRequest(title="Invalid query parameter", description=f"'{name}': expected a value")
-    return param(req, name, convert, default)
+OUTCOME = [Field("summary", Object(), "What came of it, for the record."),
+           Field("description", DESCRIPTION, "One line about it.")]
 
 
 class Collection:
     def __init__(self, ctx):
         self.ctx = ctx
 
+    @operation("List webactions (events of topic action.*), newest first", tags=TAGS, query=[
+        Query("status", Choice(events.STATUSES), "Only webactions in this status."),
+        Query("limit", Integer(1, 1000), "How many.", 100),
+    ], responses={200: Reply("The webactions", {"type": "object",
+                                                "properties": {"actions": {"type": "array", "items": EVENT}}})})
     async def on_get(self, req, resp):
-        check_params(req, {"status", "limit"})
-        status = _param(req, "status", _status)
-        limit = _param(req, "limit", int_between(1, 1000), 100)
-        resp.text = dumps({"actions": await _call(self.ctx, webactions.listing, status=status, limit=limit)})
+        query = req.context.query
+        found = await _call(self.ctx, webactions.listing, status=query["status"], limit=query["limit"])
+        resp.text = dumps({"actions": found})
 
+    @operation("Create a pending webaction", tags=TAGS, body=Body("The webaction", [
+        Field("topic", Text(max_length=200), "action.<name>", required=True),
+        Field("payload", Object(), "Whatever its taker needs."),
+    ], example={"topic": "action.render", "payload": {"shot": "sh010"}}),
+        responses={201: Reply("The new webaction", EVENT)})
     async def on_post(self, req, resp):
-        body = await _body(req, {"topic": str, "payload": dict})
-        if "topic" not in body:
-            raise falcon.HTTPBadRequest(title="Invalid body", description="'topic' is required (action.<name>)")
+        body = req.context.body
         resp.text = dumps(await _call(self.ctx, webactions.create, body["topic"], body.get("payload") or {}))
         resp.status = falcon.HTTP_201
 
@@ -75,90 +63,27 @@ class Item:
     def __init__(self, ctx):
         self.ctx = ctx
 
+    @operation("One webaction", tags=TAGS, path=[ACTION_ID],
+               responses={200: Reply("The webaction", EVENT), 404: "No such webaction"})
     async def on_get(self, req, resp, action_id):
         resp.text = dumps(await _call(self.ctx, webactions.get, action_id))
 
+    @_transition("Take a pending webaction (in_progress); of concurrent takers exactly one wins",
+                 [Field("who", Text(max_length=1000), "Who takes it, for the record.")], "pending")
     async def on_post_take(self, req, resp, action_id):
-        body = await _body(req, {"who": str})
-        resp.text = dumps(await _call(self.ctx, webactions.take, action_id, body.get("who") or "api"))
+        who = req.context.body.get("who") or "api"
+        resp.text = dumps(await _call(self.ctx, webactions.take, action_id, who))
 
+    @_transition("Finish an in_progress webaction", OUTCOME, "in_progress")
     async def on_post_finish(self, req, resp, action_id):
-        body = await _body(req, {"summary": dict, "description": str})
+        body = req.context.body
         done = await _call(self.ctx, webactions.finish, action_id, summary=body.get("summary"),
                            description=body.get("description"))
         resp.text = dumps(done)
 
+    @_transition("Fail a pending or in_progress webaction", OUTCOME, "pending or in_progress")
     async def on_post_fail(self, req, resp, action_id):
-        body = await _body(req, {"summary": dict, "description": str})
+        body = req.context.body
         failed = await _call(self.ctx, webactions.fail, action_id, description=body.get("description"),
                              summary=body.get("summary"))
         resp.text = dumps(failed)
-
-
-def register(app, ctx) -> None:
-    app.add_route("/api/actions", Collection(ctx))
-    item = Item(ctx)
-    app.add_route("/api/actions/{action_id}", item)
-    for verb in ("take", "finish", "fail"):
-        app.add_route(f"/api/actions/{{action_id}}/{verb}", item, suffix=verb)
-
-
-def _transition(summary: str, body_props: dict, from_status: str) -> dict:
-    return {
-        "post": {
-            "summary": summary,
-            "parameters": [ID_PARAM],
-            "requestBody": {"required": False, "content": {"application/json": {"schema": {
-                "type": "object", "additionalProperties": False, "properties": body_props}}}},
-            "responses": {
-                "200": {"description": "the webaction after the change",
-                        "content": {"application/json": {"schema": ACTION_SCHEMA}}},
-                "404": {"description": "no such webaction"},
-                "409": {"description": f"the webaction is not {from_status}"},
-            },
-        }
-    }
-
-
-OPENAPI = {
-    "/api/actions": {
-        "get": {
-            "summary": "List webactions (events of topic action.*), newest first",
-            "parameters": [
-                {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(events.STATUSES)}},
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-            ],
-            "responses": {"200": {"description": "the webactions", "content": {"application/json": {"schema": {
-                "type": "object", "properties": {"actions": {"type": "array", "items": ACTION_SCHEMA}}}}}},
-                "400": {"description": "a bad query parameter"}},
-        },
-        "post": {
-            "summary": "Create a pending webaction",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["topic"], "additionalProperties": False,
-                "properties": {"topic": {"type": "string", "pattern": "^action\\..+"},
-                               "payload": {"type": "object"}}}}}},
-            "responses": {"201": {"description": "the new webaction",
-                                  "content": {"application/json": {"schema": ACTION_SCHEMA}}},
-                          "400": {"description": "a bad body"}},
-        },
-    },
-    "/api/actions/{action_id}": {
-        "get": {
-            "summary": "One webaction",
-            "parameters": [ID_PARAM],
-            "responses": {"200": {"description": "the webaction",
-                                  "content": {"application/json": {"schema": ACTION_SCHEMA}}},
-                          "404": {"description": "no such webaction"}},
-        }
-    },
-    "/api/actions/{action_id}/take": _transition(
-        "Take a pending webaction (in_progress); of concurrent takers exactly one wins",
-        {"who": {"type": "string"}}, "pending"),
-    "/api/actions/{action_id}/finish": _transition(
-        "Finish an in_progress webaction",
-        {"summary": {"type": "object"}, "description": {"type": "string"}}, "in_progress"),
-    "/api/actions/{action_id}/fail": _transition(
-        "Fail a pending or in_progress webaction",
-        {"summary": {"type": "object"}, "description": {"type": "string"}}, "pending or in_progress"),
-}

@@ -7,13 +7,25 @@ from pathlib import Path
 
 import falcon
 
-from server.core import archive, config, layout, packages
 from server import urlfetch
-from server.api.common import check_params, dumps, param, read_json
+from server.api.common import dumps
+from server.api.spec import Body, Field, PathParam, Query, Reply, Upload, operation
+from server.core import archive, config, layout, packages
+from server.core.values import AnyText, Boolean, Choice, Text
 
 MAX_PACKAGE_BYTES = 512 * 1024 * 1024
 ZIP_TYPES = ("application/zip", "application/octet-stream", "application/x-zip-compressed")
 CHUNK = 256 * 1024
+TAGS = ["addons"]
+
+PACKAGE = {"type": "object", "properties": {
+    "name": {"type": "string"}, "version": {"type": "string"}, "kind": {"type": "string", "enum": list(packages.KINDS)},
+    "sha256": {"type": "string"}, "size": {"type": "integer"}, "created": {"type": "boolean"}}}
+STORED = {201: Reply("Stored; every instance installs it", PACKAGE),
+          200: Reply("The same content was already stored", PACKAGE),
+          409: "A package of this name and version exists with another content or kind"}
+NAME = PathParam("name", AnyText(), "The package's name.")
+VERSION = PathParam("version", AnyText(), "The package's version.")
 
 
 def _bad(description: str, title: str = "Invalid package") -> falcon.HTTPBadRequest:
@@ -33,14 +45,6 @@ async def _store(ctx, data: bytes, kind: str) -> dict:
         raise _bad(str(exc)) from None
 
 
-def _kind(req) -> str:
-    check_params(req, {"kind"})
-    kind = req.get_param("kind") or "addon"
-    if kind not in packages.KINDS:
-        raise _bad(f"'kind': expected one of {', '.join(packages.KINDS)}, got {kind!r}", "Invalid query parameter")
-    return kind
-
-
 async def _read_body(req) -> bytes:
     if req.content_length is not None and req.content_length > MAX_PACKAGE_BYTES:
         raise falcon.HTTPContentTooLarge(
@@ -57,15 +61,6 @@ async def _read_body(req) -> bytes:
     return b"".join(chunks)
 
 
-def _boolean(raw: str) -> bool:
-    word = raw.strip().lower()
-    if word in ("true", "1", "yes", "on"):
-        return True
-    if word in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(f"expected true or false, got {raw!r}")
-
-
 class Collection:
     max_body_bytes = MAX_PACKAGE_BYTES  # the app's body limit for this route (uploads)
     accepts = ZIP_TYPES  # the app refuses other body types (415)
@@ -73,9 +68,12 @@ class Collection:
     def __init__(self, ctx):
         self.ctx = ctx
 
+    @operation("Every package with its install state on each instance", tags=TAGS,
+               query=[Query("removed", Boolean(), "Include removed packages.", False)],
+               responses={200: Reply("The packages", {"type": "object", "properties": {
+                   "packages": {"type": "array", "items": {"type": "object"}}}})})
     async def on_get(self, req, resp):
-        check_params(req, {"removed"})
-        include_removed = param(req, "removed", _boolean, False)
+        include_removed = req.context.query["removed"]
 
         def work():
             with self.ctx.db.transaction() as cur:
@@ -83,12 +81,14 @@ class Collection:
 
         resp.text = dumps({"packages": await self.ctx.run(work)})
 
+    @operation("Upload a package (a zip with package.yaml at its root)", tags=TAGS,
+               query=[Query("kind", Choice(packages.KINDS), "What the package is.", "addon")],
+               body=Upload("The package's zip"), responses=STORED)
     async def on_post(self, req, resp):
-        kind = _kind(req)
         data = await _read_body(req)
         if not data:
             raise _bad("the body is empty; send the package's zip")
-        stored = await _store(self.ctx, data, kind)
+        stored = await _store(self.ctx, data, req.context.query["kind"])
         resp.text = dumps(stored)
         resp.status = falcon.HTTP_201 if stored["created"] else falcon.HTTP_200
 
@@ -104,21 +104,23 @@ class FromUrl:
             allow_private = config.get(cur).installer.allow_private_urls
         return urlfetch.fetch(url, MAX_PACKAGE_BYTES, allow_private=allow_private)
 
+    @operation("Fetch a package from a URL, check its sha256 and store it", tags=TAGS,
+               description="Only http and https, public addresses only (every address the host resolves to, and "
+                           "every redirect) unless the configuration sets installer.allow_private_urls; credentials "
+                           "in the URL are never shown back. 400 for a refused URL, 502 when the fetch fails.",
+               body=Body("Where the package is and what it must hash to", [
+                   Field("url", Text(max_length=8192, what="an http:// or https:// URL"), "The package's URL.",
+                         required=True, secret=True),  # it may carry credentials
+                   Field("sha256", Text(max_length=64, pattern="[0-9a-fA-F]{64}", what="64 hexadecimal digits"),
+                         "The package's sha256.", required=True),
+                   Field("kind", Choice(packages.KINDS), "What the package is (default addon)."),
+               ], example={"url": "https://example.com/demo-1.0.0.zip", "sha256": "0" * 64}),
+               responses={**STORED, 502: "The package could not be fetched"})
     async def on_post(self, req, resp):
-        body = await read_json(req)
-        if not isinstance(body, dict):
-            raise _bad("the body must be a JSON object with url and sha256", "Invalid body")
-        unknown = sorted(set(body) - {"url", "sha256", "kind"})
-        if unknown:
-            raise _bad(f"unknown key '{unknown[0]}'; allowed: kind, sha256, url", "Invalid body")
-        url, sha256, kind = body.get("url"), body.get("sha256"), body.get("kind", "addon")
-        if not isinstance(url, str) or not url.strip().lower().startswith(("http://", "https://")):
-            shown = urlfetch.shown(url) if isinstance(url, str) else type(url).__name__
-            raise _bad(f"'url' must be an http:// or https:// URL, got {shown}", "Invalid body")
-        if not isinstance(sha256, str) or not packages.SHA256_RE.fullmatch(sha256.lower()):
-            raise _bad(f"'sha256' must be 64 hexadecimal digits, got {sha256!r}", "Invalid body")
-        if kind not in packages.KINDS:
-            raise _bad(f"'kind' must be one of {', '.join(packages.KINDS)}, got {kind!r}", "Invalid body")
+        body = req.context.body
+        url, sha256, kind = body["url"], body["sha256"], body.get("kind", "addon")
+        if not url.strip().lower().startswith(("http://", "https://")):
+            raise _bad(f"'url' must be an http:// or https:// URL, got {urlfetch.shown(url)}", "Invalid body")
         try:
             data = await self.ctx.run(self._fetch, url)
         except urlfetch.Refused as exc:
@@ -138,6 +140,10 @@ class Item:
     def __init__(self, ctx):
         self.ctx = ctx
 
+    @operation("Remove a package from every instance", tags=TAGS, path=[NAME, VERSION],
+               responses={200: Reply("Removed", {"type": "object", "properties": {
+                   "name": {"type": "string"}, "version": {"type": "string"}, "removed": {"type": "boolean"}}}),
+                          404: "No active package of this name and version"})
     async def on_delete(self, req, resp, name, version):
         def work():
             with self.ctx.db.transaction() as cur:
@@ -155,6 +161,13 @@ ADDON_FILE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+
+
+# Browsers load these files with parameters of their own: not strict.
+FILE = operation("A file of an addon installed on this instance (no token needed)", tags=TAGS, strict=False,
+                 path=[NAME, VERSION, PathParam("path", AnyText(), "The file's path in the addon.")],
+                 responses={200: Reply("The file", {"type": "string", "format": "binary"}, "application/octet-stream"),
+                            404: "No such file here"})
 
 
 class Files:
@@ -181,12 +194,14 @@ class Files:
             raise missing
         return target
 
+    @FILE
     async def on_get(self, req, resp, name, version, path):
         target = await self.ctx.run(self._resolve, name, version, path)
         handle = await self.ctx.run(open, target, "rb")
         self._headers(resp, target, os.fstat(handle.fileno()).st_size)
         resp.stream = _chunks(self.ctx, handle)
 
+    @FILE
     async def on_head(self, req, resp, name, version, path):
         target = await self.ctx.run(self._resolve, name, version, path)
         self._headers(resp, target, (await self.ctx.run(os.stat, target)).st_size)
@@ -205,74 +220,3 @@ async def _chunks(ctx, handle):
             yield chunk
     finally:
         await asyncio.shield(ctx.run(handle.close))
-
-
-def register(app, ctx) -> None:
-    app.add_route("/api/addons", Collection(ctx))
-    app.add_route("/api/addons/install-from-url", FromUrl(ctx))
-    app.add_route("/api/addons/{name}/{version}", Item(ctx))
-    app.add_route("/addons/{name}/{version}/{path:path}", Files(ctx))
-
-
-_ERR = {"description": "the problem, named", "content": {"application/json": {"schema": {"type": "object"}}}}
-_PACKAGE = {"type": "object", "properties": {
-    "name": {"type": "string"}, "version": {"type": "string"}, "kind": {"type": "string", "enum": list(packages.KINDS)},
-    "sha256": {"type": "string"}, "size": {"type": "integer"}, "created": {"type": "boolean"}}}
-_STORED = {"201": {"description": "stored; every instance installs it",
-                   "content": {"application/json": {"schema": _PACKAGE}}},
-           "200": {"description": "the same content was already stored",
-                   "content": {"application/json": {"schema": _PACKAGE}}},
-           "400": _ERR, "409": _ERR}
-_NAME_VERSION = [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
-                 {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}]
-
-OPENAPI = {
-    "/api/addons": {
-        "get": {
-            "summary": "Every package with its install state on each instance",
-            "parameters": [{"name": "removed", "in": "query", "schema": {"type": "boolean"},
-                            "description": "include removed packages"}],
-            "responses": {"200": {"description": "the packages", "content": {"application/json": {"schema": {
-                "type": "object", "properties": {"packages": {"type": "array", "items": {"type": "object"}}}}}}}},
-        },
-        "post": {
-            "summary": "Upload a package (a zip with package.yaml at its root)",
-            "parameters": [{"name": "kind", "in": "query",
-                            "schema": {"type": "string", "enum": list(packages.KINDS), "default": "addon"}}],
-            "requestBody": {"required": True, "content": {
-                t: {"schema": {"type": "string", "format": "binary"}} for t in ("application/zip",
-                                                                                "application/octet-stream")}},
-            "responses": {**_STORED, "413": _ERR, "415": _ERR},
-        },
-    },
-    "/api/addons/install-from-url": {
-        "post": {
-            "summary": "Fetch a package from a URL, check its sha256 and store it",
-            "description": "Only http and https, public addresses only (every address the host resolves to, and "
-                           "every redirect) unless the configuration sets installer.allow_private_urls; credentials "
-                           "in the URL are never shown back. 400 for a refused URL, 502 when the fetch fails.",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["url", "sha256"], "additionalProperties": False,
-                "properties": {"url": {"type": "string", "format": "uri"},
-                               "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
-                               "kind": {"type": "string", "enum": list(packages.KINDS)}}}}}},
-            "responses": {**_STORED, "502": _ERR},
-        },
-    },
-    "/api/addons/{name}/{version}": {
-        "delete": {
-            "summary": "Remove a package from every instance",
-            "parameters": _NAME_VERSION,
-            "responses": {"200": {"description": "removed"}, "404": _ERR},
-        },
-    },
-    "/addons/{name}/{version}/{path}": {
-        "get": {
-            "summary": "A file of an addon installed on this instance (no token needed)",
-            "security": [],
-            "parameters": _NAME_VERSION + [{"name": "path", "in": "path", "required": True,
-                                            "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "the file"}, "404": _ERR},
-        },
-    },
-}

@@ -1,4 +1,4 @@
-"""What every resource shares: the app context, JSON bodies, query parameter parsing."""
+"""What every resource shares: the app context, who may call it, JSON in and out."""
 
 import asyncio
 import datetime
@@ -12,6 +12,9 @@ import falcon
 
 from server.core.db import Database
 
+# Request bodies are JSON unless a resource declares the types it takes in its own `accepts`.
+JSON_TYPES = ("application/json",)
+
 
 @dataclass
 class AppContext:
@@ -22,13 +25,17 @@ class AppContext:
     started: float = field(default_factory=time.time)
     schema: Any = None  # the last SchemaStatus seen by the readiness check
     executor: ThreadPoolExecutor | None = None
-    areas: tuple = ()  # the app's areas, for the OpenAPI document
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run blocking work (psycopg2) in this worker's thread pool, off the event loop."""
         if self.executor is None:
             self.executor = ThreadPoolExecutor(max_workers=self.db.size, thread_name_prefix="db")
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+
+def is_public(resource) -> bool:
+    """A resource answers without the token only when it says so itself (deny by default)."""
+    return getattr(resource, "public", False) is True
 
 
 def json_default(value: Any) -> Any:
@@ -90,63 +97,4 @@ def parse_json(raw: bytes) -> Any:
         # json's own message (with position) for syntax, ours for numbers and encodings.
         raise _bad_body(f"the request body is not valid JSON: {str(exc)[:200]}") from None
     _check_values(value)
-    return value
-
-
-async def read_json(req) -> Any:
-    """The request body as JSON; a malformed body is a 400."""
-    raw = await req.stream.read()
-    if not raw:
-        return None
-    return parse_json(raw)
-
-
-def check_params(req: falcon.Request, allowed: set[str]) -> None:
-    """Unknown query parameters are a 400 naming them."""
-    unknown = sorted(set(req.params) - allowed)
-    if unknown:
-        raise falcon.HTTPBadRequest(
-            title="Unknown query parameter",
-            description=f"unknown query parameter '{unknown[0]}'; allowed: {', '.join(sorted(allowed)) or 'none'}",
-        )
-
-
-def param(req: falcon.Request, name: str, convert: Callable[[str], Any], default: Any = None) -> Any:
-    """One query parameter converted; a malformed value is a 400 naming it."""
-    raw = req.params.get(name)
-    if raw is None or (raw == "" and convert is str):
-        return default
-    if raw == "":
-        # `?limit=` is not a number: an empty value only means "not given" for text filters.
-        raise falcon.HTTPBadRequest(title="Invalid query parameter", description=f"'{name}': empty value")
-    if isinstance(raw, list):
-        raise falcon.HTTPBadRequest(title="Invalid query parameter", description=f"'{name}' given more than once")
-    try:
-        return convert(raw)
-    except ValueError as exc:
-        raise falcon.HTTPBadRequest(
-            title="Invalid query parameter", description=f"'{name}': {exc}"
-        ) from None
-
-
-def int_between(low: int, high: int) -> Callable[[str], int]:
-    def convert(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(f"expected a whole number, got {raw!r}") from None
-        if not low <= value <= high:
-            raise ValueError(f"expected a number from {low} to {high}, got {value}")
-        return value
-
-    return convert
-
-
-def timestamp(raw: str) -> datetime.datetime:
-    try:
-        value = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"expected an ISO 8601 time such as 2026-01-31T12:00:00Z, got {raw!r}") from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=datetime.timezone.utc)
     return value

@@ -1,13 +1,12 @@
 """GET /api/events (filtered, newest first, cursor pages) and GET /api/events/{id}."""
 
-import uuid
-
 import falcon
 
-from server.core import events
-from server.api.common import check_params, int_between, param, timestamp
 from server.api.pages import (cursor_sql, cursor_time, cursor_uuid, decode_cursor, fetch_text, like_escape,
-                              send_json_text, text_param, utc_json)
+                              send_json_text, utc_json)
+from server.api.spec import PathParam, Query, Reply, Shape, operation
+from server.core import events
+from server.core.values import AnyText, Choice, Integer, ListOf, Text, Timestamp, Uuid
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -33,30 +32,38 @@ SELECT '{{{{"events": [' || coalesce((SELECT string_agg(doc, ',' ORDER BY create
 
 GET_SQL = "SELECT doc FROM events WHERE id = %s"
 
-FILTERS = {"topic", "status", "created_since", "created_until", "updated_since", "updated_until", "limit", "cursor"}
+# An exact topic, or a prefix ending in '*'; `*` nowhere else (GET /api/events/stream takes several).
+TOPIC_FILTER = Text(max_length=200, pattern=r"[^*]*\*?",
+                    what="an exact topic or a prefix ending in '*' such as 'server.*'")
+
+EVENT = Shape("Event", {
+    "type": "object",
+    "required": ["id", "topic", "status", "description", "summary", "payload", "created_at", "updated_at"],
+    "properties": {
+        "id": Uuid().schema(),
+        "topic": {"type": "string"},
+        "status": {"type": "string", "enum": list(events.STATUSES)},
+        "description": {"type": "string"},
+        "summary": {"type": "object"},
+        "payload": {"type": "object"},
+        "sender": {"type": ["string", "null"]},
+        "depends_on": {"type": ["string", "null"], "format": "uuid"},
+        "created_at": Timestamp().schema(),
+        "updated_at": Timestamp().schema(),
+    },
+})
+
+PAGE = {"type": "object", "required": ["events", "next_cursor"],
+        "properties": {"events": {"type": "array", "items": EVENT}, "next_cursor": {"type": ["string", "null"]}}}
+
+TIME_FILTERS = (("created_since", "created_at", ">="), ("created_until", "created_at", "<"),
+                ("updated_since", "updated_at", ">="), ("updated_until", "updated_at", "<"))
 
 
-def topic_pattern(raw: str) -> str:
-    """`server.*` (a prefix) or an exact topic; `*` only at the end."""
-    if "*" in raw[:-1]:
-        raise ValueError(f"expected an exact topic or a prefix ending in '*' such as 'server.*', got {raw!r}")
-    return raw
-
-
-def statuses(raw: str) -> list[str]:
-    """One status or several separated by commas."""
-    found = [s.strip() for s in raw.split(",") if s.strip()]
-    for status in found:
-        if status not in events.STATUSES:
-            raise ValueError(f"{status!r} is not one of {', '.join(events.STATUSES)}")
-    return found
-
-
-def list_query(req) -> tuple[str, dict]:
-    """The SQL and parameters of one page of GET /api/events from the query string."""
-    check_params(req, FILTERS)
-    where, params = [], {"limit": param(req, "limit", int_between(1, MAX_LIMIT), DEFAULT_LIMIT)}
-    topic = text_param(req, "topic", topic_pattern)
+def list_query(query) -> tuple[str, dict]:
+    """The SQL and parameters of one page of GET /api/events from its checked query parameters."""
+    where, params = [], {"limit": query["limit"]}
+    topic = query["topic"]
     if topic:
         if topic.endswith("*"):
             where.append("topic LIKE %(topic)s")
@@ -64,23 +71,15 @@ def list_query(req) -> tuple[str, dict]:
         else:
             where.append("topic = %(topic)s")
             params["topic"] = topic
-    status = text_param(req, "status", statuses)
-    if status:
+    if query["status"]:
         where.append("status = ANY(%(status)s)")
-        params["status"] = status
-    for name, column, op in (
-        ("created_since", "created_at", ">="),
-        ("created_until", "created_at", "<"),
-        ("updated_since", "updated_at", ">="),
-        ("updated_until", "updated_at", "<"),
-    ):
-        value = param(req, name, timestamp)
-        if value is not None:
+        params["status"] = query["status"]
+    for name, column, op in TIME_FILTERS:
+        if query[name] is not None:
             where.append(f"{column} {op} %({name})s")
-            params[name] = value
-    raw_cursor = param(req, "cursor", str)
-    if raw_cursor:
-        created, event_id = decode_cursor(raw_cursor)[:2]
+            params[name] = query[name]
+    if query["cursor"]:
+        created, event_id = decode_cursor(query["cursor"])[:2]
         where.append("(created_at, id) < (%(c_created)s, %(c_id)s::uuid)")
         params["c_created"], params["c_id"] = cursor_time(created), cursor_uuid(event_id)
     sql = LIST_SQL.format(where=("WHERE " + " AND ".join(where)) if where else "")
@@ -91,8 +90,18 @@ class EventList:
     def __init__(self, ctx):
         self.ctx = ctx
 
+    @operation("List events, newest first", tags=["events"], query=[
+        Query("topic", TOPIC_FILTER, "An exact topic, or a prefix ending in '*' such as 'server.*'."),
+        Query("status", ListOf(Choice(events.STATUSES)), "One status, or several separated by commas."),
+        Query("created_since", Timestamp(), "Created at or after this time."),
+        Query("created_until", Timestamp(), "Created before this time."),
+        Query("updated_since", Timestamp(), "Updated at or after this time."),
+        Query("updated_until", Timestamp(), "Updated before this time."),
+        Query("limit", Integer(1, MAX_LIMIT), "Events per page.", DEFAULT_LIMIT),
+        Query("cursor", AnyText(), "The next_cursor of the previous page."),
+    ], responses={200: Reply("One page of events", PAGE)})
     async def on_get(self, req, resp):
-        sql, params = list_query(req)
+        sql, params = list_query(req.context.query)
         send_json_text(resp, await self.ctx.run(fetch_text, self.ctx.db, sql, params))
 
 
@@ -100,86 +109,11 @@ class EventItem:
     def __init__(self, ctx):
         self.ctx = ctx
 
+    @operation("One event", tags=["events"],
+               path=[PathParam("event_id", Uuid(), "The event's id.", label="id")],
+               responses={200: Reply("The event", EVENT), 404: "No event with this id"})
     async def on_get(self, req, resp, event_id):
-        check_params(req, set())
-        try:
-            uuid.UUID(event_id)
-        except ValueError:
-            raise falcon.HTTPBadRequest(title="Invalid path parameter",
-                                        description=f"'id': expected a UUID, got {event_id!r}") from None
         text = await self.ctx.run(fetch_text, self.ctx.db, GET_SQL, (event_id,))
         if text is None:
             raise falcon.HTTPNotFound(title="Not found", description=f"no event with id {event_id}")
         send_json_text(resp, text)
-
-
-def register(app, ctx) -> None:
-    app.add_route("/api/events", EventList(ctx))
-    app.add_route("/api/events/{event_id}", EventItem(ctx))
-
-
-_TIME = {"type": "string", "format": "date-time"}
-
-
-def _query(name: str, description: str, schema: dict) -> dict:
-    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
-
-
-EVENT_SCHEMA = {
-    "type": "object",
-    "required": ["id", "topic", "status", "description", "summary", "payload", "created_at", "updated_at"],
-    "properties": {
-        "id": {"type": "string", "format": "uuid"},
-        "topic": {"type": "string"},
-        "status": {"type": "string", "enum": list(events.STATUSES)},
-        "description": {"type": "string"},
-        "summary": {"type": "object"},
-        "payload": {"type": "object"},
-        "sender": {"type": ["string", "null"]},
-        "depends_on": {"type": ["string", "null"], "format": "uuid"},
-        "created_at": _TIME,
-        "updated_at": _TIME,
-    },
-}
-
-OPENAPI = {
-    "/api/events": {
-        "get": {
-            "summary": "List events, newest first",
-            "tags": ["events"],
-            "parameters": [
-                _query("topic", "An exact topic, or a prefix ending in '*' such as 'server.*'.",
-                       {"type": "string", "pattern": r"^[^*]*\*?$"}),
-                _query("status", "One status, or several separated by commas.", {"type": "string"}),
-                _query("created_since", "Created at or after this time.", _TIME),
-                _query("created_until", "Created before this time.", _TIME),
-                _query("updated_since", "Updated at or after this time.", _TIME),
-                _query("updated_until", "Updated before this time.", _TIME),
-                _query("limit", f"Events per page (default {DEFAULT_LIMIT}).",
-                       {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
-                _query("cursor", "The next_cursor of the previous page.", {"type": "string"}),
-            ],
-            "responses": {
-                "200": {"description": "One page of events", "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["events", "next_cursor"],
-                    "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
-                                   "next_cursor": {"type": ["string", "null"]}}}}}},
-            },
-        }
-    },
-    "/api/events/{event_id}": {
-        "get": {
-            "summary": "One event",
-            "tags": ["events"],
-            "parameters": [{"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"},
-                            "description": "The event's id (a UUID)."}],
-            "responses": {
-                "200": {"description": "The event", "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/Event"}}}},
-                "404": {"$ref": "#/components/responses/NotFound"},
-            },
-        }
-    },
-}
-
-SCHEMAS = {"Event": EVENT_SCHEMA}

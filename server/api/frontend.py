@@ -13,6 +13,9 @@ from pathlib import Path
 
 import falcon
 
+from server.api.spec import PathParam, Query, Reply, operation
+from server.core.values import AnyText
+
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 PAGE = "index.html"
 
@@ -39,6 +42,8 @@ SECURITY_HEADERS = {
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 REVALIDATE = "no-cache"
+TAGS = ["dashboard"]
+NOT_MODIFIED = "Not modified (If-None-Match)"
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,9 @@ class Page:
     def __init__(self, assets: dict[str, Asset]):
         self.assets = assets
 
+    # Browsers add parameters of their own (links shared with tracking tags): not strict.
+    @operation("The dashboard page (HTML)", tags=TAGS, strict=False,
+               responses={200: Reply("The page", {"type": "string"}, "text/html"), 304: NOT_MODIFIED})
     async def on_get(self, req, resp):
         asset = self.assets.get(PAGE)
         if asset is None:
@@ -105,53 +113,18 @@ class Static:
     def __init__(self, assets: dict[str, Asset]):
         self.assets = assets
 
+    @operation("A file of the dashboard (script, style sheet, image)", tags=TAGS, strict=False,
+               path=[PathParam("name", AnyText(), "The file's name.")],
+               query=[Query("v", AnyText(),
+                            "The file's version; a current one makes the response cacheable for a year.")],
+               responses={200: "The file", 304: NOT_MODIFIED, 404: "No such file"})
     async def on_get(self, req, resp, name: str):
         asset = self.assets.get(name)
         if asset is None:
             raise falcon.HTTPNotFound(title="Not found", description=f"no static file '{name}'")
         # Only a link carrying the current version may be kept for good.
-        cache = IMMUTABLE if req.get_param("v") == asset.etag else REVALIDATE
+        cache = IMMUTABLE if req.context.query["v"] == asset.etag else REVALIDATE
         _send(req, resp, asset, cache)
-
-
-OPENAPI = {
-    "/": {
-        "get": {
-            "summary": "The dashboard page (HTML)",
-            "tags": ["dashboard"],
-            "security": [],
-            "responses": {"200": {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}},
-                          "304": {"description": "Not modified (If-None-Match)"}},
-        }
-    },
-    "/favicon.ico": {
-        "get": {
-            "summary": "The dashboard's icon",
-            "tags": ["dashboard"],
-            "security": [],
-            "responses": {"200": {"description": "The icon", "content": {"image/x-icon": {"schema": {"type": "string"}}}},
-                          "304": {"description": "Not modified (If-None-Match)"}},
-        }
-    },
-    "/static/{name}": {
-        "get": {
-            "summary": "A file of the dashboard (script, style sheet, image)",
-            "tags": ["dashboard"],
-            "security": [],
-            "parameters": [
-                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
-                {"name": "v", "in": "query", "required": False, "schema": {"type": "string"},
-                 "description": "The file's version; a current one makes the response cacheable for a year"},
-            ],
-            "responses": {
-                "200": {"description": "The file"},
-                "304": {"description": "Not modified (If-None-Match)"},
-                "404": {"description": "No such file", "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/Error"}}}},
-            },
-        }
-    },
-}
 
 
 class Favicon:
@@ -162,12 +135,7 @@ class Favicon:
     def __init__(self, assets: dict[str, Asset]):
         self.assets = assets
 
+    @operation("The dashboard's icon", tags=TAGS, strict=False,
+               responses={200: Reply("The icon", {"type": "string"}, "image/x-icon"), 304: NOT_MODIFIED})
     async def on_get(self, req, resp):
         _send(req, resp, self.assets["favicon.ico"], "public, max-age=86400")
-
-
-def register(app, ctx) -> None:
-    assets = load_assets()
-    app.add_route("/", Page(assets))
-    app.add_route("/static/{name}", Static(assets))
-    app.add_route("/favicon.ico", Favicon(assets))

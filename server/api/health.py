@@ -6,15 +6,32 @@ import time
 
 import falcon
 
+from server.api.spec import Reply, operation
 from server.core import VERSION, migrations
 from server.core.db import BROKEN
+from server.core.errors import first_line
 
 READY_RETRY_AFTER = "5"
+TAGS = ["health"]
+STATUS = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"},
+                                                                   "reason": {"type": "string"}}}
+INFO = {
+    "type": "object",
+    "required": ["version", "instance_id", "roles", "schema_version", "schema_current", "uptime_seconds"],
+    "properties": {
+        "version": {"type": "string"}, "instance_id": {"type": "string"},
+        "roles": {"type": "array", "items": {"type": "string"}},
+        "schema_version": {"type": ["integer", "null"]}, "schema_current": {"type": "boolean"},
+        "uptime_seconds": {"type": "number"}, "pid": {"type": "integer"},
+    },
+}
 
 
 class Live:
     public = True  # probes carry no token
 
+    # Probes add parameters of their own: not strict, like every public route.
+    @operation("The process answers", tags=TAGS, strict=False, responses={200: Reply("Alive", STATUS)})
     async def on_get(self, req, resp):
         resp.media = {"status": "alive"}
 
@@ -27,6 +44,8 @@ class Ready:
     def __init__(self, ctx):
         self.ctx = ctx
 
+    @operation("The database answers and the schema is current", tags=TAGS, strict=False, responses={
+        200: Reply("Ready", STATUS), 503: Reply("Not ready yet; the reason says why (see Retry-After)", STATUS)})
     async def on_get(self, req, resp):
         ready, reason = await self.ctx.run(is_ready, self.ctx)
         if not ready:
@@ -39,7 +58,7 @@ def is_ready(ctx) -> tuple[bool, str]:
     try:
         status = migrations.status(ctx.db)
     except BROKEN as exc:
-        return False, "database unreachable: " + (str(exc).strip().splitlines() or ["no answer"])[0]
+        return False, "database unreachable: " + first_line(exc)
     ctx.schema = status
     return status.current, status.reason
 
@@ -71,6 +90,9 @@ class Info:
             self._fixed = (pid, fixed[:-1] + ', "uptime_seconds": ')
         return self._fixed[1]
 
+    # Not strict, so nothing runs before it on the hottest path; pollers may add cache-busting parameters.
+    @operation("Version, instance, roles, schema version and uptime (no token needed)", tags=TAGS, strict=False,
+               responses={200: Reply("About this server", INFO)})
     async def on_get(self, req, resp):
         schema = self.ctx.schema
         if schema is None or not schema.current:
@@ -81,49 +103,3 @@ class Info:
             self._fixed = None
         resp.content_type = falcon.MEDIA_JSON
         resp.text = f"{self._fixed_part(schema)}{time.time() - self.ctx.started:.3f}}}"
-
-
-def register(app, ctx) -> None:
-    app.add_route("/health/live", Live())
-    app.add_route("/health/ready", Ready(ctx))
-    app.add_route("/api/info", Info(ctx))
-
-
-_STATUS = {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"},
-                                                                    "reason": {"type": "string"}}}
-
-OPENAPI = {
-    "/health/live": {
-        "get": {
-            "summary": "The process answers",
-            "tags": ["health"],
-            "responses": {"200": {"description": "Alive", "content": {"application/json": {"schema": _STATUS}}}},
-        }
-    },
-    "/health/ready": {
-        "get": {
-            "summary": "The database answers and the schema is current",
-            "tags": ["health"],
-            "responses": {
-                "200": {"description": "Ready", "content": {"application/json": {"schema": _STATUS}}},
-                "503": {"description": "Not ready yet; the reason says why (see Retry-After)",
-                        "content": {"application/json": {"schema": _STATUS}}},
-            },
-        }
-    },
-    "/api/info": {
-        "get": {
-            "summary": "Version, instance, roles, schema version and uptime (no token needed)",
-            "tags": ["health"],
-            "responses": {"200": {"description": "About this server", "content": {"application/json": {"schema": {
-                "type": "object",
-                "required": ["version", "instance_id", "roles", "schema_version", "schema_current", "uptime_seconds"],
-                "properties": {
-                    "version": {"type": "string"}, "instance_id": {"type": "string"},
-                    "roles": {"type": "array", "items": {"type": "string"}},
-                    "schema_version": {"type": ["integer", "null"]}, "schema_current": {"type": "boolean"},
-                    "uptime_seconds": {"type": "number"}, "pid": {"type": "integer"},
-                }}}}}},
-        }
-    },
-}

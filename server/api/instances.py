@@ -1,8 +1,9 @@
 """GET /api/instances: every instance, its programs and their last heartbeat; stale ones flagged."""
 
-from server.api.common import check_params
-from server.core import config
 from server.api.pages import fetch_text, send_json_text
+from server.api.spec import Reply, Shape, operation
+from server.core import config
+from server.core.values import Timestamp
 
 # stale_after comes from the configuration (instances.stale_after).
 SQL = """
@@ -38,59 +39,37 @@ def _listing(db) -> str:
     return fetch_text(db, SQL, {"stale_after": stale_after})
 
 
+_PROGRAM = {
+    "type": "object",
+    "required": ["program", "last_seen", "started_at", "stale", "info"],
+    "properties": {
+        "program": {"type": "string"}, "pid": {"type": ["integer", "null"]},
+        "hostname": {"type": ["string", "null"]}, "version": {"type": ["string", "null"]},
+        "started_at": Timestamp().schema(), "last_seen": Timestamp().schema(), "stale": {"type": "boolean"},
+        "info": {"type": "object"},
+    },
+}
+
+INSTANCE = Shape("Instance", {
+    "type": "object",
+    "required": ["instance_id", "stale", "last_seen", "programs"],
+    "properties": {"instance_id": {"type": "string"}, "stale": {"type": "boolean"},
+                   "last_seen": Timestamp().schema(), "programs": {"type": "array", "items": _PROGRAM}},
+})
+
+
 class Instances:
     def __init__(self, ctx):
         self.ctx = ctx
 
-    async def on_get(self, req, resp):
-        check_params(req, set())
-        text = await self.ctx.run(_listing, self.ctx.db)
-        send_json_text(resp, text)
-
-
-def register(app, ctx) -> None:
-    app.add_route("/api/instances", Instances(ctx))
-
-
-_TIME = {"type": "string", "format": "date-time"}
-
-OPENAPI = {
-    "/api/instances": {
-        "get": {
-            "summary": "Every instance and its programs",
-            "description": "Each long-running program heartbeats every few seconds; one not seen for "
+    @operation("Every instance and its programs", tags=["instances"],
+               description="Each long-running program heartbeats every few seconds; one not seen for "
                            "instances.stale_after seconds (configuration) is stale, and an instance is stale "
                            "when all its programs are.",
-            "tags": ["instances"],
-            "responses": {
-                "200": {"description": "The instances", "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["stale_after", "instances"],
-                    "properties": {
-                        "stale_after": {"type": "integer"},
-                        "instances": {"type": "array", "items": {"$ref": "#/components/schemas/Instance"}},
-                    }}}}},
-            },
-        }
-    }
-}
-
-SCHEMAS = {
-    "Instance": {
-        "type": "object",
-        "required": ["instance_id", "stale", "last_seen", "programs"],
-        "properties": {
-            "instance_id": {"type": "string"},
-            "stale": {"type": "boolean"},
-            "last_seen": _TIME,
-            "programs": {"type": "array", "items": {
-                "type": "object",
-                "required": ["program", "last_seen", "started_at", "stale", "info"],
-                "properties": {
-                    "program": {"type": "string"}, "pid": {"type": ["integer", "null"]},
-                    "hostname": {"type": ["string", "null"]}, "version": {"type": ["string", "null"]},
-                    "started_at": _TIME, "last_seen": _TIME, "stale": {"type": "boolean"},
-                    "info": {"type": "object"},
-                }}},
-        },
-    }
-}
+               responses={200: Reply("The instances", {
+                   "type": "object", "required": ["stale_after", "instances"],
+                   "properties": {"stale_after": {"type": "integer"},
+                                  "instances": {"type": "array", "items": INSTANCE}}})})
+    async def on_get(self, req, resp):
+        text = await self.ctx.run(_listing, self.ctx.db)
+        send_json_text(resp, text)

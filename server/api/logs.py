@@ -1,8 +1,9 @@
 """GET /api/logs: stored log records, newest first, filtered and paginated."""
 
-from server.api.common import check_params, int_between, param, timestamp
 from server.api.pages import (cursor_int, cursor_sql, cursor_time, decode_cursor, fetch_text, like_escape,
-                              send_json_text, text_param, utc_json)
+                              send_json_text, utc_json)
+from server.api.spec import Query, Reply, Shape, operation
+from server.core.values import AnyText, Choice, Integer, Text, Timestamp
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -36,51 +37,43 @@ SELECT json_build_object(
 )::text
 """
 
-FILTERS = {"level", "instance", "program", "since", "until", "text", "limit", "cursor"}
+LOG_RECORD = Shape("LogRecord", {
+    "type": "object",
+    "required": ["ts", "level", "instance", "program", "message"],
+    "properties": {
+        "ts": Timestamp().schema(), "level": {"type": "string"}, "instance": {"type": "string"},
+        "program": {"type": "string"}, "pid": {"type": ["integer", "null"]},
+        "logger": {"type": ["string", "null"]}, "message": {"type": "string"},
+        "extras": {"type": ["object", "null"]}, "exc": {"type": ["string", "null"]},
+    },
+})
+
+PAGE = {"type": "object", "required": ["logs", "next_cursor"],
+        "properties": {"logs": {"type": "array", "items": LOG_RECORD}, "next_cursor": {"type": ["string", "null"]}}}
 
 
-def level_at_least(raw: str) -> list[str]:
-    """The named level and every level above it."""
-    name = raw.strip().upper()
-    if name not in LEVELS:
-        raise ValueError(f"expected one of {', '.join(l.lower() for l in LEVELS)}, got {raw!r}")
-    return list(LEVELS[LEVELS.index(name):])
-
-
-def text_filter(raw: str) -> str:
-    if len(raw) > 200:
-        raise ValueError("expected at most 200 characters")
-    return raw
-
-
-def list_query(req) -> tuple[str, dict]:
-    """The SQL and parameters of one page of GET /api/logs from the query string."""
-    check_params(req, FILTERS)
+def list_query(query) -> tuple[str, dict]:
+    """The SQL and parameters of one page of GET /api/logs from its checked query parameters."""
     where = []
-    params = {"limit": param(req, "limit", int_between(1, MAX_LIMIT), DEFAULT_LIMIT), "skip": 0, "c_ts": None}
-    levels = param(req, "level", level_at_least)
-    if levels:
+    params = {"limit": query["limit"], "skip": 0, "c_ts": None}
+    if query["level"]:
         where.append("level = ANY(%(levels)s)")
-        params["levels"] = levels
+        params["levels"] = list(LEVELS[LEVELS.index(query["level"].upper()):])  # the level and those above
     for name in ("instance", "program"):
-        value = param(req, name, str)
-        if value:
+        if query[name]:
             where.append(f"{name} = %({name})s")
-            params[name] = value
-    since, until = param(req, "since", timestamp), param(req, "until", timestamp)
-    if since is not None:
+            params[name] = query[name]
+    if query["since"] is not None:
         where.append("ts >= %(since)s")
-        params["since"] = since
-    if until is not None:
+        params["since"] = query["since"]
+    if query["until"] is not None:
         where.append("ts < %(until)s")
-        params["until"] = until
-    text = text_param(req, "text", text_filter)
-    if text:
+        params["until"] = query["until"]
+    if query["text"]:
         where.append("message ILIKE %(text)s")
-        params["text"] = "%" + like_escape(text) + "%"
-    raw_cursor = param(req, "cursor", str)
-    if raw_cursor:
-        ts, skip = decode_cursor(raw_cursor)[:2]
+        params["text"] = "%" + like_escape(query["text"]) + "%"
+    if query["cursor"]:
+        ts, skip = decode_cursor(query["cursor"])[:2]
         params["c_ts"], params["skip"] = cursor_time(ts), cursor_int(skip)
         where.append("ts <= %(c_ts)s")
     sql = LIST_SQL.format(where=("WHERE " + " AND ".join(where)) if where else "")
@@ -91,58 +84,16 @@ class Logs:
     def __init__(self, ctx):
         self.ctx = ctx
 
+    @operation("Stored log records, newest first", tags=["logs"], query=[
+        Query("level", Choice(tuple(level.lower() for level in LEVELS)), "This level and above."),
+        Query("instance", AnyText(), "Only this instance."),
+        Query("program", AnyText(), "Only this program."),
+        Query("since", Timestamp(), "At or after this time."),
+        Query("until", Timestamp(), "Before this time."),
+        Query("text", Text(max_length=200), "Messages containing this text (case-insensitive)."),
+        Query("limit", Integer(1, MAX_LIMIT), "Records per page.", DEFAULT_LIMIT),
+        Query("cursor", AnyText(), "The next_cursor of the previous page."),
+    ], responses={200: Reply("One page of log records", PAGE)})
     async def on_get(self, req, resp):
-        sql, params = list_query(req)
+        sql, params = list_query(req.context.query)
         send_json_text(resp, await self.ctx.run(fetch_text, self.ctx.db, sql, params))
-
-
-def register(app, ctx) -> None:
-    app.add_route("/api/logs", Logs(ctx))
-
-
-def _query(name: str, description: str, schema: dict) -> dict:
-    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
-
-
-_TIME = {"type": "string", "format": "date-time"}
-
-OPENAPI = {
-    "/api/logs": {
-        "get": {
-            "summary": "Stored log records, newest first",
-            "tags": ["logs"],
-            "parameters": [
-                _query("level", "This level and above.", {"type": "string", "enum": [l.lower() for l in LEVELS]}),
-                _query("instance", "Only this instance.", {"type": "string"}),
-                _query("program", "Only this program.", {"type": "string"}),
-                _query("since", "At or after this time.", _TIME),
-                _query("until", "Before this time.", _TIME),
-                _query("text", "Messages containing this text (case-insensitive).",
-                       {"type": "string", "maxLength": 200}),
-                _query("limit", f"Records per page (default {DEFAULT_LIMIT}).",
-                       {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
-                _query("cursor", "The next_cursor of the previous page.", {"type": "string"}),
-            ],
-            "responses": {
-                "200": {"description": "One page of log records", "content": {"application/json": {"schema": {
-                    "type": "object", "required": ["logs", "next_cursor"],
-                    "properties": {
-                        "logs": {"type": "array", "items": {"$ref": "#/components/schemas/LogRecord"}},
-                        "next_cursor": {"type": ["string", "null"]}}}}}},
-            },
-        }
-    }
-}
-
-SCHEMAS = {
-    "LogRecord": {
-        "type": "object",
-        "required": ["ts", "level", "instance", "program", "message"],
-        "properties": {
-            "ts": _TIME, "level": {"type": "string"}, "instance": {"type": "string"},
-            "program": {"type": "string"}, "pid": {"type": ["integer", "null"]},
-            "logger": {"type": ["string", "null"]}, "message": {"type": "string"},
-            "extras": {"type": ["object", "null"]}, "exc": {"type": ["string", "null"]},
-        },
-    }
-}

@@ -4,8 +4,11 @@
 import falcon
 
 from maintenance import registry
+from server.api.common import dumps
+from server.api.events import EVENT
+from server.api.spec import Body, Field, Query, Reply, operation
 from server.core import config, events, times
-from server.api.common import check_params, dumps, int_between, param, parse_json
+from server.core.values import Integer, ListOf, Text, Timestamp, Uuid
 
 LAST_RUNS = 10
 
@@ -55,19 +58,26 @@ def request_run(db, names: list[str] | None) -> tuple[str, bool]:
     return event_id, True
 
 
-def _task_names(body) -> list[str] | None:
-    if not isinstance(body, dict):
-        raise falcon.HTTPBadRequest(title="Invalid body",
-                                    description="expected a JSON object such as {\"tasks\": [...]}")
-    unknown = sorted(set(body) - {"tasks"})
-    if unknown:
-        raise falcon.HTTPBadRequest(title="Invalid body", description=f"unknown field '{unknown[0]}'; allowed: tasks")
-    if "tasks" not in body:
+OVERVIEW = {
+    "type": "object",
+    "required": ["enabled", "time", "timezone", "next_run", "tasks", "running", "last_runs"],
+    "properties": {
+        "enabled": {"type": "boolean"},
+        "time": {"type": "string", "example": "03:00"},
+        "timezone": {"type": "string"},
+        "next_run": {**Timestamp().schema(), "type": ["string", "null"]},
+        "tasks": {"type": "array", "items": {"type": "object"}},
+        "running": {"oneOf": [EVENT, {"type": "null"}]},
+        "pending_requests": {"type": "array", "items": Uuid().schema()},
+        "last_runs": {"type": "array", "items": EVENT},
+    },
+}
+
+
+def _task_names(names: list[str] | None) -> list[str] | None:
+    """Known task names in the registry's order, each once; an unknown one is a 400 naming it."""
+    if names is None:
         return None
-    names = body["tasks"]
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise falcon.HTTPBadRequest(title="Invalid body",
-                                    description="'tasks': expected a non-empty list of task names")
     known = [t.name for t in registry.tasks()]
     for name in names:
         if name not in known:
@@ -81,78 +91,29 @@ class Maintenance:
     def __init__(self, ctx):
         self.ctx = ctx
 
+    @operation("Maintenance configuration, next scheduled run, running and last runs", tags=["maintenance"],
+               query=[Query("last", Integer(1, 100), "How many of the last runs.", LAST_RUNS)],
+               responses={200: Reply("The maintenance overview", OVERVIEW)})
     async def on_get(self, req, resp):
-        check_params(req, {"last"})
-        last = param(req, "last", int_between(1, 100), LAST_RUNS)
         resp.content_type = falcon.MEDIA_JSON
-        resp.text = dumps(await self.ctx.run(overview, self.ctx.db, last))
+        resp.text = dumps(await self.ctx.run(overview, self.ctx.db, req.context.query["last"]))
 
 
 class Run:
     def __init__(self, ctx):
         self.ctx = ctx
 
+    @operation("Ask a maintenance daemon to run the procedure now", tags=["maintenance"],
+               body=Body("Which tasks; without a body, every enabled one", required=False, fields=[
+                   Field("tasks", ListOf(Text(max_length=100), min_items=1), "Task names, in any order."),
+               ], example={"tasks": ["vacuum"]}),
+               responses={202: Reply("The request, an event of topic server.maintenance.request", {
+                   "type": "object", "required": ["id", "status"],
+                   "properties": {"id": Uuid().schema(), "status": {"type": "string"}, "created": {"type": "boolean"}},
+               })})
     async def on_post(self, req, resp):
-        check_params(req, set())
-        raw = await req.stream.read()
-        names = _task_names(parse_json(raw) if raw.strip() else {})
+        names = _task_names(req.context.body.get("tasks"))
         event_id, created = await self.ctx.run(request_run, self.ctx.db, names)
         resp.status = falcon.HTTP_202
         resp.location = f"/api/events/{event_id}"
         resp.media = {"id": event_id, "status": "pending", "created": created}
-
-
-def register(app, ctx) -> None:
-    app.add_route("/api/maintenance", Maintenance(ctx))
-    app.add_route("/api/maintenance/run", Run(ctx))
-
-
-_ERROR = {"$ref": "#/components/schemas/Error"}
-OPENAPI = {
-    "/api/maintenance": {
-        "get": {
-            "summary": "Maintenance configuration, next scheduled run, running and last runs",
-            "tags": ["maintenance"],
-            "parameters": [
-                {"name": "last", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100,
-                                                            "default": LAST_RUNS}},
-            ],
-            "responses": {
-                "200": {"description": "The maintenance overview", "content": {"application/json": {"schema": {
-                    "type": "object",
-                    "required": ["enabled", "time", "timezone", "next_run", "tasks", "running", "last_runs"],
-                    "properties": {
-                        "enabled": {"type": "boolean"},
-                        "time": {"type": "string", "example": "03:00"},
-                        "timezone": {"type": "string"},
-                        "next_run": {"type": ["string", "null"], "format": "date-time"},
-                        "tasks": {"type": "array", "items": {"type": "object"}},
-                        "running": {"oneOf": [{"$ref": "#/components/schemas/Event"}, {"type": "null"}]},
-                        "pending_requests": {"type": "array", "items": {"type": "string"}},
-                        "last_runs": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
-                    },
-                }}}},
-                "400": {"description": "Bad query parameter", "content": {"application/json": {"schema": _ERROR}}},
-            },
-        }
-    },
-    "/api/maintenance/run": {
-        "post": {
-            "summary": "Ask a maintenance daemon to run the procedure now",
-            "tags": ["maintenance"],
-            "requestBody": {"required": False, "content": {"application/json": {"schema": {
-                "type": "object", "additionalProperties": False,
-                "properties": {"tasks": {"type": "array", "minItems": 1, "items": {"type": "string"}}},
-            }}}},
-            "responses": {
-                "202": {"description": "The request, an event of topic server.maintenance.request",
-                        "content": {"application/json": {"schema": {
-                            "type": "object", "required": ["id", "status"],
-                            "properties": {"id": {"type": "string", "format": "uuid"}, "status": {"type": "string"},
-                                           "created": {"type": "boolean"}},
-                        }}}},
-                "400": {"description": "Bad body or unknown task", "content": {"application/json": {"schema": _ERROR}}},
-            },
-        }
-    },
-}

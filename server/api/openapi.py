@@ -1,17 +1,19 @@
-"""GET /api/openapi.json: one OpenAPI 3.1 document merged from every area's description.
+"""GET /api/openapi.json: the OpenAPI 3.1 document of the app's own routes, from each responder's declaration.
 
-Each module in server.app.AREAS may describe its routes with an `OPENAPI`
-dict (or an `openapi()` function) of paths, and its shared schemas with
-`SCHEMAS` (or `schemas()`). What every route has in common is added here once:
-the bearer token and its 401 under /api/, the error responses (400, 404 on
-paths with parameters, 411/413 with a body, 500, 503) and the error shape.
+The routes come from the app's router and each operation from its
+responder's `spec` (server/api/spec.py), so nothing is described twice.
+What every route has in common is added here once: the bearer token and its
+401 on every resource that is not public (decided on the resource, as the app
+decides it), and the error responses (400, 404 on paths with parameters,
+411/413/415 with a body, 500, 503) with the one error shape.
 """
 
-import copy
 import json
+import re
 
+from server.api.common import JSON_TYPES, is_public
+from server.api.spec import Body, Reply, Shape, Upload, operation
 from server.core import VERSION
-from server.api.common import check_params
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -23,6 +25,7 @@ ERROR_SCHEMA = {
                        "description": {"type": ["string", "null"]}},
     }},
 }
+ERROR = Shape("Error", ERROR_SCHEMA)
 
 COMMON_RESPONSES = {
     "BadRequest": "An unknown query parameter, a malformed value or body; the description names it.",
@@ -30,58 +33,113 @@ COMMON_RESPONSES = {
     "NotFound": "Nothing at this path.",
     "LengthRequired": "A body was sent without Content-Length.",
     "PayloadTooLarge": "The request body is larger than this route accepts.",
+    "UnsupportedMediaType": "The body is not in a type this route accepts.",
     "InternalError": "A bug; details are in the server log, never in the response.",
     "Unavailable": "Not ready yet (the schema is not current) or PostgreSQL is unreachable; see Retry-After.",
 }
 
-PUBLIC = ("/api/info",)
-METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+DOCUMENTED = ("GET", "PUT", "POST", "DELETE", "PATCH")  # HEAD is answered wherever GET is, not described twice
 
 
-def _error(description: str) -> dict:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+def _walk(app):
+    """(node, {method: responder}) of every routed resource, for the methods it answers itself."""
+    found = []
+
+    def visit(nodes):
+        for node in nodes:
+            if node.resource is not None:
+                own = {method: responder for method, responder in node.method_map.items()
+                       if getattr(responder, "__self__", None) is node.resource}
+                found.append((node, own))
+            visit(node.children)
+
+    visit(app._router._roots)
+    return sorted(found, key=lambda item: item[0].uri_template)
+
+
+def routes(app) -> list[tuple[str, object, tuple[str, ...]]]:
+    """Every route of the app from its router: (URI template, resource, methods it answers itself)."""
+    return [(node.uri_template, node.resource, tuple(sorted(own))) for node, own in _walk(app)]
+
+
+def _resolve(value, shapes: dict):
+    """A copy of a schema with each Shape replaced by its reference, the shape itself kept in `shapes`."""
+    if isinstance(value, Shape):
+        if value.name not in shapes:
+            shapes[value.name] = {}  # taken, in case a shape refers to itself
+            shapes[value.name] = _resolve(value.schema() if callable(value.schema) else value.schema, shapes)
+        return {"$ref": f"#/components/schemas/{value.name}"}
+    if isinstance(value, dict):
+        return {key: _resolve(item, shapes) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_resolve(item, shapes) for item in value]
+    return value
 
 
 def _ref(name: str) -> dict:
     return {"$ref": f"#/components/responses/{name}"}
 
 
-def _part(module, name: str) -> dict:
-    value = getattr(module, name.lower(), None)
-    if callable(value):
-        return value()
-    return getattr(module, name, None) or {}
+def _reply(status: int, reply, shapes: dict) -> dict:
+    if isinstance(reply, str):
+        # Every error has the one shape; a success described in words has no body (304).
+        reply = Reply(reply, ERROR if status >= 400 else None)
+    found = {"description": reply.help}
+    if reply.schema is not None:
+        found["content"] = {reply.media: {"schema": _resolve(reply.schema, shapes)}}
+    return found
 
 
-def _complete(path: str, method: str, operation: dict) -> dict:
-    operation = copy.deepcopy(operation)
-    operation.setdefault("operationId", method + path.replace("/", "_").replace("{", "").replace("}", ""))
-    responses = operation.setdefault("responses", {})
+def _body(spec_body, resource, shapes: dict) -> dict:
+    if isinstance(spec_body, Upload):
+        types = getattr(resource, "accepts", JSON_TYPES)
+        return {"description": spec_body.help, "required": True,
+                "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in types}}
+    media = {"schema": _resolve(spec_body.schema(), shapes)}
+    if spec_body.example is not None:
+        media["example"] = spec_body.example
+    return {"description": spec_body.help, "required": spec_body.required, "content": {"application/json": media}}
+
+
+def describe(path: str, method: str, resource, spec, shapes: dict) -> dict:
+    """One operation of the document, from the responder's declaration and its resource."""
+    found = {"summary": spec.summary,
+             "operationId": method.lower() + path.replace("/", "_").replace("{", "").replace("}", "")}
+    if spec.description:
+        found["description"] = spec.description
+    if spec.tags:
+        found["tags"] = list(spec.tags)
+    parameters = [param.document() for param in (*spec.path, *spec.query, *spec.headers)]
+    if parameters:
+        found["parameters"] = parameters
+    if spec.body is not None:
+        found["requestBody"] = _body(spec.body, resource, shapes)
+    responses = {str(status): _reply(status, reply, shapes) for status, reply in spec.responses.items()}
     responses.setdefault("400", _ref("BadRequest"))
     if "{" in path:
         responses.setdefault("404", _ref("NotFound"))
-    if "requestBody" in operation:
-        responses.setdefault("411", _ref("LengthRequired"))
-        responses.setdefault("413", _ref("PayloadTooLarge"))
-    if path.startswith("/api/") and path not in PUBLIC:
-        operation.setdefault("security", [{"bearer": []}])
+    if spec.body is not None:
+        for status, name in (("411", "LengthRequired"), ("413", "PayloadTooLarge"), ("415", "UnsupportedMediaType")):
+            responses.setdefault(status, _ref(name))
+    if not is_public(resource):
+        found["security"] = [{"bearer": []}]
         responses.setdefault("401", _ref("Unauthorized"))
     responses.setdefault("500", _ref("InternalError"))
     responses.setdefault("503", _ref("Unavailable"))
-    return operation
+    found["responses"] = dict(sorted(responses.items()))
+    return found
 
 
-def build(areas) -> dict:
-    """The whole document from the areas' descriptions."""
+def build(app) -> dict:
+    """The whole document, from the app's routes and their responders' declarations."""
     paths: dict = {}
-    schemas = {"Error": ERROR_SCHEMA}
-    for module in areas:
-        for path, operations in _part(module, "OPENAPI").items():
-            entry = paths.setdefault(path, {})
-            for method, operation in operations.items():
-                entry[method] = _complete(path, method, operation) if method in METHODS else operation
-        schemas.update(_part(module, "SCHEMAS"))
+    shapes: dict = {}
+    for node, own in _walk(app):
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", node.uri_template)  # {path:path} is {path} in OpenAPI
+        for method in DOCUMENTED:
+            spec = getattr(own.get(method), "spec", None)
+            if spec is not None:
+                paths.setdefault(path, {})[method.lower()] = describe(path, method, node.resource, spec, shapes)
     return {
         "openapi": "3.1.0",
         "info": {"title": "AYON server API", "version": VERSION,
@@ -89,8 +147,8 @@ def build(areas) -> dict:
                                 "Every error is {\"error\": {\"status\", \"title\", \"description\"}}."},
         "paths": dict(sorted(paths.items())),
         "components": {
-            "schemas": schemas,
-            "responses": {name: _error(text) for name, text in COMMON_RESPONSES.items()},
+            "schemas": shapes,
+            "responses": {name: _reply(400, text, shapes) for name, text in COMMON_RESPONSES.items()},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "The admin token (AYON_ADMIN_TOKEN)."}},
         },
@@ -98,29 +156,14 @@ def build(areas) -> dict:
 
 
 class OpenAPI:
-    def __init__(self, ctx):
-        self.ctx = ctx
-        self.text = None  # built once per worker: the areas do not change while it runs
+    def __init__(self, app):
+        self.app = app
+        self.text = None  # built once per worker: the routes do not change while it runs
 
+    @operation("This document", tags=["meta"], responses={
+        200: Reply("The OpenAPI 3.1 description of every route", {"type": "object"})})
     async def on_get(self, req, resp):
-        check_params(req, set())
         if self.text is None:
-            self.text = json.dumps(build(self.ctx.areas))
+            self.text = json.dumps(build(self.app))
         resp.text = self.text
         resp.content_type = "application/json"
-
-
-def register(app, ctx) -> None:
-    app.add_route("/api/openapi.json", OpenAPI(ctx))
-
-
-OPENAPI = {
-    "/api/openapi.json": {
-        "get": {
-            "summary": "This document",
-            "tags": ["meta"],
-            "responses": {"200": {"description": "The OpenAPI 3.1 description of every route",
-                                  "content": {"application/json": {"schema": {"type": "object"}}}}},
-        }
-    }
-}

@@ -3,11 +3,10 @@
 import base64
 import datetime
 import uuid
-from typing import Any, Callable
+from typing import Any
 
 import falcon
 
-from server.api.common import param
 from server.core.db import Connection, Database, execute_prepared
 
 
@@ -56,17 +55,6 @@ def cursor_int(value: str, name: str = "cursor") -> int:
         raise falcon.HTTPBadRequest(title="Invalid query parameter",
                                     description=f"'{name}': not a cursor returned by a previous page")
     return int(value)
-
-
-def text_param(req, name: str, convert: Callable[[str], Any], default: Any = None) -> Any:
-    """A text filter checked by `convert`; empty means not given (typed values use common.param)."""
-    raw = param(req, name, str)
-    if raw is None:
-        return default
-    try:
-        return convert(raw)
-    except ValueError as exc:
-        raise falcon.HTTPBadRequest(title="Invalid query parameter", description=f"'{name}': {exc}") from None
 
 
 def fetch_text(db: Database, sql: str, params: Any = None) -> str | None:

@@ -19,10 +19,13 @@ import time
 import falcon
 from falcon.asgi import SSEvent
 
+from server.api.events import TOPIC_FILTER
+from server.api.pages import cursor_time, cursor_uuid, decode_cursor, like_escape
+from server.api.spec import Header, Query, Reply, operation
 from server.core import events
-from server.api.common import check_params
-from server.api.pages import cursor_time, cursor_uuid, decode_cursor, like_escape, text_param
 from server.core.db import BROKEN, connect
+from server.core.errors import first_line
+from server.core.values import AnyText, ListOf
 
 log = logging.getLogger("ayon.stream")
 
@@ -45,15 +48,6 @@ def watch_worker(worker) -> None:
 
 def shutting_down() -> bool:
     return _worker is not None and not _worker.alive
-
-
-def topic_patterns(raw: str) -> list[str]:
-    """Comma-separated exact topics or prefixes ending in '*'."""
-    found = [t.strip() for t in raw.split(",") if t.strip()]
-    for topic in found:
-        if "*" in topic[:-1]:
-            raise ValueError(f"expected exact topics or prefixes ending in '*' such as 'server.*', got {topic!r}")
-    return found
 
 
 def matches(topic: str, patterns: list[str]) -> bool:
@@ -116,7 +110,7 @@ class Broker:
             except BROKEN as exc:
                 delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
                 if attempt == 0:
-                    log.warning("event stream: cannot LISTEN, retrying: %s", str(exc).strip().splitlines()[:1])
+                    log.warning("event stream: cannot LISTEN, retrying: %s", first_line(exc))
                 attempt += 1
                 await asyncio.sleep(delay)
         self.fd = self.conn.fileno()  # kept: a dead connection can no longer tell its socket
@@ -269,15 +263,26 @@ def _decode(payload: str):
         return None
 
 
+STREAM = operation(
+    "Live events (Server-Sent Events)", tags=["events"],
+    description="Each message's data is {id, topic, status, description, updated_at} as JSON and its id a "
+                "cursor: reconnect with the Last-Event-ID header to replay what changed since. A comment line "
+                f"is sent every {int(HEARTBEAT_SECONDS)} s when nothing happens.",
+    query=[Query("topic", ListOf(TOPIC_FILTER), "Comma-separated exact topics or prefixes ending in '*'.")],
+    headers=[Header("Last-Event-ID", AnyText(), "The id of the last message received: replay from there.")],
+    responses={200: Reply("An endless text/event-stream", {"type": "string"}, "text/event-stream")},
+)
+
+
 class EventStream:
     def __init__(self, ctx, heartbeat: float | None = None):
         self.ctx = ctx
         self.heartbeat = HEARTBEAT_SECONDS if heartbeat is None else heartbeat
         self.broker = None
 
+    @STREAM
     async def on_get(self, req, resp):
-        check_params(req, {"topic"})
-        patterns = text_param(req, "topic", topic_patterns, [])
+        patterns = req.context.query["topic"] or []
         cursor = self._last_event_id(req)
         if self.broker is None:
             self.broker = Broker(self.ctx)
@@ -296,20 +301,19 @@ class EventStream:
         resp.set_header("Cache-Control", "no-store")
         resp.set_header("X-Accel-Buffering", "no")  # proxies must not hold the stream back
 
+    @STREAM
     async def on_head(self, req, resp):
         # The headers a stream would start with, without subscribing.
-        check_params(req, {"topic"})
-        text_param(req, "topic", topic_patterns, [])
         self._last_event_id(req)
         resp.content_type = "text/event-stream"
         resp.set_header("Cache-Control", "no-store")
 
     @staticmethod
     def _last_event_id(req):
-        raw = req.get_header("Last-Event-ID")
+        raw = (req.context.headers["Last-Event-ID"] or "").strip()
         if not raw:
             return None
-        parts = decode_cursor(raw.strip(), "Last-Event-ID")
+        parts = decode_cursor(raw, "Last-Event-ID")
         return cursor_time(parts[0], "Last-Event-ID"), cursor_uuid(parts[1], "Last-Event-ID")
 
     async def on_shutdown(self):
@@ -317,13 +321,7 @@ class EventStream:
             self.broker.close()
 
 
-def register(app, ctx) -> None:
-    resource = EventStream(ctx)
-    app.add_route("/api/events/stream", resource)
-    app.add_middleware(_Shutdown(resource))
-
-
-class _Shutdown:
+class Shutdown:
     """Closes the worker's LISTEN connection at ASGI lifespan shutdown."""
 
     def __init__(self, resource):
@@ -331,26 +329,3 @@ class _Shutdown:
 
     async def process_shutdown(self, scope, event):
         await self.resource.on_shutdown()
-
-
-OPENAPI = {
-    "/api/events/stream": {
-        "get": {
-            "summary": "Live events (Server-Sent Events)",
-            "description": "Each message's data is {id, topic, status, description, updated_at} as JSON and its "
-                           "id a cursor: reconnect with the Last-Event-ID header to replay what changed since. "
-                           f"A comment line is sent every {int(HEARTBEAT_SECONDS)} s when nothing happens.",
-            "tags": ["events"],
-            "parameters": [
-                {"name": "topic", "in": "query", "required": False, "schema": {"type": "string"},
-                 "description": "Comma-separated exact topics or prefixes ending in '*'."},
-                {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
-                 "description": "The id of the last message received: replay from there."},
-            ],
-            "responses": {
-                "200": {"description": "An endless text/event-stream",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-            },
-        }
-    }
-}
