@@ -12,6 +12,7 @@ import psycopg2
 from maintenance import registry
 from server.core import config, events
 from server.core.db import BROKEN, Database, connect, try_advisory_lock
+from server.core.errors import first_line
 
 LOCK = "ayon.maintenance"
 SHUTDOWN = "interrupted by shutdown"
@@ -240,8 +241,7 @@ class Runner:
         if self.stop.is_set() and (error is not None or worker.is_alive()):
             return self._result(task.name, "failed", duration, outcome.get("rows"), error=SHUTDOWN)
         if error is not None:
-            text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            return self._result(task.name, "failed", duration, outcome.get("rows"), error=text)
+            return self._result(task.name, "failed", duration, outcome.get("rows"), error=first_line(error))
         rows = outcome.get("rows")
         return self._result(task.name, "finished", duration, rows if isinstance(rows, int) else 0)
 

@@ -23,6 +23,7 @@ import psycopg2.extras
 from server.core.program import Daemon
 from server.core import layout, logspool, migrations
 from server.core.db import BROKEN
+from server.core.errors import first_line
 
 BATCH_BYTES = 4 * 1024 * 1024  # per transaction
 POLL = 0.1  # seconds between looks at an idle spool: bounds the spool-to-table latency
@@ -37,11 +38,6 @@ class SpoolFile:
     name: str
     size: int
     mtime: float
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 class Logcollector(Daemon):

@@ -16,7 +16,7 @@ import psycopg2.extensions
 import psycopg2.extras
 from psycopg2 import sql
 
-from server.core.errors import DatabaseUnavailable
+from server.core.errors import DatabaseUnavailable, first_line
 
 log = logging.getLogger("ayon.db")
 
@@ -198,6 +198,9 @@ def try_advisory_lock(conn, name: str) -> bool:
     return taken
 
 
+_SERVER_PREFIX = re.compile(r"^connection to server (at|on) .*? failed: ")
+
+
 def wait_for_postgres(url: str, timeout: float, say: Callable[[str], None], every: float = 3.0) -> None:
     """Poll until the server at `url` accepts connections; a progress line every few seconds."""
     start = time.monotonic()
@@ -209,8 +212,8 @@ def wait_for_postgres(url: str, timeout: float, say: Callable[[str], None], ever
             connect(server_url, "ayon-wait", timeout=max(1, min(3, int(timeout)))).close()
             return
         except psycopg2.OperationalError as exc:
-            reason = (str(exc).strip().splitlines() or ["no answer"])[-1]
-            reason = reason.removeprefix("connection to server at ").strip()
+            # The line already names the server: what is left says why (Connection refused, FATAL: ...).
+            reason = _SERVER_PREFIX.sub("", first_line(exc))
         now = time.monotonic()
         waited = now - start
         if waited >= timeout:

@@ -8,6 +8,7 @@ import threading
 
 from server.core import VERSION
 from server.core.db import BROKEN, Database
+from server.core.errors import first_line
 
 log = logging.getLogger("ayon.heartbeat")
 
@@ -43,7 +44,7 @@ class Heartbeat(threading.Thread):
                 self.failing = False
             except BROKEN as exc:
                 if not self.failing:
-                    log.warning("heartbeat failed, will retry: %s", str(exc).strip().splitlines()[0])
+                    log.warning("heartbeat failed, will retry: %s", first_line(exc))
                 self.failing = True
             except Exception:
                 log.exception("heartbeat failed")

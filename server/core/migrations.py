@@ -11,7 +11,7 @@ from typing import Callable
 import psycopg2
 
 from server.core import db
-from server.core.errors import DatabaseUnavailable, SchemaError
+from server.core.errors import DatabaseUnavailable, SchemaError, first_line
 
 log = logging.getLogger("ayon.migrations")
 
@@ -104,8 +104,8 @@ def migrate(url: str, say: Callable[[str], None] = log.info, directory: Path = M
                             (migration.version, migration.name, migration.sha256),
                         )
                 except psycopg2.Error as exc:
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    raise SchemaError(f"migration {migration.filename} failed, nothing of it applied: {first}") from exc
+                    raise SchemaError(f"migration {migration.filename} failed, nothing of it applied: "
+                                      f"{first_line(exc)}") from exc
                 say(f"applied migration {migration.filename} ({(time.monotonic() - started) * 1000:.0f} ms)")
             return len(pending)
     finally:
@@ -151,7 +151,7 @@ def wait_until_current(
             if "does not know" in reason or "was edited" in reason:
                 raise SchemaError(reason)
         except db.BROKEN as exc:
-            reason = (str(exc).strip().splitlines() or ["no answer"])[0]
+            reason = first_line(exc)
         waited = time.monotonic() - start
         if waited >= timeout:
             raise DatabaseUnavailable(
