@@ -1,15 +1,15 @@
 """The setup process: wait for PostgreSQL, create the database, migrate, seed the configuration."""
 
-import sys
 import time
-from pathlib import Path
 
 import psycopg2
 
-from server.core.program import open_database, start
+import maintenance  # noqa: F401  (declares the tasks' configuration keys, which the file and the seed use)
 from procs.watchdog import error_file
 from server.core import auth, config, db, embedded_pg, layout, migrations
-from server.core.errors import AyonError, run_main
+from server.core.errors import AyonError, first_line, run_main
+from server.core.program import open_database, start
+
 
 def main() -> int:
     values, log = start("setup")
@@ -31,7 +31,7 @@ def prepare_embedded(values, log) -> None:
     try:
         changes = embedded_pg.ensure_owner(superuser, values.data_dir)
     except psycopg2.Error as exc:
-        raise AyonError(f"embedded PostgreSQL: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}") from None
+        raise AyonError(f"embedded PostgreSQL: {first_line(exc)}") from None
     for change in changes:
         log.info("%s", change)
 

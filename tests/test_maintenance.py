@@ -22,6 +22,9 @@ LAUNCHER = textwrap.dedent("""
     extra, offset = sys.argv.pop(1), float(sys.argv.pop(1))
     if extra:
         maintenance.tasks.__path__.append(extra)
+        from maintenance import registry
+        from server.core import config
+        config.declare(registry.config_fields())  # the added tasks' switches and options
     if offset:
         import datetime, types, maintenance.scheduler
         class Shifted(datetime.datetime):
