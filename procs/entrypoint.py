@@ -8,10 +8,12 @@ written or started: a bad one is one `Error:` line and exit 2. With arguments
 import os
 import sys
 
+import maintenance  # noqa: F401  (declares the tasks' configuration keys, which AYON_CONFIG_FILE may set)
 from procs import supervisor
 from server.core import config
 from server.core import settings as settings_mod
 from server.core.errors import run_main
+from server.core.logs import setup_logging
 
 # Programs run in the checkout's folder, not the caller's: relative paths are passed on resolved.
 PATHS = ("AYON_DATA_DIR", "AYON_SUPERVISOR_CONF", "AYON_CONFIG_FILE")
@@ -41,7 +43,9 @@ def main() -> int:
         os.execv(sys.executable, [sys.executable, "-m", "procs.setup"])
     conf = supervisor.write(values, values.supervisor_conf)
     names = ", ".join(p.name for p in supervisor.programs(values))
-    print(f"entrypoint: roles {', '.join(values.roles)}; programs {names}; config {conf}", flush=True)
+    # On stdout only, like supervisord's own lines: the logs table holds the programs' records.
+    log = setup_logging("entrypoint", values, spool=False)
+    log.info("roles %s; programs %s; config %s", ", ".join(values.roles), names, conf)
     os.execv(sys.executable, [sys.executable, "-m", "procs.supervisord", str(conf), str(supervisor.run_dir(values))])
     return 0  # not reached
 
