@@ -14,6 +14,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -68,7 +69,7 @@ def prepare(values, log) -> list[str]:
     )
 
 
-def make_way(datadir: Path, port: int, say=print) -> None:
+def make_way(datadir: Path, port: int, say: Callable[[str], None]) -> None:
     """Clear what a crashed instance left (a stale postmaster.pid, an orphaned server), or say what holds the data or port."""
     datadir = Path(datadir)
     pidfile = datadir / "postmaster.pid"

@@ -26,13 +26,15 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 from urllib.parse import quote
 
 import psycopg2
 from psycopg2 import sql
 
-from server.core.errors import AyonError
 from server.core import layout
+from server.core.db import connect, with_database
+from server.core.errors import AyonError
 from server.core.lifetime import hold
 
 PG_USER = "embedded_postgres"
@@ -146,7 +148,7 @@ def scram_verifier(secret: str, iterations: int = 4096) -> str:
 # --- the cluster ------------------------------------------------------------------
 
 
-def initdb(datadir: Path, superuser_password: str, say=print) -> bool:
+def initdb(datadir: Path, superuser_password: str, say: Callable[[str], None]) -> bool:
     """Initialize `datadir` unless it holds a cluster already; True when initialized now."""
     datadir = Path(datadir)
     if (datadir / "PG_VERSION").exists():
@@ -225,7 +227,7 @@ def wait_ready(server_url: str, timeout: float = 30.0, proc: subprocess.Popen | 
     deadline = time.monotonic() + timeout
     while True:
         try:
-            psycopg2.connect(server_url, connect_timeout=2).close()
+            connect(server_url, "ayon-wait", timeout=2).close()
             return
         except psycopg2.OperationalError:
             if proc is not None and proc.poll() is not None:
@@ -246,7 +248,7 @@ def ensure_owner(superuser_url: str, data_dir: str | Path) -> list[str]:
     """
     verifier = scram_verifier(password(data_dir, OWNER))
     done = []
-    conn = psycopg2.connect(superuser_url, connect_timeout=5, application_name="ayon-setup")
+    conn = connect(superuser_url, "ayon-setup")
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
@@ -284,9 +286,7 @@ def ensure_owner(superuser_url: str, data_dir: str | Path) -> list[str]:
 
 def _hand_over_objects(superuser_url: str) -> None:
     """Every table, sequence and function of the database's public schema to the owner."""
-    from server.core.db import with_database
-
-    conn = psycopg2.connect(with_database(superuser_url, DATABASE), connect_timeout=5)
+    conn = connect(with_database(superuser_url, DATABASE), "ayon-setup")
     try:
         with conn, conn.cursor() as cur:
             owner = sql.Identifier(OWNER)
