@@ -7,7 +7,6 @@ the server role GET /health/ready must answer 200. One line on stdout says
 what is wrong; exit 1 then.
 """
 
-import os
 import sys
 import urllib.error
 import urllib.request
@@ -15,7 +14,7 @@ import urllib.request
 from procs import supervisor
 from procs.watchdog import SETUP_DONE
 from server.core import settings as settings_mod
-from server.core.errors import ConfigError
+from server.core.errors import ConfigError, first_line
 
 HTTP_TIMEOUT = 5
 
@@ -74,12 +73,11 @@ def main() -> int:
         # Setup alone runs in the foreground: the container's exit code is its verdict.
         return 0
     expected = [p.name for p in supervisor.programs(values)]
-    conf = os.environ.get("AYON_SUPERVISOR_CONF") or str(values.supervisor_conf)
     try:
         setup_done = (supervisor.run_dir(values) / SETUP_DONE).exists()
-        problems = program_problems(expected, program_states(conf), setup_done)
+        problems = program_problems(expected, program_states(values.supervisor_conf), setup_done)
     except Exception as exc:  # the socket is missing, refused, or the config unreadable
-        problems = [f"supervisord does not answer: {exc}"]
+        problems = [f"supervisord does not answer: {first_line(exc)}"]
     if not problems and values.run_server:
         problem = ready_problem(values.http_bind)
         problems += [problem] if problem else []

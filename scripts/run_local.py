@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from procs.lifeline import hold
-from server.core import layout
+from server.core import layout, settings
+from server.core.errors import run_main
+from server.core.lifetime import hold
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / ".run"
@@ -78,16 +79,17 @@ def main() -> int:
     env.setdefault("AYON_EMBEDDED_PG_PORT", "54329")
     env.setdefault("AYON_ADMIN_TOKEN", admin_token())
     env.setdefault("AYON_INSTANCE_ID", "local")
-    other = running_supervisord(env["AYON_DATA_DIR"])
+    values = settings.load(env)  # a bad setting is one line and exit 2, before anything starts
+    other = running_supervisord(values.data_dir)
     if other:
         print(f"make run: already running (supervisord pid {other}); stop it first (Ctrl-C there, or kill {other})",
               file=sys.stderr, flush=True)
         return 1
-    host, _, port = env["AYON_HTTP_BIND"].rpartition(":")
+    host, _, port = values.http_bind.rpartition(":")
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    print(f"make run: all roles on an embedded PostgreSQL, data in {env['AYON_DATA_DIR']}", flush=True)
-    print(f"make run: open http://{shown}:{port}/  admin token: {env['AYON_ADMIN_TOKEN']}", flush=True)
-    print(f"make run: supervisorctl -c {env['AYON_SUPERVISOR_CONF']} status; Ctrl-C stops everything", flush=True)
+    print(f"make run: all roles on an embedded PostgreSQL, data in {values.data_dir}", flush=True)
+    print(f"make run: open http://{shown}:{port}/  admin token: {values.admin_token}", flush=True)
+    print(f"make run: supervisorctl -c {values.supervisor_conf} status; Ctrl-C stops everything", flush=True)
     previous = take_terminal()
     # supervisord stops everything on SIGINT; we only wait for it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -100,4 +102,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
