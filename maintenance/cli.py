@@ -6,11 +6,10 @@ import sys
 import threading
 
 from maintenance import registry
-from maintenance.registry import plan
 from maintenance.runner import Runner
-from server.core.program import open_database, start
 from server.core import config, migrations
 from server.core.errors import Parser, UsageError, run_main
+from server.core.program import open_database, start
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -40,7 +39,7 @@ def list_tasks(settings, log) -> int:
     db = _database(settings, log)
     with db.transaction() as cur:
         doc = config.get(cur)
-    for number, (task, enabled, options) in enumerate(plan(doc), 1):
+    for number, (task, enabled, options) in enumerate(registry.plan(doc), 1):
         print(f"{number:>2}. {task.name:<24} {'on' if enabled else 'off':<4} {task.describe(options)}")
     db.close()
     return 0

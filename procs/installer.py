@@ -19,7 +19,6 @@ from pathlib import Path
 
 from server.core.program import Daemon
 from server.core import archive, events, layout, packages
-from server.core.db import BROKEN
 
 LOCK_FILE = ".installer.lock"
 BACKOFF_BASE = 10  # seconds before the first retry, doubled each attempt

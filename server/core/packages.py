@@ -20,7 +20,6 @@ MANIFEST = "package.yaml"
 MANIFEST_MAX_BYTES = 64 * 1024
 NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")
-SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 class PackageError(AyonError):
