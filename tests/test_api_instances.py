@@ -18,7 +18,7 @@ def test_instances_with_programs_and_stale_flags(client, database):
     assert a["instance_id"] == "a" and a["stale"] is False
     assert [(p["program"], p["stale"]) for p in a["programs"]] == [("installer", True), ("server", False)]
     assert a["programs"][0]["info"] == {"queue_depth": 2}
-    assert a["programs"][1]["pid"] == 10 and a["programs"][1]["last_seen"].endswith("+00:00")
+    assert a["programs"][1]["pid"] == 10 and a["programs"][1]["last_seen"].endswith("Z")
     assert b["instance_id"] == "b" and b["stale"] is True
     # the threshold comes from the configuration
     assert client.simulate_patch("/api/config", json={"instances": {"stale_after": 86400}}).status_code == 200

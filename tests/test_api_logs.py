@@ -40,7 +40,7 @@ def test_filters(client, database):
     assert messages(client, text="%") == ["100% broken_thing"]  # '%' is literal, not a wildcard
     assert messages(client, text="k_n") == []  # so is '_' ("broken" would match it)
     record = client.simulate_get("/api/logs", params={"limit": 1}).json["logs"][0]
-    assert record["ts"] == "2026-01-10T12:00:03+00:00"
+    assert record["ts"] == "2026-01-10T12:00:03.000000Z"
     assert record["level"] == "DEBUG" and record["pid"] == 1 and record["logger"] == "ayon.test"
 
 

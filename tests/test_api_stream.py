@@ -74,7 +74,7 @@ def test_live_events_filter_and_resume(gunicorn, database):
         got = maintenance.data()
         assert [(m["id"], m["status"], m["description"]) for m in got] == [
             (run, "in_progress", "task 1/2: a"), (run, "in_progress", "task 2/2: b"), (run, "finished", "task 2/2: b")]
-        assert got[0]["topic"] == "server.maintenance" and got[0]["updated_at"].endswith("+00:00")
+        assert got[0]["topic"] == "server.maintenance" and got[0]["updated_at"].endswith("Z")
         assert [m["topic"] for m in everything.data()][1] == "action.render"
         first_id = maintenance.messages[0]["id"]
     finally:

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import falcon
 
+from server.core import times
 from server.core.db import Database
 
 # Request bodies are JSON unless a resource declares the types it takes in its own `accepts`.
@@ -39,7 +40,9 @@ def is_public(resource) -> bool:
 
 
 def json_default(value: Any) -> Any:
-    if isinstance(value, (datetime.datetime, datetime.date)):
+    if isinstance(value, datetime.datetime):
+        return times.rfc3339(value)  # the one way the API writes a time
+    if isinstance(value, datetime.date):
         return value.isoformat()
     return str(value)
 

@@ -14,7 +14,7 @@ DEFAULT_LIMIT = 100
 COLUMNS = events.COLUMNS
 
 # The page and the cursor of its last row in one statement. Each event's JSON is
-# rendered when it is written (migration 0004: events.doc, times in UTC), so a
+# rendered when it is written (migrations 0004 and 0005: events.doc, times as rfc3339), so a
 # page is a join of stored texts and Python only passes it on. One row more
 # than asked tells whether there is a next page.
 LIST_SQL = f"""

@@ -1,12 +1,12 @@
 """GET /api/instances: every instance, its programs and their last heartbeat; stale ones flagged."""
 
-from server.api.pages import fetch_text, send_json_text
+from server.api.pages import fetch_text, send_json_text, utc_json
 from server.api.spec import Reply, Shape, operation
 from server.core import config
 from server.core.values import Timestamp
 
 # stale_after comes from the configuration (instances.stale_after).
-SQL = """
+SQL = f"""
 WITH cfg AS (
     SELECT %(stale_after)s::int AS stale_after
 ), beats AS (
@@ -19,13 +19,13 @@ SELECT json_build_object(
         SELECT json_agg(json_build_object(
             'instance_id', instance_id,
             'stale', bool_and_stale,
-            'last_seen', last_seen,
+            'last_seen', {utc_json('last_seen')},
             'programs', programs) ORDER BY instance_id)
         FROM (
             SELECT instance_id, bool_and(stale) AS bool_and_stale, max(last_seen) AS last_seen,
                    json_agg(json_build_object(
                        'program', program, 'pid', pid, 'hostname', hostname, 'version', version,
-                       'started_at', started_at, 'last_seen', last_seen,
+                       'started_at', {utc_json('started_at')}, 'last_seen', {utc_json('last_seen')},
                        'stale', stale, 'info', info) ORDER BY program) AS programs
             FROM beats GROUP BY instance_id
         ) grouped), '[]'::json)

@@ -14,8 +14,8 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # were already shown): the next page skips exactly those.
 ORDER = "ts DESC, instance, program, pid, logger, message"
 
-RECORD_JSON = """json_build_object(
-    'ts', ts, 'level', level, 'instance', instance, 'program', program, 'pid', pid,
+RECORD_JSON = f"""json_build_object(
+    'ts', {utc_json('ts')}, 'level', level, 'instance', instance, 'program', program, 'pid', pid,
     'logger', logger, 'message', message, 'extras', extras, 'exc', exc)"""
 
 LIST_SQL = f"""

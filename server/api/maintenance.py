@@ -13,12 +13,8 @@ from server.core.values import Integer, ListOf, Text, Timestamp, Uuid
 LAST_RUNS = 10
 
 
-def _event(record: dict) -> dict:
-    return {**record, "created_at": times.rfc3339(record["created_at"]), "updated_at": times.rfc3339(record["updated_at"])}
-
-
 def overview(db, last: int) -> dict:
-    """The maintenance configuration, the next scheduled run, the running and the last runs."""
+    """The maintenance configuration, the next scheduled run, the running and the last runs (times written by dumps)."""
     with db.transaction() as cur:
         cfg = config.get(cur)
         section = cfg.maintenance
@@ -33,12 +29,11 @@ def overview(db, last: int) -> dict:
         "enabled": section.enabled,
         "time": section.time,
         "timezone": section.timezone,
-        "next_run": times.rfc3339(times.next_run(times.utc_now(), section.time, section.timezone))
-        if section.enabled else None,
+        "next_run": times.next_run(times.utc_now(), section.time, section.timezone) if section.enabled else None,
         "tasks": tasks,
-        "running": _event(running[0]) if running else None,
+        "running": running[0] if running else None,
         "pending_requests": [p["id"] for p in pending],
-        "last_runs": [_event(r) for r in last_runs],
+        "last_runs": last_runs,
     }
 
 

@@ -144,7 +144,8 @@ def build(app) -> dict:
         "openapi": "3.1.0",
         "info": {"title": "AYON server API", "version": VERSION,
                  "description": "Everything under /api/ except /api/info needs 'Authorization: Bearer <token>'. "
-                                "Every error is {\"error\": {\"status\", \"title\", \"description\"}}."},
+                                "Every error is {\"error\": {\"status\", \"title\", \"description\"}}. "
+                                "Every time is RFC 3339 in UTC, such as 2026-01-31T12:00:00.000000Z."},
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": shapes,

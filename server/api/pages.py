@@ -11,7 +11,7 @@ from server.core.db import Connection, Database, execute_prepared
 
 
 def utc_json(column: str) -> str:
-    """SQL rendering a timestamptz as ISO 8601 in UTC, whatever the session's time zone."""
+    """SQL rendering a timestamptz as the API writes times (times.rfc3339), whatever the session's time zone."""
     return f"""to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 
 

@@ -22,7 +22,7 @@ from falcon.asgi import SSEvent
 from server.api.events import TOPIC_FILTER
 from server.api.pages import cursor_time, cursor_uuid, decode_cursor, like_escape
 from server.api.spec import Header, Query, Reply, operation
-from server.core import events
+from server.core import events, times
 from server.core.db import BROKEN, connect
 from server.core.errors import first_line
 from server.core.values import AnyText, ListOf
@@ -56,18 +56,8 @@ def matches(topic: str, patterns: list[str]) -> bool:
     return any(topic.startswith(p[:-1]) if p.endswith("*") else topic == p for p in patterns)
 
 
-def utc_iso(value: datetime.datetime) -> str:
-    """PostgreSQL's JSON rendering (as in GET /api/events): UTC, trailing zeros of the fraction dropped."""
-    text = value.astimezone(datetime.timezone.utc).isoformat()
-    if "." not in text:
-        return text
-    head, tail = text.split(".")
-    fraction = tail[:6].rstrip("0")
-    return head + ("." + fraction if fraction else "") + tail[6:]
-
-
 def encode_id(updated_at: datetime.datetime, event_id: str) -> str:
-    raw = f"{utc_iso(updated_at)}|{event_id}".encode()
+    raw = f"{times.rfc3339(updated_at)}|{event_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -186,7 +176,7 @@ def replay(db, after: tuple[datetime.datetime, str], patterns: list[str]) -> lis
 
 def message(event_id: str, topic: str, status: str, description: str, updated_at: datetime.datetime) -> SSEvent:
     body = {"id": event_id, "topic": topic, "status": status, "description": description,
-            "updated_at": utc_iso(updated_at)}
+            "updated_at": times.rfc3339(updated_at)}
     return SSEvent(json=body, event_id=encode_id(updated_at, event_id))
 
 
