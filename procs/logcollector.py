@@ -309,9 +309,9 @@ class Logcollector(Daemon):
     def interval(self) -> float:
         return RETRY if self.down else POLL
 
-    def wait(self, seconds: float) -> None:
+    def wait(self) -> None:
         if not self.more:
-            self.stop.wait(seconds)
+            self.stop.wait(self.interval())
 
     def heartbeat_info(self) -> dict:
         files, known = list(self.files), dict(self.known)

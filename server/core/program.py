@@ -55,6 +55,7 @@ class Daemon:
         self.rejected: dict[str, object] = {}  # key -> the refused stored value, reported once
         self.listener = None
         self.listen_failing = False
+        self.last_tick = time.monotonic()
 
     # --- what a program implements ---
 
@@ -130,12 +131,12 @@ class Daemon:
     def _channels(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self.channels + ((events.CONFIG_CHANNEL,) if self.config_keys else ())))
 
-    def wait(self, seconds: float) -> None:
-        """Pause up to `seconds`: a configuration change is applied and the pause goes on; a notification
-        on `channels` that calls for work (or a reconnect, after which one may have been missed) ends it."""
-        deadline = time.monotonic() + seconds
+    def wait(self) -> None:
+        """Pause until the next tick is due (`interval()` after the last one started, re-read as the
+        configuration changes: a shorter interval takes effect at once); a notification on `channels`
+        that calls for work (or a reconnect, after which one may have been missed) ends it sooner."""
         while not self.stop.is_set():
-            remaining = deadline - time.monotonic()
+            remaining = self.last_tick + self.interval() - time.monotonic()
             if remaining <= 0:
                 return
             if not self._channels():
@@ -198,12 +199,13 @@ class Daemon:
         self.prepare()
         self.log.info("%s started", self.program)
         while not self.stop.is_set():
+            self.last_tick = time.monotonic()  # a failed tick is retried after an interval, not at once
             try:
                 self.tick()
             except Exception:
                 self.log.exception("%s: tick failed, will retry", self.program)
             if not self.stop.is_set():
-                self.wait(self.interval())
+                self.wait()
         if self.listener is not None:
             self.listener.close()
         self.log.info("%s stopping on %s", self.program, self.stop_reason or "request")
