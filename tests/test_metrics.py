@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from maintenance import runner
+
 from server.core import events
 from server import metrics
 from tests.apiclient import client, gunicorn, http, wait_for  # noqa: F401  (fixtures)
@@ -133,9 +133,9 @@ def test_the_servers_own_topics_have_their_family(client, database):
     assert client.simulate_patch("/api/config", json={"webactions": {"timeout": 60}}).status_code == 200
     assert client.simulate_post("/api/maintenance/run", json={}).status_code == 202
     assert client.simulate_post("/api/actions", json={"topic": "action.publish"}).status_code == 201
-    events.dispatch(database, runner.TOPIC, status="finished")
+    events.dispatch(database, events.MAINTENANCE, status="finished")
     topics = {row[0] for row in database.fetchall("SELECT DISTINCT topic FROM events")}
-    assert topics == {"server.config_changed", runner.REQUEST_TOPIC, "action.publish", runner.TOPIC}
+    assert topics == {"server.config_changed", events.MAINTENANCE_REQUEST, "action.publish", events.MAINTENANCE}
     figures = samples(client.simulate_get("/metrics").text)
     assert sum(v for (name, labels), v in figures.items()
                if name == "ayon_events" and ("topic_family", "other") in labels) == 0
