@@ -7,9 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client.parser import text_string_to_metric_families
 
-
-from server.core import events
 from server import metrics
+from server.core import events
 from tests.apiclient import client, gunicorn, http, wait_for  # noqa: F401  (fixtures)
 
 
