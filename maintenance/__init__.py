@@ -6,8 +6,7 @@ or validates them imports it: the web app, setup, the entrypoint and the
 procedure itself.
 """
 
-from server.core import config as _config
-
 from maintenance import registry as _registry
+from server.core import config as _config
 
 _config.declare(_registry.config_fields())

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.core.program import Daemon
 from server.core import archive, events, layout, packages
+from server.core.program import Daemon
 
 LOCK_FILE = ".installer.lock"
 BACKOFF_BASE = 10  # seconds before the first retry, doubled each attempt

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import psycopg2
 import psycopg2.extras
 
-from server.core.program import Daemon
 from server.core import layout, logspool, migrations
 from server.core.db import BROKEN
 from server.core.errors import first_line
+from server.core.program import Daemon
 
 BATCH_BYTES = 4 * 1024 * 1024  # per transaction
 POLL = 0.1  # seconds between looks at an idle spool: bounds the spool-to-table latency

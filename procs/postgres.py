@@ -18,11 +18,11 @@ from typing import Callable
 
 import psutil
 
-from server.core.lifetime import hold
-from server.core.program import start
 from procs.watchdog import error_file
 from server.core import embedded_pg, layout
 from server.core.errors import AyonError, run_main
+from server.core.lifetime import hold
+from server.core.program import start
 
 
 def main() -> int:

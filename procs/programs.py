@@ -7,8 +7,8 @@ program is a module (a `server.core.program.Daemon` with three lines of
 """
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 # gunicorn's graceful_timeout is 20 s (server/gunicorn_conf.py); supervisord must wait longer.

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from procs import lifeline
 from procs.programs import Program, programs
+from server.core import layout
 from server.core import settings as settings_mod
 from server.core.errors import ConfigError, Parser, run_main
-from server.core import layout
 
 ROOT = Path(__file__).resolve().parent.parent
 # Each program's output file (for `supervisorctl tail`): capped and rotated once.

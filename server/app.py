@@ -8,7 +8,16 @@ import falcon.asgi
 import psycopg2
 
 from server import metrics
-from server.api import actions, addons, frontend, health, instances, maintenance, openapi, stream
+from server.api import (
+    actions,
+    addons,
+    frontend,
+    health,
+    instances,
+    maintenance,
+    openapi,
+    stream,
+)
 from server.api import config as config_api
 from server.api import events as events_api
 from server.api import logs as logs_api

@@ -2,8 +2,8 @@
 
 import os
 
-from server.core import settings as settings_mod
 from server.core import layout
+from server.core import settings as settings_mod
 
 _settings = settings_mod.load()
 

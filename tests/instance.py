@@ -1,11 +1,9 @@
 """A real instance for tests: `python -m procs.entrypoint` under supervisord."""
 
-import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import psutil

@@ -6,7 +6,6 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import psycopg2
 
 from server.core import db, migrations
 from server.core.embedded_pg import EmbeddedPostgres

@@ -9,8 +9,8 @@ import time
 
 import falcon.testing
 
-from server.core import events
 from server.api import stream as stream_mod
+from server.core import events
 from tests.apiclient import AUTH, assert_error, client, gunicorn, make_app, wait_for  # noqa: F401
 
 

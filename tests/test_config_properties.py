@@ -22,7 +22,9 @@ import psycopg2
 import pytest
 import yaml
 from gunicorn.util import parse_address
-from hypothesis import HealthCheck, event, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, event, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from supervisor.options import ServerOptions
 
 from maintenance.registry import plan

@@ -5,10 +5,10 @@ import re
 import falcon.testing
 import pytest
 
-from server.core import settings as settings_mod
 from server.api import frontend
 from server.api.common import AppContext
 from server.app import create_app
+from server.core import settings as settings_mod
 from server.core.db import Database
 
 

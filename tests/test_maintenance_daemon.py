@@ -10,10 +10,18 @@ import time
 
 import pytest
 
-from server.core import config, events
 from server.api.maintenance import request_run
+from server.core import config, events
 from tests.conftest import ROOT
-from tests.test_maintenance import command, poll, runs, set_config, start_cli, wait_for_task, write_task
+from tests.test_maintenance import (
+    command,
+    poll,
+    runs,
+    set_config,
+    start_cli,
+    wait_for_task,
+    write_task,
+)
 
 LEAD = 6.0  # seconds of real time between a daemon's start and its (shifted) due minute
 

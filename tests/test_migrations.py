@@ -2,7 +2,6 @@
 
 import shutil
 
-import psycopg2
 import pytest
 
 from server.core import db, migrations

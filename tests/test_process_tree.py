@@ -6,7 +6,6 @@ import signal
 import socket
 import subprocess
 import sys
-from procs.programs import names_for
 from pathlib import Path
 
 import psutil
@@ -14,6 +13,7 @@ import psycopg2
 import pytest
 
 from procs import postgres as postgres_program
+from procs.programs import names_for
 from server.core import embedded_pg
 from server.core.embedded_pg import EmbeddedPostgres
 from server.core.errors import AyonError

@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from procs.programs import names_for
 from supervisor.options import ServerOptions
 
 from procs import lifeline, supervisor
+from procs.programs import names_for
 from server.core import settings
 from tests.conftest import ROOT
 

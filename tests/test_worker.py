@@ -12,6 +12,7 @@ import pytest
 from server.worker import BalancedASGIWorker
 from tests.apiclient import TOKEN, Gunicorn, gunicorn, http, wait_for  # noqa: F401  (fixture)
 
+
 class QuickWorker(BalancedASGIWorker):
     """The server's worker with timeouts and bounds small enough for a test."""
 

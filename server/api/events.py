@@ -2,8 +2,16 @@
 
 import falcon
 
-from server.api.pages import (cursor_sql, cursor_time, cursor_uuid, decode_cursor, fetch_text, like_escape,
-                              send_json_text, utc_json)
+from server.api.pages import (
+    cursor_sql,
+    cursor_time,
+    cursor_uuid,
+    decode_cursor,
+    fetch_text,
+    like_escape,
+    send_json_text,
+    utc_json,
+)
 from server.api.spec import PathParam, Query, Reply, Shape, operation
 from server.core import events
 from server.core.values import AnyText, Choice, Integer, ListOf, Text, Timestamp, Uuid

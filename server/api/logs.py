@@ -1,7 +1,15 @@
 """GET /api/logs: stored log records, newest first, filtered and paginated."""
 
-from server.api.pages import (cursor_int, cursor_sql, cursor_time, decode_cursor, fetch_text, like_escape,
-                              send_json_text, utc_json)
+from server.api.pages import (
+    cursor_int,
+    cursor_sql,
+    cursor_time,
+    decode_cursor,
+    fetch_text,
+    like_escape,
+    send_json_text,
+    utc_json,
+)
 from server.api.spec import Query, Reply, Shape, operation
 from server.core.values import AnyText, Choice, Integer, Text, Timestamp
 

@@ -12,7 +12,7 @@ import json
 import re
 
 from server.api.common import JSON_TYPES, is_public
-from server.api.spec import Body, Reply, Shape, Upload, operation
+from server.api.spec import Reply, Shape, Upload, operation
 from server.core import VERSION
 
 ERROR_SCHEMA = {

@@ -20,7 +20,6 @@ from server.core import events
 from server.core.errors import ConfigError
 from server.core.values import Boolean, ClockTime, Integer, TimeZone, Value, shown
 
-
 Field = Value  # a configuration key: its dotted path, kind, default and help
 
 FIELDS = [

@@ -14,8 +14,20 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from server.core.errors import ConfigError, Parser, run_main
-from server.core.values import (Bind, Boolean, Choice, Integer, Path, PostgresUrl, Size, Slug, Token, Value, reason,
-                                split_bind)
+from server.core.values import (
+    Bind,
+    Boolean,
+    Choice,
+    Integer,
+    Path,
+    PostgresUrl,
+    Size,
+    Slug,
+    Token,
+    Value,
+    reason,
+    split_bind,
+)
 
 TOKEN_MIN = 8  # the admin token guards everything; a few characters can be guessed
 TOKEN_MAX = 1024
@@ -185,7 +197,9 @@ class Settings(dict):
         url = self["postgres_url_raw"]
         if url:
             return url
-        from server.core.embedded_pg import url  # the owner role, its password in a 0600 file
+        from server.core.embedded_pg import (
+            url,  # the owner role, its password in a 0600 file
+        )
 
         return url(self.data_dir, self.embedded_pg_port)
 

@@ -18,17 +18,25 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from procs.programs import names_for
 from pathlib import Path
 
 import pytest
 import yaml
 
+from procs.programs import names_for
 from procs.supervisor import LISTENERS
 from server.core import settings
 from tests.conftest import ROOT
 from tests.image.podman import (
-    CONTAINERS_CONF, IMAGE, PODMAN, STOP_GRACE, TOKEN, Container, podman, progress, supervisor_status,
+    CONTAINERS_CONF,
+    IMAGE,
+    PODMAN,
+    STOP_GRACE,
+    TOKEN,
+    Container,
+    podman,
+    progress,
+    supervisor_status,
 )
 from tests.pg import free_port
 

@@ -10,7 +10,14 @@ import pytest
 
 from procs.programs import names_for
 from tests.image.podman import (
-    HARDENED_OPTIONS, STOP_GRACE, TOKEN, Container, podman, progress, run_once, supervisor_status,
+    HARDENED_OPTIONS,
+    STOP_GRACE,
+    TOKEN,
+    Container,
+    podman,
+    progress,
+    run_once,
+    supervisor_status,
 )
 from tests.pg import free_port
 
