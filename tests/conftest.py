@@ -4,11 +4,17 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from server.core.db import Database
 from tests.pg import TestServer
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Property tests draw the same examples on every run: a run that passes passes again, and a case
+# found once is kept as an explicit @example (the suite must be deterministic on any machine).
+hypothesis_settings.register_profile("deterministic", derandomize=True, database=None)
+hypothesis_settings.load_profile("deterministic")
 
 
 @pytest.fixture(scope="session")

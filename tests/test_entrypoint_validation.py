@@ -50,7 +50,7 @@ SETTINGS_CASES = [
     ("url-bad-escape", {"AYON_POSTGRES_URL": "postgresql://ayon:pa%zz@db/ayon"},
      "AYON_POSTGRES_URL=***: libpq cannot read it"),
     ("url-timeout", {"AYON_POSTGRES_URL": URL + "?connect_timeout=soon"},
-     "AYON_POSTGRES_URL=***: connect_timeout='soon': expected a whole number of seconds or counts"),
+     "AYON_POSTGRES_URL=***: connect_timeout='soon': expected a whole number from 0 to 999999999"),
     ("data-dir-proc", {"AYON_DATA_DIR": "/proc/x"},
      "AYON_DATA_DIR='/proc/x': cannot create this folder (No such file or directory)"),
     ("data-dir-under-a-file", {"AYON_DATA_DIR": "/etc/passwd/sub"},

@@ -55,7 +55,10 @@ CASES = [
     # libpq's own message would quote the password: it is not repeated
     ("AYON_POSTGRES_URL", "postgresql://u:hunter%zz@db/ayon", "AYON_POSTGRES_URL=***: libpq cannot read it"),
     ("AYON_POSTGRES_URL", "postgresql://u@db/ayon?connect_timeout=soon",
-     "AYON_POSTGRES_URL=***: connect_timeout='soon': expected a whole number of seconds or counts"),
+     "AYON_POSTGRES_URL=***: connect_timeout='soon': expected a whole number from 0 to 999999999"),
+    # The kernel refuses a keep-alive idle time of 0: libpq would fail only at the first connect.
+    ("AYON_POSTGRES_URL", "postgresql://u@db/ayon?keepalives_idle=0",
+     "AYON_POSTGRES_URL=***: keepalives_idle='0': expected a whole number from 1 to 32767"),
     ("AYON_POSTGRES_URL", "postgresql://u@db/ayon?dbname=other",
      "AYON_POSTGRES_URL=***: name the database in the path, not as ?dbname="),
     ("AYON_HTTP_BIND", "127.0.0.1:8080", "127.0.0.1:8080"),

@@ -287,7 +287,10 @@ URL_CHOICES = {
     "load_balance_hosts": ("disable", "random"),
     "keepalives": ("0", "1"),
 }
-URL_NUMBERS = ("connect_timeout", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout")
+# Ranges libpq and the kernel take: TCP_KEEPIDLE and TCP_KEEPINTVL refuse 0 and more than 32767 s,
+# TCP_KEEPCNT more than 127, and the refusal would only come at the first connect.
+URL_NUMBERS = {"connect_timeout": (0, 999_999_999), "keepalives_idle": (1, 32767), "keepalives_interval": (1, 32767),
+               "keepalives_count": (1, 127), "tcp_user_timeout": (0, 999_999_999)}
 
 
 @dataclass(frozen=True)
@@ -324,9 +327,10 @@ class PostgresUrl(Kind):
         for name, allowed in URL_CHOICES.items():
             if name in options and options[name] not in allowed:
                 raise Invalid(f"{name}={options[name]!r}: expected one of {'/'.join(allowed)}")
-        for name in URL_NUMBERS:
-            if name in options and not re.fullmatch(r"[0-9]{1,9}", options[name]):
-                raise Invalid(f"{name}={options[name]!r}: expected a whole number of seconds or counts")
+        for name, (low, high) in URL_NUMBERS.items():
+            if name in options and not (re.fullmatch(r"[0-9]{1,9}", options[name])
+                                        and low <= int(options[name]) <= high):
+                raise Invalid(f"{name}={options[name]!r}: expected a whole number from {low} to {high}")
         for port in options.get("port", "").split(","):
             if port and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
                 raise Invalid(f"port={port!r}: expected a number from 1 to 65535")
