@@ -1,5 +1,6 @@
 """A real instance for tests: `python -m procs.entrypoint` under supervisord."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,14 @@ from tests.pg import free_port
 def http_get(url: str, token: str | None = None, timeout: float = 5) -> tuple[int, bytes, dict]:
     """(status, body, headers by lower-case name) of a GET, with the admin token when given; 0 when nothing answers."""
     return http(url, headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=timeout)
+
+
+def environ(pid: int) -> bytes:
+    """A process's environment as /proc shows it; empty once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
 
 
 class Instance:
@@ -74,6 +83,18 @@ class Instance:
             if len(parts) >= 2:
                 found[parts[0]] = parts[1]
         return found
+
+    def programs_by_pid(self, child_suffix: str = "") -> dict[int, str]:
+        """Each RUNNING program's pid -> its name, and each of its children -> its name + `child_suffix`."""
+        names = {}
+        for line in self.ctl("status").stdout.splitlines():
+            found = re.match(r"(\S+)\s+RUNNING\s+pid (\d+)", line)
+            if found:
+                names[int(found[2])] = found[1]
+        for pid, name in list(names.items()):
+            for child in psutil.Process(pid).children(recursive=True):
+                names[child.pid] = name + child_suffix
+        return names
 
     def pid_of(self, program: str) -> int | None:
         out = self.ctl("pid", program).stdout.strip()

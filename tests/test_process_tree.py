@@ -1,7 +1,6 @@
 """A whole instance on its embedded PostgreSQL: no secret where it is not needed, no orphan after a crash."""
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -18,7 +17,7 @@ from server.core import embedded_pg
 from server.core.embedded_pg import EmbeddedPostgres
 from server.core.errors import AyonError
 from tests.conftest import ROOT
-from tests.instance import Instance, poll
+from tests.instance import Instance, environ, poll
 from tests.pg import free_port
 
 TOKEN = "process-tree-test-token"
@@ -63,25 +62,6 @@ def snapshot(root: int) -> dict[int, str]:
     return tree
 
 
-def environ(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/environ").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return b""
-
-
-def program_of(instance: Instance) -> dict[int, str]:
-    """pid -> program name (its children named after it) for every process of the tree but supervisord."""
-    names = {}
-    for line in instance.ctl("status").stdout.splitlines():
-        found = re.match(r"(\S+)\s+RUNNING\s+pid (\d+)", line)
-        if found:
-            names[int(found[2])] = found[1]
-            for child in psutil.Process(int(found[2])).children(recursive=True):
-                names[child.pid] = found[1]
-    return names
-
-
 def test_secrets_only_where_needed_and_nothing_survives_kill_9(embedded_env, tmp_path, instances):
     instance = Instance(embedded_env, tmp_path / "one").start()
     instances.append(instance)
@@ -91,7 +71,7 @@ def test_secrets_only_where_needed_and_nothing_survives_kill_9(embedded_env, tmp
     port = int(embedded_env["AYON_EMBEDDED_PG_PORT"])
 
     # The token: only in gunicorn and its workers. No password of PostgreSQL in any environment.
-    names = program_of(instance)
+    names = instance.programs_by_pid()
     assert sorted(set(names.values())) == sorted(PROGRAMS - {"setup"} | {"watchdog", "console"})
     assert len([n for n in names.values() if n == "postgres"]) > 3  # the postmaster and its backends
     superuser, owner = (embedded_pg.password(data, role).encode() for role in ("postgres", "ayon"))

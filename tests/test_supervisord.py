@@ -7,14 +7,13 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
 import pytest
 
 from tests.conftest import ROOT
-from tests.instance import Instance, http_get, poll
+from tests.instance import Instance, environ, http_get, poll
 from tests.pg import free_port
 
 ALL = {"setup", "server", "webactions", "installer", "logcollector", "maintenance"}
@@ -29,26 +28,6 @@ def instances():
         instance.kill()
 
 
-def environ_of(proc: psutil.Process) -> bytes:
-    try:
-        return Path(f"/proc/{proc.pid}/environ").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return b""
-
-
-def programs_by_pid(instance: Instance) -> dict[int, str]:
-    """Each process of the tree: the program (or listener) it is, or one of its children."""
-    names = {}
-    for line in instance.ctl("status").stdout.splitlines():
-        found = re.match(r"(\S+)\s+RUNNING\s+pid (\d+)", line)
-        if found:
-            names[int(found[2])] = found[1]
-    for pid, name in list(names.items()):
-        for child in psutil.Process(pid).children(recursive=True):
-            names[child.pid] = f"{name} child"
-    return names
-
-
 def test_all_roles_run_restart_and_stop_cleanly(env, tmp_path, instances):
     instance = Instance(env, tmp_path / "a").start()
     instances.append(instance)
@@ -61,13 +40,13 @@ def test_all_roles_run_restart_and_stop_cleanly(env, tmp_path, instances):
 
     # Each secret is in the environment of the programs that need it only, not in supervisord's.
     token, password = env["AYON_ADMIN_TOKEN"].encode(), urlsplit(env["AYON_POSTGRES_URL"]).password.encode()
-    by_pid = programs_by_pid(instance)
+    by_pid = instance.programs_by_pid(" child")
     assert {name for name in by_pid.values() if not name.endswith("child")} == ALL - {"setup"} | LISTENERS
-    with_token = {name for pid, name in by_pid.items() if token in environ_of(psutil.Process(pid))}
+    with_token = {name for pid, name in by_pid.items() if token in environ(pid)}
     assert with_token == {"server", "server child"}  # gunicorn and its workers
-    with_url = {name.removesuffix(" child") for pid, name in by_pid.items() if password in environ_of(psutil.Process(pid))}
+    with_url = {name.removesuffix(" child") for pid, name in by_pid.items() if password in environ(pid)}
     assert with_url == ALL - {"setup"}
-    supervisord = environ_of(psutil.Process(instance.proc.pid))
+    supervisord = environ(instance.proc.pid)
     assert supervisord and token not in supervisord and password not in supervisord
 
     # `supervisorctl tail` shows one program's output, every line of it from that program
@@ -97,7 +76,7 @@ def test_all_roles_run_restart_and_stop_cleanly(env, tmp_path, instances):
     new_server = poll(lambda: instance.pid_of("server"), 30, "a new server pid")
     assert new_server != old_server
     instance.wait_ready()
-    assert token in environ_of(psutil.Process(new_server))
+    assert token in environ(new_server)
 
     # a program killed with SIGKILL is restarted
     victim = instance.pid_of("webactions")
