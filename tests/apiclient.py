@@ -1,5 +1,6 @@
 """What the API tests share: an in-process client on a migrated database, and a real gunicorn."""
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -110,9 +111,9 @@ class Gunicorn:
         return "\n".join(self.lines[-40:])
 
 
-@pytest.fixture
-def gunicorn(env):
-    """A running gunicorn with two workers on this test's database; stopped at the end."""
+@contextlib.contextmanager
+def running_gunicorn(env: dict):
+    """A Gunicorn for `env`, ready; stopped at the end."""
     server = Gunicorn(env)
     try:
         server.wait_ready()
@@ -120,3 +121,10 @@ def gunicorn(env):
     finally:
         server.stop()
         server.reader.join(5)
+
+
+@pytest.fixture
+def gunicorn(env):
+    """A running gunicorn with two workers on this test's database; stopped at the end."""
+    with running_gunicorn(env) as server:
+        yield server

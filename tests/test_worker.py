@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from server.worker import BalancedASGIWorker
-from tests.apiclient import TOKEN, Gunicorn, gunicorn, http, wait_for  # noqa: F401  (fixture)
+from tests.apiclient import TOKEN, Gunicorn, gunicorn, http, running_gunicorn, wait_for  # noqa: F401  (fixture)
 
 
 class QuickWorker(BalancedASGIWorker):
@@ -25,13 +25,8 @@ class QuickWorker(BalancedASGIWorker):
 @pytest.fixture
 def quick_gunicorn(env):
     """gunicorn as production runs it but for QuickWorker's bounds; keep-alive long enough not to close first."""
-    server = Gunicorn(dict(env, GUNICORN_CMD_ARGS="--worker-class tests.test_worker.QuickWorker --keep-alive 30"))
-    try:
-        server.wait_ready()
+    with running_gunicorn(dict(env, GUNICORN_CMD_ARGS="--worker-class tests.test_worker.QuickWorker --keep-alive 30")) as server:
         yield server
-    finally:
-        server.stop()
-        server.reader.join(5)
 
 
 def closed_at(sock: socket.socket, dribble: bytes, deadline: float) -> float | None:
