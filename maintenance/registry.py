@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import maintenance.tasks as tasks_package
 from server.core import config
-from server.core.values import Boolean, Value
+from server.core.values import Boolean, Integer, Value
 
 
 class Interrupted(Exception):
@@ -101,6 +101,7 @@ def plan(cfg, names: list[str] | None = None) -> list[tuple[Task, bool, dict]]:
             continue
         section = cfg.maintenance.tasks[task.name].as_dict()
         enabled = section.pop("enabled")
+        section.pop("max_minutes", None)  # the runner's, not the task's
         chosen.append((task, enabled, section))
     return chosen
 
@@ -111,6 +112,8 @@ def config_fields() -> list[config.Field]:
     for task in tasks():
         base = f"maintenance.tasks.{task.name}"
         found.append(config.Field(f"{base}.enabled", Boolean(), task.enabled_by_default, f"Run the {task.name} task."))
+        found.append(config.Field(f"{base}.max_minutes", Integer(0, 1440), 0,
+                                  f"Time limit of the {task.name} task in minutes (0: maintenance.max_minutes)."))
         for option in task.options:
             found.append(config.Field(f"{base}.{option.name}", option.kind, option.default, option.help))
     return found

@@ -15,9 +15,9 @@ def test_defaults_match_the_design_shape():
     assert doc["maintenance"]["enabled"] is True
     assert doc["maintenance"]["time"] == "03:00"
     assert doc["maintenance"]["timezone"] == "UTC"
-    assert doc["maintenance"]["tasks"]["remove_old_logs"] == {"enabled": True, "retention_days": 7}
-    assert doc["maintenance"]["tasks"]["remove_old_events"] == {"enabled": True, "retention_days": 90}
-    assert doc["maintenance"]["tasks"]["vacuum"] == {"enabled": True}
+    assert doc["maintenance"]["tasks"]["remove_old_logs"] == {"enabled": True, "max_minutes": 0, "retention_days": 7}
+    assert doc["maintenance"]["tasks"]["remove_old_events"] == {"enabled": True, "max_minutes": 0, "retention_days": 90}
+    assert doc["maintenance"]["tasks"]["vacuum"] == {"enabled": True, "max_minutes": 0}
     assert doc["webactions"]["check_interval"] == 300
 
 
@@ -56,7 +56,7 @@ def test_seed_and_merge_update(database):
     ({"maintenance": {"time": 180}},
      "maintenance.time: expected HH:MM (24-hour) as text, got the number 180; quote it in YAML: '03:00'"),
     ({"maintenance": {"tasks": {"vacuum": {"enabled": True, "x": "y" * 100}}}},
-     "maintenance.tasks.vacuum.x: unknown key (known: enabled)"),
+     "maintenance.tasks.vacuum.x: unknown key (known: enabled, max_minutes)"),
     ({"webactions": {"timeout": "y" * 100}},
      "webactions.timeout: expected a whole number, got '" + "y" * 56 + "..."),  # quoted, cut short
     ({"maintenance": {"tasks": {"remove_old_logs": {"retention_days": 0}}}},

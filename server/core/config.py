@@ -18,7 +18,7 @@ import yaml
 
 from server.core import events
 from server.core.errors import ConfigError
-from server.core.values import Boolean, ClockTime, Integer, TimeZone, Value, shown
+from server.core.values import Boolean, ClockTime, Integer, Text, TimeZone, Token, Value, shown
 
 Field = Value  # a configuration key: its dotted path, kind, default and help
 
@@ -26,6 +26,22 @@ FIELDS = [
     Field("maintenance.enabled", Boolean(), True, "The daemon runs the procedure on schedule."),
     Field("maintenance.time", ClockTime(), "03:00", "Daily start time, HH:MM."),
     Field("maintenance.timezone", TimeZone(), "UTC", "Time zone of maintenance.time."),
+    Field("maintenance.catch_up", Boolean(), True,
+          "A daemon that finds the last finished run over a day (plus grace) old runs once to catch up."),
+    Field("maintenance.max_minutes", Integer(1, 1440), 60,
+          "Time limit of one task in minutes (a task's own max_minutes overrides it); its statement is cancelled."),
+    Field("maintenance.window_minutes", Integer(0, 1440), 0,
+          "Minutes after a run starts in which its tasks may start (0: no window); later ones are skipped."),
+    Field("maintenance.notify.url", Text(max_length=2000, pattern=r"(https?://[^\s]+)?",
+                                         what="an http:// or https:// URL, or empty"), "",
+          "Webhook that receives a JSON POST when a run fails (empty: none)."),
+    Field("maintenance.notify.header", Text(max_length=100, pattern=r"[A-Za-z0-9-]{1,100}", what="an HTTP header name"),
+          "X-Ayon-Webhook-Secret", "Header that carries maintenance.notify.secret."),
+    Field("maintenance.notify.secret", Token(0, 512, optional=True), "",
+          "Secret sent in maintenance.notify.header (empty: none); never logged."),
+    Field("maintenance.notify.on_finish", Boolean(), False, "The webhook also receives runs that finished."),
+    Field("maintenance.notify.timeout_seconds", Integer(1, 120), 10, "Timeout of one webhook attempt."),
+    Field("maintenance.notify.retries", Integer(0, 10), 3, "Webhook attempts after the first one fails."),
     Field("webactions.check_interval", Integer(1, 86400), 300, "Seconds between timed-out webaction checks."),
     Field("webactions.timeout", Integer(1, 30 * 86400), 3600, "Seconds after which an unfinished webaction fails."),
     Field("installer.poll_interval", Integer(1, 3600), 60, "Seconds between installer polls (NOTIFY wakes it sooner)."),
@@ -141,7 +157,9 @@ def _walk(node: dict, value: Any, prefix: str, leaves: dict[str, Any]) -> None:
         path = f"{prefix}.{key}" if prefix else key
         child = node.get(key)
         if child is None:
-            raise ConfigError(f"{path}: unknown key (known: {', '.join(sorted(node))})")
+            where = f"{prefix}.{shown(key)}" if prefix else shown(key)
+            shown_path = path if key.isprintable() and key.strip() == key and key else where
+            raise ConfigError(f"{shown_path}: unknown key (known: {', '.join(sorted(node))})")
         if isinstance(child, Field):
             try:
                 leaves[path] = child.kind(sub)
