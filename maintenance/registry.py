@@ -2,8 +2,11 @@
 
 A task module declares DESCRIPTION (one line, may name its options as
 `{retention_days}`), ENABLED (default switch), OPTIONS (a list of Option),
-ORDER (a number; lower runs earlier) and `run(ctx)` returning the number of
-rows it affected; its name is the module's file name. Modules whose name
+ORDER (a number; lower runs earlier), TABLES (what it changes: their sizes
+before and after go in the run's summary), `run(ctx)` returning the number of
+rows it removed, and `preview(ctx)` returning (rows, bytes) it would remove
+now without changing anything (the dry run); its name is the module's file
+name. Every task also gets a `max_minutes` key: its time limit. Modules whose name
 starts with `_` are helpers, not tasks. `vacuum` declares LAST and always runs
 after every other task, whatever their ORDER, also when a module is added later.
 """
@@ -16,7 +19,7 @@ from typing import Any, Callable
 
 import maintenance.tasks as tasks_package
 from server.core import config
-from server.core.values import Boolean, Integer, Value
+from server.core.values import Boolean, Number, Value
 
 
 class Interrupted(Exception):
@@ -35,6 +38,8 @@ class Task:
     options: tuple[Option, ...] = field(default_factory=tuple)
     order: int = 100
     last: bool = False
+    tables: tuple[str, ...] = ()
+    preview: Callable[[Any], tuple[int, int]] | None = None
 
     def describe(self, options: dict) -> str:
         """The one-line description with this configuration's option values filled in."""
@@ -60,7 +65,7 @@ class Context:
     options: dict
     progress: Callable[[str], None]
     stop: threading.Event
-    event_id: str  # the run's own event, which no task may remove
+    event_id: str | None  # the run's own event, which no task may remove (None in a dry run)
 
     def check_stop(self) -> None:
         """A safe point: raise Interrupted when the run has been asked to stop."""
@@ -83,6 +88,8 @@ def _from_module(name: str) -> Task:
         options=tuple(getattr(module, "OPTIONS", ())),
         order=getattr(module, "ORDER", 100),
         last=getattr(module, "LAST", False),
+        tables=tuple(getattr(module, "TABLES", ())),
+        preview=getattr(module, "preview", None),
     )
 
 
@@ -112,7 +119,7 @@ def config_fields() -> list[config.Field]:
     for task in tasks():
         base = f"maintenance.tasks.{task.name}"
         found.append(config.Field(f"{base}.enabled", Boolean(), task.enabled_by_default, f"Run the {task.name} task."))
-        found.append(config.Field(f"{base}.max_minutes", Integer(0, 1440), 0,
+        found.append(config.Field(f"{base}.max_minutes", Number(0, 1440), 0,
                                   f"Time limit of the {task.name} task in minutes (0: maintenance.max_minutes)."))
         for option in task.options:
             found.append(config.Field(f"{base}.{option.name}", option.kind, option.default, option.help))

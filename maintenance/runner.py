@@ -1,5 +1,16 @@
-"""One maintenance run: the fleet-wide lock, the tasks in sequence, the `server.maintenance` event."""
+"""One maintenance run: the fleet-wide lock, the tasks in sequence, the `server.maintenance` event.
 
+Each task runs in a worker thread under its time limit; past it, the task's
+statement is cancelled and the task recorded failed, and the run goes on. The
+optional window (`maintenance.window_minutes`) keeps tasks from starting late.
+The run records the size of each task's tables and of the database before and
+after, and tells the webhook (maintenance/notify.py) when it failed. A dry run
+(`preview`) counts what the tasks would remove, takes no lock and changes
+nothing but its own `server.maintenance.preview` event.
+"""
+
+import contextlib
+import logging
 import os
 import sys
 import threading
@@ -9,8 +20,8 @@ from typing import Callable
 
 import psycopg2
 
-from maintenance import registry
-from server.core import config, events
+from maintenance import registry, space
+from server.core import config, events, times
 from server.core.db import BROKEN, Database, connect, try_advisory_lock
 from server.core.errors import first_line
 
@@ -22,6 +33,25 @@ ONE_CORE = "-c max_parallel_workers_per_gather=0 -c max_parallel_maintenance_wor
 CANCEL_AFTER = 3.0
 # ...and this long in all before the run is closed without it (the process must exit within 10 s).
 ABANDON_AFTER = 7.0
+# A task past its time limit has its statement cancelled, again every RECANCEL_EVERY seconds, and after
+# GIVE_UP_AFTER the run goes on without it (on fresh connections).
+RECANCEL_EVERY = 2.0
+GIVE_UP_AFTER = 30.0
+WINDOW_CLOSED = "window closed"
+# A dry run's statements: bounded, so a preview asked from the dashboard cannot run away either.
+PREVIEW_STATEMENT_TIMEOUT = "60s"
+
+log = logging.getLogger("ayon.maintenance")
+
+
+def time_limit(cfg, task: registry.Task) -> float:
+    """A task's time limit in seconds: its own max_minutes, else maintenance.max_minutes."""
+    own = cfg.maintenance.tasks[task.name].max_minutes
+    return float(own or cfg.maintenance.max_minutes) * 60
+
+
+def time_limit_error(seconds: float) -> str:
+    return f"time limit of {seconds / 60:g} min reached; its statement was cancelled"
 
 
 @dataclass
@@ -60,12 +90,13 @@ class Runner:
     """Runs the procedure once per `run()` call; `out` receives one line per task."""
 
     def __init__(self, url: str, out: Callable[[str], None], stop: threading.Event, tty: bool = False,
-                 read_config: Callable = config.get):
+                 read_config: Callable = config.get, instance: str = ""):
         self.url = url
         self.out = out
         self.stop = stop
         self.tty = tty
         self.read_config = read_config  # the daemon's keeps its last good values
+        self.instance = instance
         self.app_name = f"ayon-maintenance-task-{os.getpid()}"
 
     # --- the lock ---
@@ -141,6 +172,7 @@ class Runner:
     def _run_steps(self, cur, lock_conn, doc, names, trigger, slot, request_id) -> Outcome:
         steps = registry.plan(doc, names)
         enabled = [task for task, on, _ in steps if on]
+        window = doc.maintenance.window_minutes
         payload = {"trigger": trigger, "tasks": [t.name for t, _, _ in steps]}
         if slot:
             payload["slot"] = slot
@@ -154,52 +186,85 @@ class Runner:
             events.update(cur, request_id, description=f"running as event {event_id}",
                           summary={"run_event_id": event_id})
         started = time.monotonic()
+        closes = started + window * 60 if window else None
+        db_before = _size(cur, space.database_bytes)
         results = []
         # One core at most for maintenance: parallel query and index-vacuum workers would take
         # the CPU the API needs (the point of running tasks one after another).
-        task_db = Database(self.url, size=2, application_name=self.app_name, options=ONE_CORE)
+        pools = [Database(self.url, size=2, application_name=self.app_name, options=ONE_CORE)]
         try:
             number = 0
             for task, on, options in steps:
+                reason = None
                 if not on:
                     reason = f"switched off by {task.switch()} = false"
+                elif self.stop.is_set():
+                    reason = SHUTDOWN
+                elif closes is not None and time.monotonic() >= closes:
+                    reason = WINDOW_CLOSED
+                if reason:
                     results.append(self._result(task.name, "skipped", 0.0, 0, reason=reason))
                     self.out(task_line(task.name, "skipped", 0.0, 0, reason))
-                    continue
-                if self.stop.is_set():
-                    results.append(self._result(task.name, "skipped", 0.0, 0, reason=SHUTDOWN))
-                    self.out(task_line(task.name, "skipped", 0.0, 0, SHUTDOWN))
                     continue
                 number += 1
                 description = f"task {number}/{len(enabled)}: {task.name} — {task.describe(options)}"
                 events.update(cur, event_id, description=description)
-                ctx = registry.Context(task_db, options, self._progress(number, len(enabled), task.name),
-                                       self.stop, event_id)
-                results.append(self._execute(task, ctx, lock_conn))
-                result = results[-1]
-                note = result["error"] or ""
-                self.out(task_line(task.name, result["status"], result["duration_s"], result["rows"], note))
+                limit = time_limit(doc, task)
+                before = _size(cur, space.table_bytes, task.tables) if task.tables else None
+                ctx = registry.Context(pools[-1], options, self._progress(number, len(enabled), task.name),
+                                       threading.Event(), event_id)
+                result = self._execute(task, ctx, lock_conn, limit)
+                if result.pop("abandoned"):
+                    # Its thread may still hold a connection: the next tasks get their own.
+                    pools.append(Database(self.url, size=2, application_name=self.app_name, options=ONE_CORE))
+                after = _size(cur, space.table_bytes, task.tables) if task.tables else None
+                result.update(tables=list(task.tables), bytes_before=before, bytes_after=after)
+                results.append(result)
+                self.out(task_line(task.name, result["status"], result["duration_s"], result["rows"],
+                                   result["error"] or ""))
         finally:
-            task_db.close()
+            for pool in pools:
+                with contextlib.suppress(Exception):
+                    pool.close()
         duration = round(time.monotonic() - started, 3)
-        summary = {"tasks": results, "duration_s": duration}
+        summary = {"tasks": results, "duration_s": duration, "db_bytes_before": db_before,
+                   "db_bytes_after": _size(cur, space.database_bytes), "window_minutes": window}
         failed = [r["name"] for r in results if r["status"] == "failed"]
         if self.stop.is_set():
             status, description = "aborted", SHUTDOWN
         elif failed:
             status, description = "failed", f"{len(failed)} of {len(results)} tasks failed: {', '.join(failed)}"
         else:
-            status, description = "finished", f"{len(enabled)} tasks finished in {duration:.1f} s"
+            status, description = "finished", f"{number} tasks finished in {duration:.1f} s"
+            closed = [r["name"] for r in results if r["reason"] == WINDOW_CLOSED]
+            if closed:
+                description += f"; the window closed before {', '.join(closed)}"
         events.update(cur, event_id, status=status, description=description, summary=summary)
         if request_id:
             events.update(cur, request_id, status="finished" if status == "finished" else "failed",
                           description=f"run {event_id} {status}", summary={"run_event_id": event_id, "status": status})
+        self._notify(doc, {"topic": events.MAINTENANCE, "event_id": event_id, "status": status,
+                           "description": description, "instance": self.instance, **payload,
+                           "ended_at": times.rfc3339(times.utc_now()), "summary": summary})
         return Outcome(status, f"maintenance {status}: {description} (event {event_id})", event_id, summary)
 
+    def _notify(self, doc, body: dict) -> None:
+        """Tell the webhook, when one is configured and wants this outcome; never fails the run."""
+        section = doc.maintenance.notify
+        try:
+            from maintenance import notify
+
+            if notify.wanted(section, body["status"]):
+                self.out(f"telling the webhook the run {body['status']}")
+                notify.send(section, body, self.stop, log)
+        except Exception as exc:  # a webhook must not turn a finished run into a crash
+            log.error("the maintenance webhook failed: %s", first_line(exc))
+
     @staticmethod
-    def _result(name, status, duration, rows, error=None, reason=None) -> dict:
+    def _result(name, status, duration, rows, error=None, reason=None, limit=None, timed_out=False) -> dict:
         return {"name": name, "status": status, "duration_s": round(duration, 3), "rows": rows,
-                "error": error, "reason": reason}
+                "error": error, "reason": reason, "time_limit_s": limit, "timed_out": timed_out,
+                "tables": [], "bytes_before": None, "bytes_after": None}
 
     def _progress(self, number: int, total: int, name: str) -> Callable[[str], None]:
         if not self.tty:
@@ -211,8 +276,12 @@ class Runner:
 
         return show
 
-    def _execute(self, task: registry.Task, ctx: registry.Context, lock_conn) -> dict:
-        """Run one task in a worker thread, so a stop request can cancel its query; never raises."""
+    def _execute(self, task: registry.Task, ctx: registry.Context, lock_conn, limit: float) -> dict:
+        """Run one task in a worker thread under its time limit, so its query can be cancelled; never raises.
+
+        `ctx.stop` is the task's own flag: set when the run is asked to stop or the
+        task passes its limit, so the task also stops at its next safe point.
+        """
         outcome: dict = {}
 
         def target() -> None:
@@ -224,26 +293,49 @@ class Runner:
         started = time.monotonic()
         worker = threading.Thread(target=target, name=f"task-{task.name}", daemon=True)
         worker.start()
-        stop_seen = cancelled = None
+        stop_seen = over_since = cancelled_at = None
+        abandoned = False
         while worker.is_alive():
             worker.join(0.1)
-            if not self.stop.is_set() or not worker.is_alive():
-                continue
-            stop_seen = stop_seen or time.monotonic()
-            if not cancelled and time.monotonic() - stop_seen > CANCEL_AFTER:
-                cancelled = self._cancel_queries(lock_conn)
-            if time.monotonic() - stop_seen > ABANDON_AFTER:
-                break  # the daemon thread dies with the process
+            if not worker.is_alive():
+                break
+            now = time.monotonic()
+            if self.stop.is_set():
+                ctx.stop.set()
+                stop_seen = stop_seen or now
+                if cancelled_at is None and now - stop_seen > CANCEL_AFTER:
+                    cancelled_at = now
+                    self._cancel_queries(lock_conn)
+                if now - stop_seen > ABANDON_AFTER:
+                    break  # the daemon thread dies with the process
+            elif now - started >= limit:
+                ctx.stop.set()
+                over_since = over_since or now
+                if cancelled_at is None or now - cancelled_at >= RECANCEL_EVERY:
+                    cancelled_at = now
+                    self._cancel_queries(lock_conn)
+                if now - over_since > GIVE_UP_AFTER:
+                    abandoned = True
+                    log.error("task %s did not stop %d s after its time limit; the run goes on without it",
+                              task.name, GIVE_UP_AFTER)
+                    break
         if self.tty:
             sys.stdout.write("\r\033[K")
         duration = time.monotonic() - started
         error = outcome.get("error")
-        if self.stop.is_set() and (error is not None or worker.is_alive()):
-            return self._result(task.name, "failed", duration, outcome.get("rows"), error=SHUTDOWN)
-        if error is not None:
-            return self._result(task.name, "failed", duration, outcome.get("rows"), error=first_line(error))
         rows = outcome.get("rows")
-        return self._result(task.name, "finished", duration, rows if isinstance(rows, int) else 0)
+        rows = rows if isinstance(rows, int) else None
+        if self.stop.is_set() and (error is not None or worker.is_alive()):
+            result = self._result(task.name, "failed", duration, rows, error=SHUTDOWN, limit=limit)
+        elif over_since is not None:
+            result = self._result(task.name, "failed", duration, rows, error=time_limit_error(limit), limit=limit,
+                                  timed_out=True)
+        elif error is not None:
+            result = self._result(task.name, "failed", duration, rows, error=first_line(error), limit=limit)
+        else:
+            result = self._result(task.name, "finished", duration, rows or 0, limit=limit)
+        result["abandoned"] = abandoned or worker.is_alive()
+        return result
 
     def _cancel_queries(self, lock_conn) -> bool:
         try:
@@ -255,3 +347,66 @@ class Runner:
         except (psycopg2.Error, *BROKEN):
             pass
         return True
+
+
+def _size(cur, measure, *args) -> int | None:
+    """A size for the summary; a size that cannot be read leaves a gap, never fails the run."""
+    try:
+        return measure(cur, *args)
+    except (psycopg2.Error, *BROKEN) as exc:
+        log.warning("could not measure a size: %s", first_line(exc))
+        return None
+
+
+# --- the dry run ---
+
+
+class _Bounded:
+    """A database whose transactions carry a statement timeout and use one core: what a preview runs on."""
+
+    def __init__(self, db):
+        self.db = db
+
+    @contextlib.contextmanager
+    def transaction(self):
+        with self.db.transaction() as cur:
+            cur.execute(f"SET LOCAL statement_timeout = '{PREVIEW_STATEMENT_TIMEOUT}'")
+            cur.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+            yield cur
+
+
+def preview(db, cfg, names: list[str] | None = None, stop: threading.Event | None = None) -> dict:
+    """What each enabled task would remove now under `cfg` (a config.View): rows and estimated bytes.
+
+    Changes nothing and takes no lock: a real run is never kept waiting by a preview.
+    A task whose count fails is reported with its error; the others are still counted.
+    """
+    started = time.monotonic()
+    bounded = _Bounded(db)
+    found = []
+    for task, on, options in registry.plan(cfg, names):
+        entry = {"name": task.name, "enabled": on, "description": task.describe(options), "rows": None,
+                 "bytes_estimate": None, "error": None}
+        if on and task.preview is not None:
+            ctx = registry.Context(bounded, options, lambda message: None, stop or threading.Event(), None)
+            try:
+                entry["rows"], entry["bytes_estimate"] = (int(x) for x in task.preview(ctx))
+            except (psycopg2.Error, *BROKEN) as exc:
+                entry["error"] = first_line(exc)
+        found.append(entry)
+    return {
+        "dry_run": True,
+        "tasks": found,
+        "rows_total": sum(t["rows"] or 0 for t in found),
+        "bytes_estimate_total": sum(t["bytes_estimate"] or 0 for t in found),
+        "duration_s": round(time.monotonic() - started, 3),
+    }
+
+
+def record_preview(target, result: dict, trigger: str, names: list[str] | None, candidate: dict | None) -> str:
+    """The dry run as its own finished event (never a `server.maintenance` run); returns its id."""
+    what = ", ".join(names) if names else "all enabled tasks"
+    description = (f"dry run of {what}: {result['rows_total']} rows, about "
+                   f"{space.readable(result['bytes_estimate_total'])} would be removed")
+    return events.dispatch(target, events.MAINTENANCE_PREVIEW, status="finished", description=description,
+                           summary=result, payload={"trigger": trigger, "tasks": names, "candidate": candidate})

@@ -9,6 +9,13 @@ ENABLED = True
 ORDER = 20
 OPTIONS = [Option("retention_days", Integer(1, 36500), 90, "Days of events to keep.")]
 
+TABLES = ("events",)
+TOPICS = "e.topic NOT LIKE 'action.%%'"
+
 
 def run(ctx):
-    return _events.remove(ctx, ctx.options["retention_days"], "e.topic NOT LIKE 'action.%%'", "events")
+    return _events.remove(ctx, ctx.options["retention_days"], TOPICS, "events")
+
+
+def preview(ctx):
+    return _events.count(ctx, ctx.options["retention_days"], TOPICS)

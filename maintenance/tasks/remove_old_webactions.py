@@ -9,6 +9,13 @@ ENABLED = True
 ORDER = 30
 OPTIONS = [Option("retention_days", Integer(1, 36500), 30, "Days of finished or failed webactions to keep.")]
 
+TABLES = ("events",)
+TOPICS = "e.topic LIKE 'action.%%'"
+
 
 def run(ctx):
-    return _events.remove(ctx, ctx.options["retention_days"], "e.topic LIKE 'action.%%'", "webactions")
+    return _events.remove(ctx, ctx.options["retention_days"], TOPICS, "webactions")
+
+
+def preview(ctx):
+    return _events.count(ctx, ctx.options["retention_days"], TOPICS)

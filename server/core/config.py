@@ -18,7 +18,7 @@ import yaml
 
 from server.core import events
 from server.core.errors import ConfigError
-from server.core.values import Boolean, ClockTime, Integer, Text, TimeZone, Token, Value, shown
+from server.core.values import Boolean, ClockTime, Integer, Number, Text, TimeZone, Token, Value, shown
 
 Field = Value  # a configuration key: its dotted path, kind, default and help
 
@@ -28,9 +28,9 @@ FIELDS = [
     Field("maintenance.timezone", TimeZone(), "UTC", "Time zone of maintenance.time."),
     Field("maintenance.catch_up", Boolean(), True,
           "A daemon that finds the last finished run over a day (plus grace) old runs once to catch up."),
-    Field("maintenance.max_minutes", Integer(1, 1440), 60,
+    Field("maintenance.max_minutes", Number(0.01, 1440), 60,
           "Time limit of one task in minutes (a task's own max_minutes overrides it); its statement is cancelled."),
-    Field("maintenance.window_minutes", Integer(0, 1440), 0,
+    Field("maintenance.window_minutes", Number(0, 1440), 0,
           "Minutes after a run starts in which its tasks may start (0: no window); later ones are skipped."),
     Field("maintenance.notify.url", Text(max_length=2000, pattern=r"(https?://[^\s]+)?",
                                          what="an http:// or https:// URL, or empty"), "",

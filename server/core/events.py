@@ -23,6 +23,7 @@ PACKAGES_CHANNEL = "ayon_packages"  # a package to install or remove
 # Topics the server itself sends (a contract: monitoring and the dashboard read them).
 MAINTENANCE = "server.maintenance"
 MAINTENANCE_REQUEST = "server.maintenance.request"
+MAINTENANCE_PREVIEW = "server.maintenance.preview"  # a dry run: what a run would remove, nothing changed
 CONFIG_CHANGED = "server.config_changed"
 CONFIG_REJECTED = "server.config_rejected"  # a program met a stored value it cannot use and kept its last good one
 COLUMNS = "id, topic, status, description, summary, payload, sender, depends_on, created_at, updated_at"

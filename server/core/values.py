@@ -108,6 +108,32 @@ class Integer(Kind):
 
 
 @dataclass(frozen=True)
+class Number(Kind):
+    """A finite number, whole or with decimals (minutes that a test may want as a few seconds)."""
+
+    low: float
+    high: float
+
+    def check(self, value: Any) -> int | float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise Invalid("expected a number", value)
+        if not self.low <= value <= self.high:  # NaN fails both comparisons
+            raise Invalid(f"expected a number from {self.low:g} to {self.high:g}", value)
+        return value
+
+    def from_text(self, raw: str) -> int | float:
+        text = raw.strip()
+        if re.fullmatch(r"-?[0-9]{1,19}", text):
+            return self.check(int(text))
+        if not re.fullmatch(r"-?[0-9]{0,19}\.[0-9]{1,19}", text):
+            raise Invalid("expected a number such as 5 or 0.5", raw)
+        return self.check(float(text))
+
+    def schema(self) -> dict:
+        return {"type": "number", "minimum": self.low, "maximum": self.high}
+
+
+@dataclass(frozen=True)
 class Choice(Kind):
     words: tuple[str, ...]
 
