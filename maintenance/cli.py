@@ -1,12 +1,18 @@
-"""`python -m maintenance`: run the procedure once, list its tasks, or run the daemon."""
+"""`python -m maintenance`: run the procedure once, preview it, list its tasks, or run the daemon.
+
+A one-shot run or dry run delivers its log records to PostgreSQL before it
+exits (procs/logcollector.py `deliver_now`), so cron and CronJob runs are in
+`/api/logs` like the daemon's.
+"""
 
 import argparse
 import signal
 import sys
 import threading
 
-from maintenance import registry
+from maintenance import registry, runner, space
 from maintenance.runner import Runner
+from procs.logcollector import deliver_now
 from server.core import config, migrations
 from server.core.errors import Parser, UsageError, run_main
 from server.core.program import open_database, start
@@ -17,10 +23,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--daemon", action="store_true", help="run it every day at maintenance.time")
     mode.add_argument("--list", action="store_true", help="list the tasks in order with their switch")
+    mode.add_argument("--dry-run", action="store_true",
+                      help="count what each enabled task would remove now, change nothing")
     parser.add_argument("--task", action="append", metavar="NAME", help="run only this task (repeatable)")
     args = parser.parse_args(argv)
     if args.task and (args.daemon or args.list):
-        raise UsageError("--task applies to a single run, not to --daemon or --list")
+        raise UsageError("--task applies to a single run or dry run, not to --daemon or --list")
     if args.task:
         known = [t.name for t in registry.tasks()]
         for name in args.task:
@@ -54,10 +62,34 @@ def run_once(settings, log, names: list[str] | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     _database(settings, log).close()
-    runner = Runner(settings.postgres_url, lambda line: print(line, flush=True), stop, tty=sys.stdout.isatty())
-    outcome = runner.run(names=names, trigger="manual")
-    print(outcome.message, flush=True)
+    run = Runner(settings.postgres_url, log.info, stop, tty=sys.stdout.isatty(), instance=settings.instance_id)
+    outcome = run.run(names=names, trigger="manual")
+    (log.info if outcome.exit_code == 0 else log.error)("%s", outcome.message)
+    log.info("logs: %s", deliver_now(settings, log))
     return outcome.exit_code
+
+
+def dry_run(settings, log, names: list[str] | None) -> int:
+    db = _database(settings, log)
+    try:
+        with db.transaction() as cur:
+            cfg = config.get(cur)
+        result = runner.preview(db, cfg, names)
+        event_id = runner.record_preview(db, result, "dry-run", names, None)
+    finally:
+        db.close()
+    for task in result["tasks"]:
+        if not task["enabled"]:
+            what = "off"
+        elif task["error"]:
+            what = f"could not count: {task['error']}"
+        else:
+            what = f"{task['rows']:>10} rows  ~{space.readable(task['bytes_estimate'])}"
+        log.info("%-24s %s", task["name"], what)
+    log.info("dry run: %d rows, about %s would be removed; nothing was changed (event %s)",
+             result["rows_total"], space.readable(result["bytes_estimate_total"]), event_id)
+    log.info("logs: %s", deliver_now(settings, log))
+    return 1 if any(task["error"] for task in result["tasks"]) else 0
 
 
 def _main() -> int:
@@ -69,6 +101,8 @@ def _main() -> int:
     settings, log = start("maintenance")
     if args.list:
         return list_tasks(settings, log)
+    if args.dry_run:
+        return dry_run(settings, log, args.task)
     return run_once(settings, log, args.task)
 
 

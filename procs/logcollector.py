@@ -6,6 +6,11 @@ read, without parsing a record. A file's new position is stored in
 lost commit the database says exactly where to resume. Consumed files whose
 writer has let go are deleted. While PostgreSQL is down the spool grows up to
 AYON_LOG_SPOOL_MAX, above which the oldest files are dropped and counted.
+
+A one-shot program with no collector beside it (`python -m maintenance` from
+cron or a Kubernetes CronJob) calls `deliver_now` before it exits: under the
+same spool lock it runs the collector's passes itself, so its records reach
+the table too, and never twice.
 """
 
 import datetime
@@ -45,8 +50,8 @@ class Logcollector(Daemon):
 
     program = "logcollector"
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, settings=None, log=None):
+        super().__init__(settings, log)
         self.dir = logspool.spool_dir(self.settings.data_dir)
         self.instance = self.settings.instance_id
         self.cap = self.settings.log_spool_max
@@ -386,6 +391,39 @@ class Logcollector(Daemon):
             self.tick()
             if self.down or not self.pending():
                 return
+
+
+def deliver_now(settings, log, within: float = DRAIN) -> str:
+    """Put this instance's spool into PostgreSQL now, unless a log collector runs beside us; says what happened.
+
+    The collector's lock decides: held, the collector delivers (within POLL); free,
+    this process takes it and ingests the spool itself for up to `within` seconds,
+    its own records included. Records logged after this call wait for the next one.
+    """
+    folder = logspool.spool_dir(settings.data_dir)
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(os.path.join(folder, ".collector.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return "a log collector runs beside this process and stores its records"
+        collector = Logcollector(settings, log)
+        collector.lock_fd = fd
+        try:
+            deadline = time.monotonic() + within
+            while True:
+                collector.tick()
+                if collector.down:
+                    return "PostgreSQL is unreachable: the records wait in the spool for the next collector"
+                if not collector.pending() or time.monotonic() >= deadline:
+                    break
+            left = "" if not collector.pending() else ", some left for the next collector"
+            return f"stored {collector.ingested_total} log records{left}"
+        finally:
+            collector.db.close()
+    finally:
+        os.close(fd)  # closing it releases the lock
 
 
 if __name__ == "__main__":

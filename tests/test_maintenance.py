@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import maintenance  # noqa: F401  (declares each task's switch and options)
 from server.core import config, events
 from tests.conftest import ROOT
 
@@ -176,17 +177,26 @@ def test_run_reports_each_task_in_its_event(env, database, database_url, tmp_pat
     assert all(t["status"] == "finished" and t["duration_s"] >= 0 for n, t in by_name.items()
                if n != "remove_stale_instances")
     assert run["summary"]["duration_s"] > 0
-    assert re.search(r"^remove_stale_instances +skipped +0\.00 s +0 rows  switched off by "
+    # Each line is a log record of the maintenance program: its prefix, then the task's line.
+    assert re.search(r"ayon\.maintenance: remove_stale_instances +skipped +0\.00 s +0 rows  switched off by "
                      r"maintenance\.tasks\.remove_stale_instances\.enabled = false$", result.stdout, re.M)
-    assert re.search(r"^remove_old_events +finished +[\d.]+ s +30 rows$", result.stdout, re.M)
-    assert re.fullmatch(rf"maintenance finished: 6 tasks finished in [\d.]+ s \(event {run['id']}\)",
-                        result.stdout.splitlines()[-1])
+    assert re.search(r"ayon\.maintenance: remove_old_events +finished +[\d.]+ s +30 rows$", result.stdout, re.M)
+    assert re.search(rf"INFO +\[test/maintenance\] ayon\.maintenance: maintenance finished: 6 tasks finished in "
+                     rf"[\d.]+ s \(event {run['id']}\)$", result.stdout, re.M)
+    # No log collector runs beside it: the run stored its own records before it exited.
+    assert re.search(r"logs: stored \d+ log records$", result.stdout.splitlines()[-1])
     # What the tasks did: old days and rows gone, everything still needed kept.
     parts = {r[0] for r in database.fetchall(
         "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
         "WHERE i.inhparent = 'logs'::regclass")}
-    assert parts == {"logs_default", time.strftime("logs_%Y%m%d", time.gmtime())}
-    assert database.fetchone("SELECT count(*) FROM logs") == (7,)
+    # The 30-day-old partition is gone; today's stays (with the days around it that storing the
+    # run's own log records made sure of).
+    thirty_days_ago = time.strftime("logs_%Y%m%d", time.gmtime(time.time() - 30 * 86400))
+    assert thirty_days_ago not in parts
+    assert {"logs_default", time.strftime("logs_%Y%m%d", time.gmtime())} <= parts
+    assert all(p == "logs_default" or p >= time.strftime("logs_%Y%m%d", time.gmtime(time.time() - 86400))
+               for p in parts), parts
+    assert database.fetchone("SELECT count(*) FROM logs WHERE program = 'p'") == (7,)
     topics = {r[0] for r in database.fetchall("SELECT topic FROM events")}
     assert {"test.parent", "test.child", "test.unfinished", "test.recent"} <= topics
     assert not topics & {"test.old", "action.done"}
@@ -203,7 +213,7 @@ def test_failing_task_is_isolated(env, database, tmp_path):
     """, order=15)
     result = run_cli(env, extra=extra)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert re.search(r"^broken +failed +[\d.]+ s +0 rows  disk on fire$", result.stdout, re.M)
+    assert re.search(r"ayon\.maintenance: broken +failed +[\d.]+ s +0 rows  disk on fire$", result.stdout, re.M)
     [run] = runs(database)
     assert run["status"] == "failed"
     assert run["description"] == "1 of 7 tasks failed: broken"

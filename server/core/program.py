@@ -46,8 +46,9 @@ class Daemon:
     # and only their problems are reported.
     config_keys: tuple[str, ...] = ()
 
-    def __init__(self):
-        self.settings, self.log = start(self.program)
+    def __init__(self, settings: settings_mod.Settings | None = None, log: logging.Logger | None = None):
+        # A one-shot program borrowing a daemon's pass (procs/logcollector.py `deliver_now`) passes its own.
+        self.settings, self.log = (settings, log) if settings is not None else start(self.program)
         self.db = open_database(self.settings, self.program)
         self.stop = threading.Event()
         self.stop_reason = ""
