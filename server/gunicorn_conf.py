@@ -1,6 +1,10 @@
 """gunicorn settings for the server program, from the AYON_* settings."""
 
+import glob
 import os
+import signal
+import time
+from pathlib import Path
 
 from server.core import layout
 from server.core import settings as settings_mod
@@ -39,6 +43,60 @@ def on_starting(server):
     from server.metrics import prepare_multiprocess_dir
 
     prepare_multiprocess_dir(_metrics_dir)
+
+
+# The server's heartbeat (program `server`, the master's pid) comes from a child of the master
+# forked before the first worker (server/core/heartbeat.py fork_beside): requests never wait for
+# it, the master keeps a single thread and no database connection to pass on to the workers it
+# forks, and it ends with the master.
+_beside = {"pid": 0}
+
+
+def _server_figures(master: int, configured: int) -> dict:
+    """Worker processes alive (the master's children but the beating one) and requests answered since start."""
+    figures = {"workers_alive": None, "workers_configured": configured, "requests_total": None}
+    try:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        figures["workers_alive"] = sum(1 for pid in children if int(pid) != os.getpid())
+    except (OSError, ValueError):
+        pass  # no /proc (or a kernel without the children list): the figure is left out
+    try:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        from server.metrics import REQUESTS
+
+        name = REQUESTS.describe()[0].name
+        # Counters only, each worker's file, dead workers' too: the workers' own counts, 0.5 s behind at most.
+        files = glob.glob(os.path.join(_metrics_dir, "counter_*.db"))
+        figures["requests_total"] = int(sum(sample.value for metric in MultiProcessCollector.merge(files)
+                                            if metric.name == name for sample in metric.samples
+                                            if sample.name == name + "_total"))
+    except Exception:  # a file being written or removed: the next beat reads it again
+        pass
+    return figures
+
+
+def when_ready(server):
+    from server.core import heartbeat
+    from server.core.logs import setup_logging
+
+    master, configured = os.getpid(), server.cfg.workers
+    _beside["pid"] = heartbeat.fork_beside(
+        _settings, "server", lambda: _server_figures(master, configured),
+        close_fds=[listener.fileno() for listener in server.LISTENERS], setup_logging=setup_logging)
+
+
+def on_exit(server):
+    pid = _beside["pid"]
+    if not pid:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
+            time.sleep(0.02)
+    except (ProcessLookupError, ChildProcessError):
+        pass  # already gone (the master reaps any child that ends)
 
 
 def child_exit(server, worker):
