@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 
-from maintenance import registry, runner, space
+from maintenance import preview, registry, space
 from maintenance.runner import Runner
 from procs.logcollector import deliver_now
 from server.core import config, migrations
@@ -74,8 +74,8 @@ def dry_run(settings, log, names: list[str] | None) -> int:
     try:
         with db.transaction() as cur:
             cfg = config.get(cur)
-        result = runner.preview(db, cfg, names)
-        event_id = runner.record_preview(db, result, "dry-run", names, None)
+        result = preview.count(db, cfg, names)
+        event_id = preview.record(db, result, "dry-run", names, None)
     finally:
         db.close()
     for task in result["tasks"]:

@@ -4,9 +4,8 @@ Each task runs in a worker thread under its time limit; past it, the task's
 statement is cancelled and the task recorded failed, and the run goes on. The
 optional window (`maintenance.window_minutes`) keeps tasks from starting late.
 The run records the size of each task's tables and of the database before and
-after, and tells the webhook (maintenance/notify.py) when it failed. A dry run
-(`preview`) counts what the tasks would remove, takes no lock and changes
-nothing but its own `server.maintenance.preview` event.
+after, and tells the webhook (maintenance/notify.py) when it failed. The dry
+run is maintenance/preview.py.
 """
 
 import contextlib
@@ -38,8 +37,6 @@ ABANDON_AFTER = 7.0
 RECANCEL_EVERY = 2.0
 GIVE_UP_AFTER = 30.0
 WINDOW_CLOSED = "window closed"
-# A dry run's statements: bounded, so a preview asked from the dashboard cannot run away either.
-PREVIEW_STATEMENT_TIMEOUT = "60s"
 
 log = logging.getLogger("ayon.maintenance")
 
@@ -356,57 +353,3 @@ def _size(cur, measure, *args) -> int | None:
     except (psycopg2.Error, *BROKEN) as exc:
         log.warning("could not measure a size: %s", first_line(exc))
         return None
-
-
-# --- the dry run ---
-
-
-class _Bounded:
-    """A database whose transactions carry a statement timeout and use one core: what a preview runs on."""
-
-    def __init__(self, db):
-        self.db = db
-
-    @contextlib.contextmanager
-    def transaction(self):
-        with self.db.transaction() as cur:
-            cur.execute(f"SET LOCAL statement_timeout = '{PREVIEW_STATEMENT_TIMEOUT}'")
-            cur.execute("SET LOCAL max_parallel_workers_per_gather = 0")
-            yield cur
-
-
-def preview(db, cfg, names: list[str] | None = None, stop: threading.Event | None = None) -> dict:
-    """What each enabled task would remove now under `cfg` (a config.View): rows and estimated bytes.
-
-    Changes nothing and takes no lock: a real run is never kept waiting by a preview.
-    A task whose count fails is reported with its error; the others are still counted.
-    """
-    started = time.monotonic()
-    bounded = _Bounded(db)
-    found = []
-    for task, on, options in registry.plan(cfg, names):
-        entry = {"name": task.name, "enabled": on, "description": task.describe(options), "rows": None,
-                 "bytes_estimate": None, "error": None}
-        if on and task.preview is not None:
-            ctx = registry.Context(bounded, options, lambda message: None, stop or threading.Event(), None)
-            try:
-                entry["rows"], entry["bytes_estimate"] = (int(x) for x in task.preview(ctx))
-            except (psycopg2.Error, *BROKEN) as exc:
-                entry["error"] = first_line(exc)
-        found.append(entry)
-    return {
-        "dry_run": True,
-        "tasks": found,
-        "rows_total": sum(t["rows"] or 0 for t in found),
-        "bytes_estimate_total": sum(t["bytes_estimate"] or 0 for t in found),
-        "duration_s": round(time.monotonic() - started, 3),
-    }
-
-
-def record_preview(target, result: dict, trigger: str, names: list[str] | None, candidate: dict | None) -> str:
-    """The dry run as its own finished event (never a `server.maintenance` run); returns its id."""
-    what = ", ".join(names) if names else "all enabled tasks"
-    description = (f"dry run of {what}: {result['rows_total']} rows, about "
-                   f"{space.readable(result['bytes_estimate_total'])} would be removed")
-    return events.dispatch(target, events.MAINTENANCE_PREVIEW, status="finished", description=description,
-                           summary=result, payload={"trigger": trigger, "tasks": names, "candidate": candidate})

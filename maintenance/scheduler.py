@@ -1,6 +1,16 @@
-"""`python -m maintenance --daemon`: the procedure daily at the configured time, and on request."""
+"""`python -m maintenance --daemon`: the procedure daily at the configured time, on request, and to catch up.
+
+Catch-up: when a daemon starts, and once a minute after, it looks at the last
+finished run. If that ended more than a day plus CATCH_UP_GRACE ago (with no
+finished run ever: the database was set up that long ago), and the next
+scheduled run is more than CATCH_UP_GRACE away, it runs once for the slot that
+passed last. The run carries that slot's name, as a scheduled run would, so the
+fleet-wide lock and the slot check keep it to one run however many daemons
+start, and a restart the same day finds the slot taken.
+"""
 
 import datetime
+import time
 
 from maintenance.runner import Runner
 from server.core import events, times
@@ -8,6 +18,8 @@ from server.core.program import Daemon
 
 # Requests arrive through NOTIFY; this poll is the fallback when a notification is missed.
 REQUEST_POLL = 1.0
+CATCH_UP_GRACE = datetime.timedelta(hours=1)
+CATCH_UP_CHECK = 60.0  # seconds between two looks for a missed day
 
 
 def slot_of(next_run: datetime.datetime) -> str:
@@ -29,6 +41,8 @@ class MaintenanceDaemon(Daemon):
     due: datetime.datetime | None = None
     schedule_key = None
     running = None
+    catch_up_on = True
+    catch_up_at = 0.0  # monotonic time of the next look for a missed day
 
     def prepare(self) -> None:
         self.runner = Runner(self.settings.postgres_url, self.log.info, self.stop, read_config=self.usable_config)
@@ -47,6 +61,7 @@ class MaintenanceDaemon(Daemon):
     def configure(self, cfg) -> None:
         """A changed time, zone or switch moves the next due time."""
         section = cfg.maintenance
+        self.catch_up_on = section.catch_up
         key = (section.enabled, section.time, section.timezone)
         if key == self.schedule_key:
             return
@@ -86,8 +101,59 @@ class MaintenanceDaemon(Daemon):
 
     # --- the loop ---
 
+    # --- catching up a missed day ---
+
+    def last_finished(self) -> tuple[datetime.datetime | None, str]:
+        """When the last finished run ended, else when the database was set up; and which of the two it is."""
+        with self.db.transaction() as cur:
+            cur.execute("SELECT max(updated_at) FROM events WHERE topic = %s AND status = 'finished'",
+                        (events.MAINTENANCE,))
+            ended = cur.fetchone()[0]
+            if ended is not None:
+                return ended, "the last finished run ended"
+            cur.execute("SELECT min(applied_at) FROM schema_migrations")
+            return cur.fetchone()[0], "no run has finished; the database was set up"
+
+    def slot_taken(self, slot: str) -> bool:
+        """Whether a run for this slot started already (it may have failed: that one is for the alerts)."""
+        with self.db.transaction() as cur:
+            cur.execute("SELECT 1 FROM events WHERE topic = %s AND payload->>'slot' = %s LIMIT 1",
+                        (events.MAINTENANCE, slot))
+            return cur.fetchone() is not None
+
+    def catch_up(self) -> None:
+        """Run once for the slot that passed last when no run finished for over a day (see the module doc)."""
+        first = self.catch_up_at == 0.0
+        if self.due is None or not self.catch_up_on or time.monotonic() < self.catch_up_at:
+            return
+        self.catch_up_at = time.monotonic() + CATCH_UP_CHECK
+        moment = now()
+        last, what = self.last_finished()
+        _, at, zone = self.schedule_key
+        slot = slot_of(times.previous_run(moment, at, zone))
+        if last is None or moment - last <= datetime.timedelta(days=1) + CATCH_UP_GRACE:
+            if first:
+                self.log.info("no catch-up needed: %s at %s", what, times.rfc3339(last))
+            return
+        if self.slot_taken(slot):
+            if first:
+                self.log.info("no catch-up: %s at %s, and the slot %s has had its run", what, times.rfc3339(last), slot)
+            return
+        if self.due - moment <= CATCH_UP_GRACE:
+            if first:
+                self.log.info("no catch-up: %s at %s, and the next run is due within %s", what,
+                              times.rfc3339(last), CATCH_UP_GRACE)
+            return
+        self.log.info("catching up: %s at %s, over a day ago; running for the slot %s", what, times.rfc3339(last), slot)
+        try:
+            self.run_once(trigger="catch-up", slot=slot)
+        except Exception:
+            self.log.exception("the catch-up maintenance run failed")
+
     def tick(self) -> None:
         self.run_due()
+        if not self.stop.is_set():
+            self.catch_up()
         if not self.stop.is_set():
             self.take_request()
 

@@ -274,6 +274,7 @@ def create_app(ctx: AppContext) -> falcon.asgi.App:
     app.add_route("/api/instances", instances.Instances(ctx))
     app.add_route("/api/maintenance", maintenance.Maintenance(ctx))
     app.add_route("/api/maintenance/run", maintenance.Run(ctx))
+    app.add_route("/api/maintenance/preview", maintenance.PreviewResource(ctx))
     app.add_route("/api/actions", actions.Collection(ctx))
     action = actions.Item(ctx)
     app.add_route("/api/actions/{action_id}", action)

@@ -14,7 +14,7 @@ CORE = "server.core"
 # The wings, each a top-level package or part of one; the first prefix that matches wins.
 WINGS = {CORE: "core", "server": "web", "procs": "programs", "maintenance": "maintenance"}
 # What a wing may import of another: its public modules only.
-PUBLIC = {"maintenance", "maintenance.registry", "procs.logcollector"}
+PUBLIC = {"maintenance", "maintenance.registry", "maintenance.preview", "procs.logcollector"}
 PACKAGES = ("server", "procs", "maintenance")
 
 

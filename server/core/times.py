@@ -23,6 +23,16 @@ def next_run(now: datetime.datetime, at: str, zone: str) -> datetime.datetime:
     raise AssertionError("a daily time recurs within two days")
 
 
+def previous_run(now: datetime.datetime, at: str, zone: str) -> datetime.datetime:
+    """The last moment at or before `now` when the clock in `zone` showed `at`: the slot that passed last."""
+    due = next_run(now - datetime.timedelta(days=2), at, zone)
+    while True:
+        later = next_run(due, at, zone)
+        if later > now:
+            return due
+        due = later
+
+
 def rfc3339(moment: datetime.datetime | None) -> str | None:
     """The one way the API writes a time: RFC 3339 in UTC with `Z`, microseconds as PostgreSQL keeps them."""
     if moment is None:
