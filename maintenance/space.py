@@ -9,15 +9,19 @@ them, which is why the summary shows both before and after.
 
 from psycopg2 import sql
 
-TABLE_BYTES = """
-    SELECT coalesce(sum(pg_total_relation_size(tree.relid)), 0)::bigint
-    FROM unnest(%s::text[]) AS t(name), LATERAL pg_partition_tree(to_regclass(t.name)) AS tree
+# The tables themselves and, for a partitioned one, its partitions (pg_partition_tree lists nothing
+# for a table that is not part of a partition tree; a partitioned parent itself takes no space).
+RELATIONS = """
+    SELECT to_regclass(t.name) AS oid FROM unnest(%(tables)s::text[]) AS t(name)
+    UNION
+    SELECT tree.relid FROM unnest(%(tables)s::text[]) AS t(name), LATERAL pg_partition_tree(to_regclass(t.name)) AS tree
 """
 
 
 def table_bytes(cur, tables) -> int:
     """Bytes the tables take on disk, indexes and partitions included."""
-    cur.execute(TABLE_BYTES, (list(tables),))
+    cur.execute(f"SELECT coalesce(sum(pg_total_relation_size(r.oid)), 0)::bigint FROM ({RELATIONS}) r "
+                "WHERE r.oid IS NOT NULL", {"tables": list(tables)})
     return int(cur.fetchone()[0])
 
 
@@ -29,9 +33,9 @@ def database_bytes(cur) -> int:
 def row_bytes(cur, table: str) -> float:
     """Average bytes per row of a table on disk (indexes included): the estimate for rows a DELETE frees."""
     cur.execute(
-        "SELECT coalesce(sum(pg_total_relation_size(tree.relid)), 0), coalesce(sum(greatest(c.reltuples, 0)), 0) "
-        "FROM pg_partition_tree(to_regclass(%s)) AS tree JOIN pg_class c ON c.oid = tree.relid",
-        (table,),
+        "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0), coalesce(sum(greatest(c.reltuples, 0)), 0) "
+        f"FROM ({RELATIONS}) r JOIN pg_class c ON c.oid = r.oid",
+        {"tables": [table]},
     )
     size, tuples = cur.fetchone()
     if not tuples:  # never analyzed: count instead of guessing

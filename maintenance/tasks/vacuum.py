@@ -14,7 +14,8 @@ def run(ctx):
             # Plain VACUUM takes no exclusive locks, so the API keeps serving; FULL would rewrite and lock.
             # A manual VACUUM runs unthrottled by default; autovacuum's cost delay keeps it gentle.
             cur.execute("SET vacuum_cost_delay = '2ms'")
-            cur.execute("VACUUM (ANALYZE)")
+            # SKIP_LOCKED: a table another session holds locked is left for the next run, never waited for.
+            cur.execute("VACUUM (ANALYZE, SKIP_LOCKED)")
     ctx.progress("vacuum done")
     return 0
 
