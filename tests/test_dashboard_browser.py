@@ -90,7 +90,7 @@ def test_dashboard_follows_a_maintenance_run_live(server, page, database, tmp_pa
     expect(page.locator("#dashboard")).to_be_visible()
     expect(page.locator("#live")).to_have_text("live")
     expect(page.locator("#instances tbody")).to_contain_text("render-01")
-    expect(page.locator("#instances tbody")).to_contain_text('"queue_depth":3')
+    expect(page.locator("#instances tbody tr", has_text="render-01").locator("td.figures")).to_have_text("queue 3")
 
     # The token is kept: a reload goes straight to the dashboard.
     page.reload()
@@ -113,6 +113,9 @@ def test_dashboard_follows_a_maintenance_run_live(server, page, database, tmp_pa
     expect(page.locator("#run-summary")).to_have_text(
         "remove_old_logs finished (2 rows), remove_old_events finished (2 rows), vacuum finished (2 rows) in 0.3 s")
     assert page.eval_on_selector("#run-bar", "bar => bar.value") == 1
+    # The ended run joins the history chart, selected, with its tasks.
+    expect(page.locator(f'#history-chart .run[data-event-id="{run_id}"][data-status="finished"]')).to_have_count(1)
+    expect(page.locator("#run-tasks tbody tr")).to_have_count(3)
     expect(page.locator("#events tbody")).to_contain_text("3 tasks finished in 0.3 s")
     assert page.evaluate("window.notReloaded") is True, "the page reloaded"
     page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)

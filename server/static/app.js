@@ -7,7 +7,10 @@ const TOKEN_KEY = "ayon.adminToken";
 const MAINTENANCE = "server.maintenance";
 const $ = (selector, root) => (root || document).querySelector(selector);
 
-const state = { token: localStorage.getItem(TOKEN_KEY), stream: null, eventsCursor: null, config: null, run: null };
+const state = {
+  token: localStorage.getItem(TOKEN_KEY), stream: null, eventsCursor: null, config: null, run: null,
+  history: [], selected: null, pinned: false, drawnWidth: 0,
+};
 
 class ApiError extends Error {
   constructor(status, title, description) {
@@ -41,10 +44,77 @@ async function api(path, options) {
 
 // --- small helpers ---
 
+const DASH = "—";
+const NUMBER = new Intl.NumberFormat();
+const COMPACT = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 });
+const DECIMALS = [0, 1, 2].map((digits) => new Intl.NumberFormat(undefined, { maximumFractionDigits: digits }));
+const BYTE_UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+// Figures and times in the API: RFC 3339, or a maintenance slot ("2026-11-30T03:00Z").
+const TIME_TEXT = /^\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:\d\d)$/;
+
+function known(value) {
+  return typeof value === "number" && isFinite(value);
+}
+
+function pad(n) {
+  return String(n).padStart(2, "0");
+}
+
+// The browser's abbreviation where it has a lettered one (UTC, CET, EST), else the offset (UTC+01:00).
+function zoneOf(date) {
+  let name = "";
+  try {
+    const part = new Intl.DateTimeFormat("en-US", { timeZoneName: "short" })
+      .formatToParts(date).find((p) => p.type === "timeZoneName");
+    name = part ? part.value : "";
+  } catch (err) {
+    name = "";
+  }
+  if (/^[A-Z]{2,5}$/.test(name)) return name;
+  const minutes = -date.getTimezoneOffset();
+  const abs = Math.abs(minutes);
+  return `UTC${minutes < 0 ? "-" : "+"}${pad(Math.floor(abs / 60))}:${pad(abs % 60)}`;
+}
+
+function day(date) {
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}`;
+}
+
+// Every time on the page: the browser's local time, always with its zone ("2026-11-30 03:00:12 UTC").
 function when(value) {
   if (!value) return "";
   const date = new Date(value);
-  return isNaN(date) ? String(value) : date.toLocaleString();
+  if (isNaN(date)) return String(value);
+  return `${day(date)} ${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())} ${zoneOf(date)}`;
+}
+
+function count(value) {
+  return known(value) ? NUMBER.format(value) : DASH;
+}
+
+function bytes(value) {
+  if (!known(value)) return DASH;
+  let size = Math.abs(value);
+  let unit = 0;
+  // At most three digits before the point: 1,000 KiB reads better as 0.98 MiB.
+  while (size >= 1000 && unit < BYTE_UNITS.length - 1) {
+    size /= 1024;
+    unit += 1;
+  }
+  const digits = unit === 0 || size >= 100 ? 0 : size < 1 ? 2 : 1;
+  return `${value < 0 ? "-" : ""}${DECIMALS[digits].format(size)} ${BYTE_UNITS[unit]}`;
+}
+
+function seconds(value) {
+  if (!known(value)) return DASH;
+  if (value < 60) return `${DECIMALS[value > 0 && value < 0.1 ? 2 : 1].format(value)} s`;
+  const whole = Math.round(value);
+  if (whole < 3600) return `${Math.floor(whole / 60)} min ${whole % 60} s`;
+  return `${Math.floor(whole / 3600)} h ${Math.floor((whole % 3600) / 60)} min`;
+}
+
+function beforeAfter(before, after) {
+  return known(before) || known(after) ? `${bytes(before)} → ${bytes(after)}` : DASH;
 }
 
 function cell(row, text, className) {
@@ -54,13 +124,26 @@ function cell(row, text, className) {
   return td;
 }
 
-function badge(td, status) {
+// A time cell: local time with its zone, the API's UTC text on hover.
+function timeCell(row, value) {
+  const td = row.insertCell();
+  td.className = "nowrap";
+  const time = document.createElement("time");
+  time.dateTime = value || "";
+  time.title = value || "";
+  time.textContent = when(value);
+  td.appendChild(time);
+  return td;
+}
+
+function badge(td, status, text) {
   td.textContent = "";
   const span = document.createElement("span");
   span.className = "badge";
   span.dataset.status = status;
-  span.textContent = status;
+  span.textContent = text || status;
   td.appendChild(span);
+  return span;
 }
 
 function showError(message) {
@@ -123,8 +206,9 @@ function showRun(event) {
   state.run = event;
   const status = event ? event.status : "none";
   const label = $("#run-status");
-  label.dataset.status = status;
-  label.textContent = event ? status : "none yet";
+  const interrupted = event && outcome(event) === "interrupted";
+  label.dataset.status = interrupted ? "interrupted" : status;
+  label.textContent = event ? (interrupted ? "interrupted" : status) : "none yet";
   $("#run-when").textContent = event ? `started ${when(event.created_at)}` : "";
   const bar = $("#run-bar");
   const step = $("#run-step");
@@ -152,7 +236,7 @@ function showRun(event) {
 
 function summarize(summary) {
   if (!summary || !Array.isArray(summary.tasks)) return "";
-  const parts = summary.tasks.map((t) => `${t.name} ${t.status}${t.rows != null ? ` (${t.rows} rows)` : ""}`);
+  const parts = summary.tasks.map((t) => `${t.name} ${t.status}${t.rows != null ? ` (${count(t.rows)} rows)` : ""}`);
   const total = summary.duration_s != null ? ` in ${Number(summary.duration_s).toFixed(1)} s` : "";
   return parts.join(", ") + total;
 }
@@ -166,16 +250,256 @@ async function loadLatestRun() {
 
 async function loadMaintenance() {
   await loadLatestRun();
-  const body = await api("/api/maintenance");
+  const body = await api(`/api/maintenance?last=${HISTORY_RUNS}`);
   const next = body && body.next_run;
-  $("#run-next").textContent = next ? `Next scheduled run: ${when(next)}` : "No run scheduled (maintenance is off).";
-  const rows = $("#runs tbody");
+  $("#run-next").textContent = next
+    ? `Next scheduled run: ${when(next)} (daily at ${body.time} ${body.timezone})`
+    : "No run scheduled (maintenance is off).";
+  state.history = body.last_runs || [];
+  // The newest run until one is chosen; a chosen one while it is still drawn.
+  if (!state.pinned || !state.history.some((run) => run.id === state.selected)) {
+    state.selected = state.history.length ? state.history[0].id : null;
+    state.pinned = false;
+  }
+  drawHistory();
+  showRunDetail(state.history.find((run) => run.id === state.selected));
+}
+
+// --- maintenance history: the last runs as a chart, and one run's tasks ---
+
+const HISTORY_RUNS = 30;
+const SVG_NS = "http://www.w3.org/2000/svg";
+const OUTCOME_TEXT = { finished: "finished", failed: "failed", interrupted: "interrupted", running: "running" };
+
+// A run that was aborted by a shutdown, or found dead and failed later, was interrupted.
+function outcome(run) {
+  if (run.status === "finished") return "finished";
+  if (run.status === "aborted") return "interrupted";
+  if (run.status === "failed") return /^interrupted: /.test(run.description || "") ? "interrupted" : "failed";
+  return "running";
+}
+
+function summaryOf(run) {
+  return run && run.summary && typeof run.summary === "object" ? run.summary : {};
+}
+
+function tasksOf(run) {
+  const tasks = summaryOf(run).tasks;
+  return Array.isArray(tasks) ? tasks.filter((t) => t && typeof t === "object") : null;
+}
+
+function runDuration(run) {
+  const value = summaryOf(run).duration_s;
+  return known(value) ? value : null;
+}
+
+function runRows(run) {
+  const tasks = tasksOf(run);
+  if (!tasks) return null;
+  const rows = tasks.map((t) => t.rows).filter(known);
+  return rows.length ? rows.reduce((a, b) => a + b, 0) : null;
+}
+
+function runLabel(run) {
+  return `${when(run.created_at)} · ${OUTCOME_TEXT[outcome(run)]} · ${seconds(runDuration(run))} · ${count(runRows(run))} rows`;
+}
+
+function svgNode(name, attrs, parent) {
+  const node = document.createElementNS(SVG_NS, name);
+  for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
+  if (parent) parent.appendChild(node);
+  return node;
+}
+
+function svgText(parent, x, y, text, className, anchor) {
+  const node = svgNode("text", { x, y, class: className || "", "text-anchor": anchor || "start" }, parent);
+  node.textContent = text;
+  return node;
+}
+
+// The smallest of 1, 2, 2.5, 5 × 10^n at or above `value`; durations over two minutes in whole minutes.
+function niceMax(value, minutes) {
+  if (minutes && value > 120) return niceMax(value / 60) * 60;
+  if (!(value > 0)) return 1;
+  const scale = 10 ** Math.floor(Math.log10(value));
+  for (const step of [1, 2, 2.5, 5, 10]) if (step * scale >= value) return step * scale;
+  return 10 * scale;
+}
+
+// The marks that say failed and interrupted without colour: a cross, a triangle; a ring while running.
+function drawMarker(parent, kind, x, y) {
+  if (kind === "failed") {
+    svgNode("path", { d: `M${x - 5} ${y - 5}L${x + 5} ${y + 5}M${x + 5} ${y - 5}L${x - 5} ${y + 5}`, class: "marker" }, parent);
+  } else if (kind === "interrupted") {
+    svgNode("path", { d: `M${x} ${y - 6}L${x + 6} ${y + 5}L${x - 6} ${y + 5}Z`, class: "marker" }, parent);
+  } else if (kind === "running") {
+    svgNode("circle", { cx: x, cy: y, r: 4.5, class: "marker" }, parent);
+  }
+}
+
+const PANELS = [
+  { title: "Duration", top: 42, height: 84, value: runDuration, minutes: true, tick: seconds },
+  { title: "Rows removed", top: 160, height: 64, value: runRows, minutes: false, tick: (v) => COMPACT.format(v) },
+];
+const CHART = { height: 252, left: 64, right: 8, markerY: 14, labelY: 244 };
+
+function drawHistory() {
+  const box = $("#history-chart");
+  const runs = state.history.slice().reverse(); // oldest on the left
+  const which = runs.length === 1 ? "the only run so far"
+    : runs.length < HISTORY_RUNS ? `all ${runs.length} runs so far` : `the last ${runs.length} runs`;
+  $("#history-note").textContent = `${which}, oldest on the left; dates in ${zoneOf(new Date())}`;
+  box.textContent = "";
+  state.drawnWidth = box.clientWidth;
+  if (!runs.length) {
+    const line = document.createElement("p");
+    line.className = "muted";
+    line.textContent = "No maintenance run recorded yet.";
+    box.appendChild(line);
+    return;
+  }
+  const width = Math.max(320, box.clientWidth || 800);
+  const slots = Math.max(HISTORY_RUNS, runs.length);
+  const step = (width - CHART.left - CHART.right) / slots;
+  const barWidth = Math.max(2, Math.min(24, step * 0.6));
+  const chart = svgNode("svg", {
+    width, height: CHART.height, viewBox: `0 0 ${width} ${CHART.height}`, class: "history",
+    role: "group", "aria-label": `The last ${runs.length} maintenance runs: duration and rows removed`,
+  });
+  for (const panel of PANELS) {
+    const values = runs.map(panel.value).filter(known);
+    panel.max = niceMax(Math.max(0, ...values), panel.minutes);
+    svgText(chart, 0, panel.top - 12, panel.title, "panel-title");
+    for (const fraction of [0, 0.5, 1]) {
+      const y = panel.top + panel.height * (1 - fraction);
+      svgNode("line", { x1: CHART.left, x2: width - CHART.right, y1: y, y2: y, class: fraction ? "grid" : "axis" }, chart);
+      svgText(chart, CHART.left - 6, y + 4, panel.tick(panel.max * fraction), "tick", "end");
+    }
+  }
+  // Dates under the runs, at least 56 px apart, counted from the newest.
+  const every = Math.max(1, Math.ceil(56 / step));
+  runs.forEach((run, index) => {
+    const x = CHART.left + step * (slots - runs.length + index + 0.5);
+    const kind = outcome(run);
+    const label = runLabel(run);
+    const group = svgNode("g", {
+      class: `run outcome-${kind}`, "data-status": run.status, "data-outcome": kind, "data-event-id": run.id,
+      tabindex: 0, role: "button", "aria-label": label, "aria-pressed": run.id === state.selected,
+    }, chart);
+    if (run.id === state.selected) group.classList.add("selected");
+    svgNode("title", {}, group).textContent = label;
+    svgNode("rect", { x: x - step / 2, y: 0, width: step, height: CHART.labelY - 12, class: "hit" }, group);
+    for (const panel of PANELS) {
+      const value = panel.value(run);
+      if (value === null) continue;
+      const height = Math.max(1, (value / panel.max) * panel.height);
+      svgNode("rect", {
+        x: x - barWidth / 2, y: panel.top + panel.height - height, width: barWidth, height, class: "bar",
+      }, group);
+    }
+    drawMarker(group, kind, x, CHART.markerY);
+    if ((runs.length - 1 - index) % every === 0) {
+      const date = new Date(run.created_at);
+      const text = isNaN(date) ? "" : `${pad(date.getMonth() + 1)}-${pad(date.getDate())}`;
+      svgText(group, x, CHART.labelY, text, "date", "middle");
+    }
+  });
+  box.appendChild(chart);
+}
+
+function selectRun(id, focus) {
+  const run = state.history.find((r) => r.id === id);
+  if (!run) return;
+  state.selected = id;
+  state.pinned = true;
+  for (const mark of document.querySelectorAll("#history-chart .run")) {
+    const chosen = mark.dataset.eventId === id;
+    mark.classList.toggle("selected", chosen);
+    mark.setAttribute("aria-pressed", String(chosen));
+    if (chosen && focus) mark.focus();
+  }
+  showRunDetail(run);
+}
+
+function onHistoryClick(event) {
+  const mark = event.target.closest(".run");
+  if (mark) selectRun(mark.dataset.eventId);
+}
+
+function onHistoryKey(event) {
+  const mark = event.target.closest(".run");
+  if (!mark) return;
+  const marks = [...document.querySelectorAll("#history-chart .run")];
+  const index = marks.indexOf(mark);
+  let target = null;
+  if (event.key === "Enter" || event.key === " ") target = mark;
+  else if (event.key === "ArrowLeft") target = marks[index - 1];
+  else if (event.key === "ArrowRight") target = marks[index + 1];
+  else return;
+  event.preventDefault();
+  if (target) selectRun(target.dataset.eventId, true);
+}
+
+function fact(list, name, value) {
+  const pair = document.createElement("div");
+  pair.dataset.fact = name;
+  const term = document.createElement("dt");
+  term.textContent = name;
+  const text = document.createElement("dd");
+  text.textContent = value;
+  pair.append(term, text);
+  list.appendChild(pair);
+}
+
+function showRunDetail(run) {
+  const box = $("#run-detail");
+  box.hidden = !run;
+  if (!run) return;
+  const summary = summaryOf(run);
+  const payload = run.payload && typeof run.payload === "object" ? run.payload : {};
+  const kind = outcome(run);
+  const started = $("#detail-when");
+  started.dateTime = run.created_at || "";
+  started.title = run.created_at || "";
+  started.textContent = when(run.created_at);
+  badge($("#detail-status"), kind === "interrupted" ? "interrupted" : run.status, OUTCOME_TEXT[kind]);
+  $("#detail-description").textContent = run.description || "";
+  const facts = $("#detail-facts");
+  facts.textContent = "";
+  fact(facts, "Trigger", payload.trigger || DASH);
+  fact(facts, "Duration", seconds(runDuration(run)));
+  fact(facts, "Rows removed", count(runRows(run)));
+  fact(facts, "Database", beforeAfter(summary.db_bytes_before, summary.db_bytes_after));
+  const windowMinutes = summary.window_minutes;
+  fact(facts, "Window", known(windowMinutes) ? (windowMinutes ? `${windowMinutes} min` : "none") : DASH);
+  if (ENDED.includes(run.status)) fact(facts, "Ended", when(run.updated_at));
+
+  const rows = $("#run-tasks tbody");
   rows.textContent = "";
-  for (const run of body.last_runs) {
+  const tasks = tasksOf(run) || [];
+  for (const task of tasks) {
     const row = rows.insertRow();
-    cell(row, when(run.created_at));
-    badge(row.insertCell(), run.status);
-    cell(row, run.description);
+    row.dataset.task = task.name || "";
+    row.dataset.status = task.status || "";
+    cell(row, task.name || DASH, "mono nowrap");
+    const status = row.insertCell();
+    badge(status, task.status || "unknown");
+    const why = task.status === "failed" ? task.error : task.reason || task.error;
+    if (why) {
+      const text = document.createElement("span");
+      text.className = task.status === "failed" ? "why error-text" : "why muted";
+      text.textContent = why;
+      status.appendChild(text);
+    }
+    cell(row, count(task.rows), "num");
+    const size = cell(row, beforeAfter(task.bytes_before, task.bytes_after), "num");
+    if (Array.isArray(task.tables) && task.tables.length) size.title = `tables: ${task.tables.join(", ")}`;
+    const took = cell(row, seconds(task.duration_s), "num");
+    if (known(task.time_limit_s)) took.title = `time limit ${seconds(task.time_limit_s)}${task.timed_out ? ", reached" : ""}`;
+  }
+  if (!tasks.length) {
+    const text = ENDED.includes(run.status) ? "This run recorded no tasks." : "No task has ended yet.";
+    cell(rows.insertRow(), text, "muted").colSpan = 5;
   }
 }
 
@@ -200,19 +524,72 @@ function flattenInstances(body) {
   return rows;
 }
 
+// Heartbeat figures as words: the known ones named and in their units, any other as "key value".
+const FIGURES = {
+  workers_alive: (v, info) => `workers ${count(v)}${known(info.workers_configured) ? ` of ${count(info.workers_configured)}` : ""}`,
+  workers_configured: (v, info) => (known(info.workers_alive) ? null : `workers configured ${count(v)}`),
+  requests_total: (v) => `requests ${count(v)}`,
+  lag_seconds: (v) => `lag ${seconds(v)}`,
+  spool_bytes: (v) => `spool ${bytes(v)}`,
+  dropped_total: (v) => `dropped ${count(v)}`,
+  ingested_total: (v) => `ingested ${count(v)}`,
+  queue_depth: (v) => `queue ${count(v)}`,
+  next_run: (v) => `next run ${v ? figureValue(v) : "none"}`,
+  running: (v) => (v ? `running ${figureValue(v)}` : "idle"),
+};
+
+const TEXT_FIGURES = new Set(["next_run", "running"]);
+
+function figureValue(value) {
+  if (value === null || value === undefined) return DASH;
+  if (typeof value === "number") return NUMBER.format(value);
+  if (typeof value === "boolean") return value ? "yes" : "no";
+  if (typeof value === "string") return TIME_TEXT.test(value) ? when(value) : value;
+  return JSON.stringify(value);
+}
+
+// Known figures in the order declared above, then any other by name (jsonb keeps no order of its own).
+function figures(info) {
+  if (!info || typeof info !== "object") return [];
+  const keys = Object.keys(FIGURES).filter((key) => key in info)
+    .concat(Object.keys(info).filter((key) => !Object.prototype.hasOwnProperty.call(FIGURES, key)).sort());
+  const found = [];
+  for (const key of keys) {
+    const value = info[key];
+    const named = Object.prototype.hasOwnProperty.call(FIGURES, key);
+    const fits = value === null || typeof value === "number" || (TEXT_FIGURES.has(key) && typeof value === "string");
+    const text = named && fits ? FIGURES[key](value, info) : `${key} ${figureValue(value)}`;
+    if (text) found.push(text);
+  }
+  return found;
+}
+
+function figuresCell(row, info) {
+  const td = row.insertCell();
+  td.className = "figures";
+  figures(info).forEach((text, index) => {
+    if (index) td.append(" · ");
+    const span = document.createElement("span");
+    span.className = "figure";
+    span.textContent = text;
+    td.appendChild(span);
+  });
+  return td;
+}
+
 async function loadInstances() {
   const rows = $("#instances tbody");
   const found = flattenInstances(await api("/api/instances"));
   rows.textContent = "";
   for (const p of found) {
     const row = rows.insertRow();
-    cell(row, p.instance_id);
-    cell(row, p.program);
-    cell(row, p.pid);
-    cell(row, when(p.last_seen));
+    row.dataset.program = p.program;
+    cell(row, p.instance_id, "mono");
+    cell(row, p.program, "nowrap");
+    cell(row, p.pid, "num");
+    timeCell(row, p.last_seen);
     badge(row.insertCell(), p.stale ? "stale" : "alive");
-    const info = p.info && Object.keys(p.info).length ? JSON.stringify(p.info) : "";
-    cell(row, info, "mono");
+    figuresCell(row, p.info);
   }
   if (!found.length) cell(rows.insertRow(), "No instance has sent a heartbeat yet.").colSpan = 6;
 }
@@ -285,7 +662,7 @@ async function loadEvents(more) {
   for (const e of body.events) {
     const row = rows.insertRow();
     row.dataset.id = e.id;
-    cell(row, when(e.created_at));
+    timeCell(row, e.created_at);
     cell(row, e.topic, "mono");
     badge(row.insertCell(), e.status);
     cell(row, e.description);
@@ -306,7 +683,7 @@ async function loadLogs() {
   rows.textContent = "";
   for (const r of body.logs) {
     const row = rows.insertRow();
-    cell(row, when(r.ts));
+    timeCell(row, r.ts);
     cell(row, r.level, `level-${r.level}`);
     cell(row, `${r.instance}/${r.program}`, "mono");
     cell(row, r.message);
@@ -331,8 +708,15 @@ function newerRun(event) {
   showRun(event);
 }
 
+let historyRefresh = null;
+
 function onMaintenanceChange(change) {
   const current = state.run;
+  // A run the chart does not show yet, or the end of one: the chart is read again (bursts coalesced).
+  if (ENDED.includes(change.status) || !state.history.some((run) => run.id === change.id)) {
+    clearTimeout(historyRefresh);
+    historyRefresh = setTimeout(() => loadMaintenance().catch(reportError), 300);
+  }
   if (current && current.id === change.id && !ENDED.includes(change.status)) {
     // The notification has no created_at or summary: keep those of the known run.
     newerRun(Object.assign({}, current, change));
@@ -340,7 +724,6 @@ function onMaintenanceChange(change) {
   }
   // A new run, or the end of one (its summary is only in the table): read the whole event.
   api(`/api/events/${change.id}`).then(newerRun, reportError);
-  if (ENDED.includes(change.status)) loadMaintenance().catch(reportError);
 }
 
 function onStreamEvent(type, data) {
@@ -405,6 +788,13 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#events-filter").addEventListener("submit", guarded(async (e) => { e.preventDefault(); await loadEvents(false); }));
   $("#events-more").addEventListener("click", guarded(() => loadEvents(true)));
   $("#logs-filter").addEventListener("submit", guarded(async (e) => { e.preventDefault(); await loadLogs(); }));
+  $("#history-chart").addEventListener("click", onHistoryClick);
+  $("#history-chart").addEventListener("keydown", onHistoryKey);
+  // The chart is drawn to its box's width: drawn again when that changes.
+  new ResizeObserver(() => {
+    const width = $("#history-chart").clientWidth;
+    if (width && width !== state.drawnWidth && state.history.length) drawHistory();
+  }).observe($("#history-chart"));
   for (const button of document.querySelectorAll("[data-refresh=instances]")) {
     button.addEventListener("click", guarded(loadInstances));
   }
