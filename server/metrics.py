@@ -2,8 +2,9 @@
 
 Every label takes its values from a fixed set, so no client can add series:
 the HTTP method (the standard ones, else `other`), the route *template*, the
-status code, the event topic family (TOPIC_FAMILIES) and status, maintenance
-task names from the task registry, and the instance ids and program names of
+status code, the event topic family (TOPIC_FAMILIES) and status, a maintenance
+run's outcome (OUTCOMES) and `when` (before, after), maintenance task names
+from the task registry, and the instance ids and program names of
 the heartbeats, which the operator's deployment chooses (AYON_INSTANCE_ID).
 The instance label is `ayon_instance`: Prometheus sets `instance` on every
 series itself (the scraped target) and would rename ours `exported_instance`.
@@ -17,7 +18,9 @@ ordinary in-process registry is used.
 """
 
 import functools
+import json
 import logging
+import math
 import os
 import shutil
 import threading
@@ -36,6 +39,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from server.api.spec import Reply, operation
+from server.core import config, events
 from server.core.events import STATUSES
 
 log = logging.getLogger("ayon.metrics")
@@ -73,6 +77,28 @@ HEARTBEAT_FIGURES = {
         ("queue_depth", "ayon_installer_queue_depth", "Packages waiting to be installed on the instance.", "gauge"),
     ],
 }
+
+
+# How a maintenance run ended, as people and alerts name it (the `outcome` and `status` labels): a run
+# stopped by a shutdown (aborted) and one whose process died (marked failed later, its description
+# starting "interrupted: ") are both interrupted.
+OUTCOMES = ("finished", "failed", "interrupted")
+
+# The latest run of each outcome: one backward walk of the events index by topic and time each. A dry run
+# (server.maintenance.preview) is another topic and never counts as a run.
+_LATEST_RUNS = """
+SELECT o.outcome, extract(epoch FROM r.updated_at), r.summary::text
+FROM (VALUES ('finished'), ('failed'), ('interrupted')) AS o (outcome)
+CROSS JOIN LATERAL (
+    SELECT updated_at, summary FROM events
+    WHERE topic = %(topic)s AND status IN ('finished', 'failed', 'aborted')
+      AND CASE WHEN status = 'finished' THEN 'finished'
+               WHEN status = 'aborted' OR description LIKE 'interrupted: %%' THEN 'interrupted'
+               ELSE 'failed' END = o.outcome
+    ORDER BY created_at DESC, id DESC
+    LIMIT 1
+) AS r
+"""
 
 
 class _Pending:
@@ -185,38 +211,109 @@ class DatabaseCollector:
         for (family, status), count in counts.items():  # every pair, zeros included: a fixed set of series
             events.add_metric([family, status], count)
         yield events
-        yield from self._maintenance(cur)
-        yield from self._heartbeats(cur)
+        known = _task_names()  # first: importing maintenance declares the tasks' configuration keys
+        cfg = config.get(cur)
+        yield from self._maintenance(cur, cfg, known)
+        yield from self._heartbeats(cur, cfg)
 
     @staticmethod
-    def _maintenance(cur):
+    def _maintenance(cur, cfg, known: frozenset[str]):
+        """The maintenance switch, whether a run is going on, and the latest run of each outcome.
+
+        Two statements, on the events index by topic and time (a handful of rows:
+        one run a day, and old events are removed) and schema_migrations. A
+        summary is read as the run left it, and it may be an old run's (without
+        the newer keys) or one written around the runner: anything that is not
+        the expected JSON number is left out, never a failed scrape.
+        """
         cur.execute(
-            "SELECT extract(epoch FROM updated_at), summary FROM events "
-            "WHERE topic = 'server.maintenance' AND status = 'finished' "
-            "ORDER BY created_at DESC, id DESC LIMIT 1"
+            "SELECT EXISTS (SELECT 1 FROM events WHERE topic = %s AND status = 'in_progress'), "
+            "(SELECT extract(epoch FROM min(applied_at)) FROM schema_migrations)",
+            (events.MAINTENANCE,),
         )
-        row = cur.fetchone()
-        success = GaugeMetricFamily("ayon_maintenance_last_success_timestamp_seconds",
-                                    "When the latest maintenance run that finished ended (Unix time).")
-        duration = GaugeMetricFamily("ayon_maintenance_last_duration_seconds",
-                                     "How long the latest maintenance run that finished took.")
-        tasks = GaugeMetricFamily("ayon_maintenance_task_duration_seconds",
-                                  "How long each task of the latest finished maintenance run took.", labels=["task"])
-        if row:
-            ended, summary = row
-            success.add_metric([], float(ended))
-            summary = summary if isinstance(summary, dict) else {}
-            if isinstance(summary.get("duration_s"), (int, float)):
-                duration.add_metric([], float(summary["duration_s"]))
-            known = _task_names()
-            for task in summary.get("tasks") or []:
-                if isinstance(task, dict) and task.get("name") in known \
-                        and isinstance(task.get("duration_s"), (int, float)):
-                    tasks.add_metric([task["name"]], float(task["duration_s"]))
-        yield from (success, duration, tasks)
+        in_progress, set_up = cur.fetchone()
+        cur.execute(_LATEST_RUNS, {"topic": events.MAINTENANCE})
+        runs = {outcome: (float(ended), _summary(text)) for outcome, ended, text in cur.fetchall()}
+
+        def gauge(name, help_text, labels=()):
+            return GaugeMetricFamily(name, help_text, labels=list(labels))
+
+        enabled = gauge("ayon_maintenance_enabled", "1 when the daemon runs the procedure on schedule "
+                                                    "(maintenance.enabled).")
+        enabled.add_metric([], 1 if cfg.maintenance.enabled else 0)
+        running = gauge("ayon_maintenance_in_progress", "1 while a maintenance run is in progress.")
+        running.add_metric([], 1 if in_progress else 0)
+        setup = gauge("ayon_database_setup_timestamp_seconds",
+                      "When setup first migrated the database (Unix time): where the maintenance schedule "
+                      "counts from before any run has finished.")
+        if set_up is not None:
+            setup.add_metric([], float(set_up))
+        ended = gauge("ayon_maintenance_last_run_timestamp_seconds",
+                      "When the latest maintenance run of each outcome ended (Unix time); a run stopped by a "
+                      "shutdown or whose process died is interrupted.", ["outcome"])
+        for outcome, (at, _) in runs.items():
+            ended.add_metric([outcome], at)
+        latest = max(runs, key=lambda outcome: runs[outcome][0], default=None)
+        status = gauge("ayon_maintenance_last_run_status",
+                       "1 for the outcome of the latest maintenance run that ended, 0 for the others "
+                       "(all 0 before the first run).", ["status"])
+        for outcome in OUTCOMES:
+            status.add_metric([outcome], 1 if outcome == latest else 0)
+
+        # The names of the figures before this step, kept: the latest run that finished.
+        success = gauge("ayon_maintenance_last_success_timestamp_seconds",
+                        "When the latest maintenance run that finished ended (Unix time).")
+        duration = gauge("ayon_maintenance_last_duration_seconds",
+                         "How long the latest maintenance run that finished took.")
+        if "finished" in runs:
+            at, summary = runs["finished"]
+            success.add_metric([], at)
+            if (seconds := _number(summary.get("duration_s"))) is not None:
+                duration.add_metric([], seconds)
+
+        summary = runs[latest][1] if latest else {}
+        database = gauge("ayon_maintenance_database_bytes",
+                         "Size of the database before and after the latest maintenance run that ended.", ["when"])
+        for when in ("before", "after"):
+            if (size := _number(summary.get(f"db_bytes_{when}"))) is not None:
+                database.add_metric([when], size)
+        per_task = {
+            "duration": gauge("ayon_maintenance_task_duration_seconds",
+                              "How long each task of the latest maintenance run that ended took.", ["task"]),
+            "rows": gauge("ayon_maintenance_task_rows",
+                          "Rows each task of the latest maintenance run that ended removed.", ["task"]),
+            "bytes": gauge("ayon_maintenance_task_bytes",
+                           "Size of the tables each task of the latest maintenance run that ended touched, "
+                           "before and after it.", ["task", "when"]),
+            "reclaimed": gauge("ayon_maintenance_task_bytes_reclaimed",
+                               "Bytes each task of the latest maintenance run that ended gave back: its tables' size "
+                               "before minus after (negative when they grew meanwhile).", ["task"]),
+            "timed_out": gauge("ayon_maintenance_task_timed_out",
+                               "1 when the task reached its time limit in the latest maintenance run that ended.",
+                               ["task"]),
+        }
+        for name, task in _tasks(summary.get("tasks"), known).items():
+            if (seconds := _number(task.get("duration_s"))) is not None:
+                per_task["duration"].add_metric([name], seconds)
+            if (rows := _number(task.get("rows"))) is not None:
+                per_task["rows"].add_metric([name], rows)
+            before, after = _number(task.get("bytes_before")), _number(task.get("bytes_after"))
+            for when, size in (("before", before), ("after", after)):
+                if size is not None:
+                    per_task["bytes"].add_metric([name, when], size)
+            if before is not None and after is not None:
+                per_task["reclaimed"].add_metric([name], before - after)
+            if isinstance(task.get("timed_out"), bool):
+                per_task["timed_out"].add_metric([name], 1 if task["timed_out"] else 0)
+        limits = gauge("ayon_maintenance_task_time_limit_seconds",
+                       "Each task's time limit now: its maintenance.tasks.<task>.max_minutes, else "
+                       "maintenance.max_minutes.", ["task"])
+        for name in sorted(known):
+            limits.add_metric([name], _time_limit(cfg, name))
+        yield from (enabled, running, setup, ended, status, success, duration, database, *per_task.values(), limits)
 
     @staticmethod
-    def _heartbeats(cur):
+    def _heartbeats(cur, cfg):
         cur.execute("SELECT instance_id, program, extract(epoch FROM last_seen), info FROM instances")
         rows = cur.fetchall()
         seen = GaugeMetricFamily("ayon_instance_last_seen_timestamp_seconds",
@@ -235,8 +332,49 @@ class DatabaseCollector:
                 value = info.get(key)
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     families[(program, key)].add_metric([instance], float(value))
+        stale = GaugeMetricFamily("ayon_instances_stale_after_seconds",
+                                  "Seconds without a heartbeat after which a program shows stale (instances.stale_after).")
+        stale.add_metric([], float(cfg.instances.stale_after))
         yield seen
+        yield stale
         yield from families.values()
+
+
+def _number(value) -> float | None:
+    """A JSON number of a summary as a float; None for text, booleans, null, and what no float holds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _summary(text: str | None) -> dict:
+    """A run's summary from its JSON text; empty when it is no object (or too deep or large to read)."""
+    try:
+        # Integers as floats: one of thousands of digits becomes inf (left out) instead of refusing the text.
+        value = json.loads(text, parse_int=float) if text else {}
+    except (ValueError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _tasks(listed, known: frozenset[str]) -> dict[str, dict]:
+    """A summary's task entries by name: registered names only, the first entry of a name repeated."""
+    found: dict[str, dict] = {}
+    for task in listed if isinstance(listed, list) else ():
+        name = task.get("name") if isinstance(task, dict) else None
+        if isinstance(name, str) and name in known and name not in found:
+            found[name] = task
+    return found
+
+
+def _time_limit(cfg, name: str) -> float:
+    """A task's time limit in seconds, as the runner takes it: its own max_minutes, else maintenance.max_minutes."""
+    own = cfg.maintenance.tasks[name].max_minutes
+    return float(own or cfg.maintenance.max_minutes) * 60
 
 
 @functools.cache
