@@ -46,7 +46,7 @@ async function api(path, options) {
 
 const DASH = "—";
 const NUMBER = new Intl.NumberFormat();
-const COMPACT = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 });
+const COMPACT = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 2 });
 const DECIMALS = [0, 1, 2].map((digits) => new Intl.NumberFormat(undefined, { maximumFractionDigits: digits }));
 const BYTE_UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
 // Figures and times in the API: RFC 3339, or a maintenance slot ("2026-11-30T03:00Z").
@@ -107,7 +107,8 @@ function bytes(value) {
 
 function seconds(value) {
   if (!known(value)) return DASH;
-  if (value < 60) return `${DECIMALS[value > 0 && value < 0.1 ? 2 : 1].format(value)} s`;
+  if (value > 0 && value < 0.01) return "< 0.01 s";
+  if (value < 60) return `${DECIMALS[value < 0.1 ? 2 : 1].format(value)} s`;
   const whole = Math.round(value);
   if (whole < 3600) return `${Math.floor(whole / 60)} min ${whole % 60} s`;
   return `${Math.floor(whole / 3600)} h ${Math.floor((whole % 3600) / 60)} min`;
@@ -337,9 +338,18 @@ function drawMarker(parent, kind, x, y) {
   }
 }
 
+// Axis labels exact enough for the steps niceMax makes (1.25 s, 2.5 s); rows only as whole numbers.
+function secondsTick(value) {
+  return value < 10 && value > 0 ? `${DECIMALS[2].format(value)} s` : seconds(value);
+}
+
+function rowsTick(value) {
+  return Number.isInteger(value) ? COMPACT.format(value) : "";
+}
+
 const PANELS = [
-  { title: "Duration", top: 42, height: 84, value: runDuration, minutes: true, tick: seconds },
-  { title: "Rows removed", top: 160, height: 64, value: runRows, minutes: false, tick: (v) => COMPACT.format(v) },
+  { title: "Duration", top: 42, height: 84, value: runDuration, minutes: true, tick: secondsTick },
+  { title: "Rows removed", top: 160, height: 64, value: runRows, minutes: false, tick: rowsTick },
 ];
 const CHART = { height: 252, left: 64, right: 8, markerY: 14, labelY: 244 };
 
