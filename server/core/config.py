@@ -38,7 +38,7 @@ FIELDS = [
     Field("maintenance.notify.header", Text(max_length=100, pattern=r"[A-Za-z0-9-]{1,100}", what="an HTTP header name"),
           "X-Ayon-Webhook-Secret", "Header that carries maintenance.notify.secret."),
     Field("maintenance.notify.secret", Token(0, 512, optional=True), "",
-          "Secret sent in maintenance.notify.header (empty: none); never logged."),
+          "Secret sent in maintenance.notify.header (empty: none); never logged.", secret=True),
     Field("maintenance.notify.on_finish", Boolean(), False, "The webhook also receives runs that finished."),
     Field("maintenance.notify.timeout_seconds", Integer(1, 120), 10, "Timeout of one webhook attempt."),
     Field("maintenance.notify.retries", Integer(0, 10), 3, "Webhook attempts after the first one fails."),
@@ -191,8 +191,35 @@ def merge(current: dict, patch: Any) -> tuple[dict, dict[str, tuple[Any, Any]]]:
     return merged, changes
 
 
+MASK = "***"  # a secret key's value wherever a change or a problem is shown
+
+
+def _hidden(value: Any) -> Any:
+    """A secret value as events and log lines show it: whether it is set, never what it is."""
+    return value if value in ("", None) else MASK
+
+
+def masked(path: str, value: Any) -> Any:
+    """The value at a dotted key ("(top)": the whole document) with every secret key in it hidden."""
+    prefix = "" if path == "(top)" else path + "."
+    secret_keys = [field.name for field in fields() if field.secret]
+    if path in secret_keys:
+        return _hidden(value)
+    value = copy.deepcopy(value)
+    for key in secret_keys:
+        if not key.startswith(prefix):
+            continue
+        *parents, leaf = key[len(prefix):].split(".")
+        node = value
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            node[leaf] = _hidden(node[leaf])
+    return value
+
+
 class Problem(NamedTuple):
-    """A stored value its validator refuses, and what is used instead."""
+    """A stored value its validator refuses, and what is used instead (secrets masked: it is logged and recorded)."""
 
     key: str
     value: Any
@@ -234,8 +261,9 @@ def usable(stored: Any, fallback: dict | None = None) -> tuple[dict, list[Proble
                 seen_bad_parents.add(bad_parent)
                 parent_value = stored if bad_parent == "(top)" else _stored_value(stored, bad_parent)[0]
                 kept = fallback if bad_parent == "(top)" else _stored_value(fallback, bad_parent)[0]
-                problems.append(Problem(bad_parent, parent_value, f"expected a mapping, got {shown(parent_value)}",
-                                        copy.deepcopy(kept)))
+                problems.append(Problem(bad_parent, masked(bad_parent, parent_value),
+                                        f"expected a mapping, got {shown(masked(bad_parent, parent_value))}",
+                                        masked(bad_parent, kept)))
             if bad_parent is not None:
                 _set(doc, field.name, copy.deepcopy(_stored_value(fallback, field.name)[0]))
             continue
@@ -243,7 +271,7 @@ def usable(stored: Any, fallback: dict | None = None) -> tuple[dict, list[Proble
             _set(doc, field.name, field.kind(value))
         except ValueError as exc:
             kept = copy.deepcopy(_stored_value(fallback, field.name)[0])
-            problems.append(Problem(field.name, value, str(exc), kept))
+            problems.append(Problem(field.name, masked(field.name, value), str(exc), masked(field.name, kept)))
             _set(doc, field.name, kept)
     return doc, problems
 
@@ -310,7 +338,10 @@ def seed(cur) -> bool:
 
 
 def update(cur, patch: Any, who: str) -> tuple[dict, dict]:
-    """Merge-update under a row lock; dispatches `server.config_changed` when anything changed."""
+    """Merge-update under a row lock; dispatches `server.config_changed` when anything changed.
+
+    The event names every changed key with its old and new value, a secret key's as set or empty only.
+    """
     cur.execute("SELECT data FROM server_config WHERE id = 1 FOR UPDATE")
     row = cur.fetchone()
     current = usable(row[0] if row else {})[0]
@@ -322,7 +353,7 @@ def update(cur, patch: Any, who: str) -> tuple[dict, dict]:
         "ON CONFLICT (id) DO UPDATE SET data = EXCLUDED.data, updated_at = now()",
         (json.dumps(merged),),
     )
-    listed = {k: {"old": old, "new": new} for k, (old, new) in changes.items()}
+    listed = {k: {"old": masked(k, old), "new": masked(k, new)} for k, (old, new) in changes.items()}
     events.dispatch(
         cur,
         events.CONFIG_CHANGED,
