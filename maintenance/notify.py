@@ -42,7 +42,7 @@ _PATH_SAFE = "/%:@!$&'()*+,;=~-._[]"
 
 
 def wanted(section, status: str) -> bool:
-    """Whether a run that ended with `status` goes to the webhook: failed and interrupted always, finished on request."""
+    """Whether a run that ended with `status` goes to the webhook: failed and interrupted always, finished if asked."""
     if not section.url:
         return False
     return status in ("failed", "aborted") or (status == "finished" and bool(section.on_finish))
@@ -195,7 +195,8 @@ def _attempt(target: _Target, data: bytes, headers: dict, timeout: float, stop: 
         if now >= deadline:
             _cut(box.get("connection"))
             if stop.is_set():
-                raise _Failed(f"no answer in the {STOP_GRACE:g} s an attempt has once the process is stopping", RECEIVER_DOWN)
+                raise _Failed(f"no answer in the {STOP_GRACE:g} s an attempt has once the process is stopping",
+                              RECEIVER_DOWN)
             raise _Failed(f"no answer within {timeout:g} s (maintenance.notify.timeout_seconds)", RECEIVER_DOWN)
     if "error" in box:
         raise _failure(box["error"], timeout)

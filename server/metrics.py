@@ -333,7 +333,8 @@ class DatabaseCollector:
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     families[(program, key)].add_metric([instance], float(value))
         stale = GaugeMetricFamily("ayon_instances_stale_after_seconds",
-                                  "Seconds without a heartbeat after which a program shows stale (instances.stale_after).")
+                                  "Seconds without a heartbeat after which a program shows stale "
+                                  "(instances.stale_after).")
         stale.add_metric([], float(cfg.instances.stale_after))
         yield seen
         yield stale

@@ -236,7 +236,8 @@ def test_maintenance_figures_of_the_latest_runs(client, database):
     assert named(figures, "ayon_maintenance_last_run_status") == {
         (("status", "finished"),): 0, (("status", "failed"),): 1, (("status", "interrupted"),): 0}
     # The names from before: the latest run that finished.
-    assert figure(figures, "ayon_maintenance_last_success_timestamp_seconds") == pytest.approx(NOW - 26 * HOUR, abs=0.01)
+    assert figure(figures, "ayon_maintenance_last_success_timestamp_seconds") == pytest.approx(NOW - 26 * HOUR,
+                                                                                                abs=0.01)
     assert figure(figures, "ayon_maintenance_last_duration_seconds") == 12.5
     # Per task and the database: the latest run that ended (the failed one).
     assert figure(figures, "ayon_maintenance_database_bytes", when="before") == 9_000_000
@@ -350,7 +351,8 @@ def test_numbers_no_float_holds_are_left_out(client, database):
 
 
 def test_a_task_listed_twice_counts_once(client, database):
-    seed_run(database, "finished", NOW - HOUR, {"tasks": [task("vacuum", duration_s=2.0), task("vacuum", duration_s=9.0)]})
+    seed_run(database, "finished", NOW - HOUR,
+             {"tasks": [task("vacuum", duration_s=2.0), task("vacuum", duration_s=9.0)]})
     text = client.simulate_get("/metrics").text
     assert text.count('ayon_maintenance_task_duration_seconds{task="vacuum"}') == 1
     assert samples(text)[("ayon_maintenance_task_duration_seconds", (("task", "vacuum"),))] == 2.0
