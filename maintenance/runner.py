@@ -19,7 +19,7 @@ from typing import Callable
 
 import psycopg2
 
-from maintenance import registry, space
+from maintenance import notify, registry, space
 from server.core import config, events, times
 from server.core.db import BROKEN, Database, connect, try_advisory_lock
 from server.core.errors import first_line
@@ -249,8 +249,6 @@ class Runner:
         """Tell the webhook, when one is configured and wants this outcome; never fails the run."""
         section = doc.maintenance.notify
         try:
-            from maintenance import notify
-
             if notify.wanted(section, body["status"]):
                 self.out(f"telling the webhook the run {body['status']}")
                 notify.send(section, body, self.stop, log)

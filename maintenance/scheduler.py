@@ -124,9 +124,13 @@ class MaintenanceDaemon(Daemon):
     def catch_up(self) -> None:
         """Run once for the slot that passed last when no run finished for over a day (see the module doc)."""
         first = self.catch_up_at == 0.0
-        if self.due is None or not self.catch_up_on or time.monotonic() < self.catch_up_at:
+        if self.due is None or time.monotonic() < self.catch_up_at:
             return
         self.catch_up_at = time.monotonic() + CATCH_UP_CHECK
+        if not self.catch_up_on:
+            if first:
+                self.log.info("no catch-up: maintenance.catch_up is false")
+            return
         moment = now()
         last, what = self.last_finished()
         _, at, zone = self.schedule_key

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from server.api.maintenance import request_run
-from server.core import config, events
+from server.core import config, events, times
 from tests.conftest import ROOT
 from tests.test_maintenance import (
     command,
@@ -205,3 +205,54 @@ def test_a_bad_stored_value_at_start_uses_the_default(env, database, daemons):
                                                          "maintenance.timezone"]
     assert daemon.proc.poll() is None
     assert daemon.terminate() < 10 and daemon.proc.returncode == 0, "\n".join(daemon.lines)
+
+
+def test_a_missed_day_is_caught_up_once_fleet_wide_and_not_again_after_a_restart(env, database, daemons):
+    # The daily slot passed two hours ago with no daemon running; the last finished run ended two days ago.
+    moment = datetime.datetime.now(datetime.timezone.utc)
+    at = (moment - datetime.timedelta(hours=2)).strftime("%H:%M")
+    set_config(database, {"maintenance": {"time": at, "timezone": "UTC"}})
+    # (updated_at is set by a trigger on UPDATE: an old run is inserted as old.)
+    database.execute("INSERT INTO events (topic, status, description, payload, created_at, updated_at) VALUES "
+                     "('server.maintenance', 'finished', 'an old run', '{\"trigger\": \"schedule\"}', "
+                     "now() - interval '2 days', now() - interval '2 days')")
+    slot = times.previous_run(moment, at, "UTC").strftime("%Y-%m-%dT%H:%MZ")
+
+    daemons += [DaemonProcess(env) for _ in range(3)]
+    decided = r"catching up: the last finished run ended|no catch-up"
+    ended = (r"maintenance finished|already happened|another maintenance run is in progress|"
+             r"has had its run|no catch-up needed")
+    for daemon in daemons:
+        daemon.wait_for(decided, timeout=30)
+        daemon.wait_for(ended, timeout=60)
+    caught_up = [r for r in runs(database) if r["payload"].get("trigger") == "catch-up"]
+    assert len(caught_up) == 1, caught_up
+    assert caught_up[0]["status"] == "finished" and caught_up[0]["payload"]["slot"] == slot
+    assert len(runs(database)) == 2
+
+    # Restarted the same day, none of them runs again.
+    for daemon in daemons:
+        assert daemon.terminate() < 10
+    daemons.clear()
+    daemons += [DaemonProcess(env) for _ in range(3)]
+    for daemon in daemons:
+        daemon.wait_for(r"no catch-up needed: the last finished run ended at \S+Z", timeout=30)
+    assert len(runs(database)) == 2
+
+
+def test_no_catch_up_when_the_scheduled_run_is_near_or_catch_up_is_off(env, database, daemons):
+    moment = datetime.datetime.now(datetime.timezone.utc)
+    soon = (moment + datetime.timedelta(minutes=30)).strftime("%H:%M")
+    set_config(database, {"maintenance": {"time": soon, "timezone": "UTC"}})
+    database.execute("INSERT INTO events (topic, status, description, updated_at) VALUES "
+                     "('server.maintenance', 'finished', 'an old run', now() - interval '3 days')")
+    daemons.append(DaemonProcess(env))
+    daemons[0].wait_for(r"no catch-up: the last finished run ended at \S+, and the next run is due within 1:00:00")
+    daemons[0].terminate()
+
+    set_config(database, {"maintenance": {"catch_up": False, "time": (moment - datetime.timedelta(hours=3))
+                                          .strftime("%H:%M")}})
+    daemons.append(DaemonProcess(env))
+    daemons[1].wait_for(r"no catch-up: maintenance\.catch_up is false")
+    assert not any("catching up" in line for line in daemons[1].lines)
+    assert len(runs(database)) == 1

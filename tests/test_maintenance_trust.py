@@ -1,16 +1,15 @@
 """What makes the procedure trustworthy, run for real: the dry run, time limits, the window, sizes, its own logs."""
 
+import json
 import re
-import subprocess
-import threading
 import time
 
 import psycopg2
-import pytest
 
 from server.core import events
 from tests.apiclient import AUTH, client, make_app  # noqa: F401  (fixture)
 from tests.test_maintenance import run_cli, runs, seed_old_data, set_config, write_task
+from tests.test_notify import receiver  # noqa: F401  (fixture: an HTTP receiver on loopback)
 
 # Row counts of every table a task may touch, and the events as they are: what a dry run must leave alone.
 TABLES = ("logs", "events", "instances", "packages", "package_blobs", "package_installs")
@@ -207,7 +206,7 @@ def test_a_one_shot_run_logs_reach_the_logs_api(env, database):
     found = api.simulate_get("/api/logs", params={"program": "maintenance", "limit": "100"}).json["logs"]
     messages = [r["message"] for r in found]
     assert any(m.startswith("vacuum ") and "finished" in m for m in messages), messages
-    assert f"maintenance finished: 1 tasks finished in" in " ".join(messages)
+    assert "maintenance finished: 1 tasks finished in" in " ".join(messages)
     assert any(run["id"] in m for m in messages)
     # The dry run too.
     dry = run_cli(env, "--dry-run", "--task", "vacuum")
@@ -237,3 +236,44 @@ def test_a_one_shot_run_beside_a_log_collector_leaves_its_records_to_it(env, dat
     assert again.returncode == 0
     rows = database.fetchall("SELECT message FROM logs WHERE program = 'maintenance' AND message LIKE 'maintenance finished%'")
     assert len(rows) == 2, rows
+
+
+def metric(text: str, name: str, labels: str = "") -> float | None:
+    match = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+    return float(match[1]) if match else None
+
+
+def test_a_failing_run_changes_the_failure_metrics_and_the_webhook_gets_one_post(env, database, tmp_path, receiver):
+    hook = receiver()  # answers 204 (retries are tested in tests/test_notify.py)
+    set_config(database, {"maintenance": {"notify": {"url": hook.url(), "secret": "s3cret-for-the-hook"}}})
+    api = make_app_client(env)
+    before = api.simulate_get("/metrics").text
+    assert metric(before, "ayon_maintenance_last_run_status", '{status="failed"}') == 0
+    assert metric(before, "ayon_maintenance_last_run_timestamp_seconds", '{outcome="failed"}') is None
+
+    extra = write_task(tmp_path / "tasks", "broken", "def run(ctx):\n    raise RuntimeError('disk on fire')\n")
+    result = run_cli(env, extra=extra)
+    assert result.returncode == 1, result.stdout + result.stderr
+    [run] = runs(database)
+    assert run["status"] == "failed"
+
+    after = api.simulate_get("/metrics").text
+    assert metric(after, "ayon_maintenance_last_run_status", '{status="failed"}') == 1
+    assert metric(after, "ayon_maintenance_last_run_status", '{status="finished"}') == 0
+    failed_at = metric(after, "ayon_maintenance_last_run_timestamp_seconds", '{outcome="failed"}')
+    assert failed_at is not None and abs(failed_at - time.time()) < 120
+    assert metric(after, "ayon_maintenance_in_progress") == 0
+
+    delivered = hook.requests
+    assert len(delivered) == 1
+    body = json.loads(delivered[-1]["body"])
+    assert body["event_id"] == run["id"] and body["status"] == "failed" and body["topic"] == "server.maintenance"
+    assert body["summary"] == run["summary"]
+    assert {t["name"] for t in body["summary"]["tasks"]} >= {"broken", "vacuum"}
+    assert delivered[-1]["headers"]["X-Ayon-Webhook-Secret"] == "s3cret-for-the-hook"
+    assert "s3cret-for-the-hook" not in result.stdout + result.stderr
+
+    # A finished run is not sent unless on_finish is set.
+    ok = run_cli(env, "--task", "vacuum")
+    assert ok.returncode == 0
+    assert len(hook.requests) == 1
