@@ -113,6 +113,12 @@ def plan(cfg, names: list[str] | None = None) -> list[tuple[Task, bool, dict]]:
     return chosen
 
 
+def time_limit(cfg, name: str) -> float:
+    """A task's time limit in seconds: its own max_minutes, else maintenance.max_minutes (0 means the default)."""
+    own = cfg.maintenance.tasks[name].max_minutes
+    return float(own or cfg.maintenance.max_minutes) * 60
+
+
 def config_fields() -> list[config.Field]:
     """Each task's switch and options as configuration keys under maintenance.tasks.<name>."""
     found = []

@@ -41,12 +41,6 @@ WINDOW_CLOSED = "window closed"
 log = logging.getLogger("ayon.maintenance")
 
 
-def time_limit(cfg, task: registry.Task) -> float:
-    """A task's time limit in seconds: its own max_minutes, else maintenance.max_minutes."""
-    own = cfg.maintenance.tasks[task.name].max_minutes
-    return float(own or cfg.maintenance.max_minutes) * 60
-
-
 def time_limit_error(seconds: float) -> str:
     return f"time limit of {seconds / 60:g} min reached; its statement was cancelled"
 
@@ -206,7 +200,7 @@ class Runner:
                 number += 1
                 description = f"task {number}/{len(enabled)}: {task.name} — {task.describe(options)}"
                 events.update(cur, event_id, description=description)
-                limit = time_limit(doc, task)
+                limit = registry.time_limit(doc, task.name)
                 before = _size(cur, space.table_bytes, task.tables) if task.tables else None
                 ctx = registry.Context(pools[-1], options, self._progress(number, len(enabled), task.name),
                                        threading.Event(), event_id)

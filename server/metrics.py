@@ -38,6 +38,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from maintenance.registry import tasks, time_limit
 from server.api.spec import Reply, operation
 from server.core import config, events
 from server.core.events import STATUSES
@@ -309,7 +310,7 @@ class DatabaseCollector:
                        "Each task's time limit now: its maintenance.tasks.<task>.max_minutes, else "
                        "maintenance.max_minutes.", ["task"])
         for name in sorted(known):
-            limits.add_metric([name], _time_limit(cfg, name))
+            limits.add_metric([name], time_limit(cfg, name))
         yield from (enabled, running, setup, ended, status, success, duration, database, *per_task.values(), limits)
 
     @staticmethod
@@ -372,17 +373,9 @@ def _tasks(listed, known: frozenset[str]) -> dict[str, dict]:
     return found
 
 
-def _time_limit(cfg, name: str) -> float:
-    """A task's time limit in seconds, as the runner takes it: its own max_minutes, else maintenance.max_minutes."""
-    own = cfg.maintenance.tasks[name].max_minutes
-    return float(own or cfg.maintenance.max_minutes) * 60
-
-
 @functools.cache
 def _task_names() -> frozenset[str]:
     """The registered maintenance tasks: the only values of the task label."""
-    from maintenance.registry import tasks
-
     return frozenset(task.name for task in tasks())
 
 
