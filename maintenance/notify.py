@@ -29,7 +29,9 @@ import socket
 import ssl
 import threading
 import time
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit
+
+from server.core.errors import shown_url
 
 USER_AGENT = "ayon-maintenance"
 BACKOFF_FIRST = 1.0  # seconds before the second attempt, doubled before each further one
@@ -48,18 +50,7 @@ def wanted(section, status: str) -> bool:
     return status in ("failed", "aborted") or (status == "finished" and bool(section.on_finish))
 
 
-def shown(url: str) -> str:
-    """The URL as log lines show it: without user name, password, query and fragment."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises ValueError for a port that is no number)
-        ambiguous = "@" in parts.path
-    except ValueError:
-        ambiguous = True
-    if ambiguous:  # an unencoded '/' in a password: show only what is surely no credential
-        return f"{url.partition(':')[0][:10]}://…" if "://" in url else "(the URL)"
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
+shown = shown_url  # see server/core/errors.py
 
 
 class _Failed(Exception):

@@ -19,9 +19,9 @@ import re
 import socket
 import ssl
 import time
-from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
-from server.core.errors import AyonError
+from server.core.errors import AyonError, shown_url
 
 CONNECT_TIMEOUT = 10.0  # seconds to establish a connection (each address tried)
 READ_TIMEOUT = 60.0  # seconds the server may stay silent while answering
@@ -145,22 +145,7 @@ def literal_address(host: str) -> Address | None:
     return ipaddress.IPv4Address(value)
 
 
-def shown(url: str) -> str:
-    """The URL as messages show it: no user name, password, query or fragment.
-
-    When the URL is ambiguous (an unencoded '/' in a password puts the rest of
-    it in the port and the path), only what is surely no credential is shown.
-    """
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises ValueError for a port that is no number)
-        ambiguous = "@" in parts.path
-    except ValueError:
-        ambiguous = True
-    if ambiguous:
-        return f"{url.partition(':')[0][:10]}://…" if "://" in url else "the URL"
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
+shown = shown_url  # see server/core/errors.py
 
 
 class _Target:
