@@ -607,37 +607,111 @@ async function loadInstances() {
 // --- configuration ---
 
 async function loadConfig() {
-  const body = await api("/api/config");
+  // The tasks' options (their names and current values) are the maintenance overview's.
+  const [body, overview] = await Promise.all([api("/api/config"), api("/api/maintenance?last=1")]);
   state.config = body;
   const m = (state.config && state.config.maintenance) || {};
   $("#cfg-enabled").checked = !!m.enabled;
   $("#cfg-time").value = m.time || "";
   $("#cfg-timezone").value = m.timezone || "";
   const box = $("#cfg-tasks");
-  for (const old of box.querySelectorAll("label")) old.remove();
-  for (const [name, task] of Object.entries(m.tasks || {})) {
+  for (const old of box.querySelectorAll(".task")) old.remove();
+  for (const task of (overview && overview.tasks) || []) {
+    const row = document.createElement("div");
+    row.className = "task";
+    row.dataset.task = task.name;
     const label = document.createElement("label");
     const input = document.createElement("input");
     input.type = "checkbox";
-    input.name = name;
-    input.checked = !!(task && task.enabled);
-    label.append(input, ` ${name}`);
-    box.appendChild(label);
+    input.name = task.name;
+    input.dataset.option = "enabled";
+    input.checked = !!task.enabled;
+    label.append(input, ` ${task.name}`);
+    row.appendChild(label);
+    for (const [option, value] of Object.entries(task.options || {})) {
+      const optionLabel = document.createElement("label");
+      const number = document.createElement("input");
+      number.type = "number";
+      number.step = "1";
+      number.name = `${task.name}.${option}`;
+      number.dataset.option = option;
+      number.value = value;
+      optionLabel.append(`${option.replace(/_/g, " ")} `, number);
+      row.appendChild(optionLabel);
+    }
+    box.appendChild(row);
   }
   $("#config-doc").textContent = JSON.stringify(state.config, null, 2);
+  schedulePreview(0);
+}
+
+// The form's task switches and options as {task: {option: value}}; a number field's text as typed
+// when it is no whole number, so the server names what is wrong with it.
+function formTasks() {
+  const tasks = {};
+  for (const input of $("#cfg-tasks").querySelectorAll("input[data-option]")) {
+    const task = input.closest(".task").dataset.task;
+    const text = input.value.trim();
+    const value = input.type === "checkbox" ? input.checked : /^-?\d+$/.test(text) ? Number(text) : text;
+    (tasks[task] = tasks[task] || {})[input.dataset.option] = value;
+  }
+  return tasks;
+}
+
+function formDiffers(tasks) {
+  const saved = (state.config && state.config.maintenance && state.config.maintenance.tasks) || {};
+  return Object.entries(tasks).some(([task, options]) =>
+    Object.entries(options).some(([option, value]) => (saved[task] || {})[option] !== value));
+}
+
+let previewTimer = null;
+let previewSerial = 0;
+
+function schedulePreview(delay) {
+  clearTimeout(previewTimer);
+  previewTimer = setTimeout(refreshPreview, delay);
+}
+
+// What a run would remove under the form's values, before they are saved; with "now" (the saved
+// configuration's count) beside it while the form differs. Only the latest answer is shown.
+async function refreshPreview() {
+  const serial = ++previewSerial;
+  const tasks = formTasks();
+  const params = new URLSearchParams();
+  for (const [task, options] of Object.entries(tasks)) {
+    for (const [option, value] of Object.entries(options)) params.set(`${task}.${option}`, String(value));
+  }
+  const differs = formDiffers(tasks);
+  const line = $("#cfg-preview-line");
+  const problem = $("#cfg-preview-error");
+  line.dataset.state = "loading";
+  try {
+    const [candidate, now] = await Promise.all([
+      api(`/api/maintenance/preview?${params}`),
+      differs ? api("/api/maintenance/preview") : null,
+    ]);
+    if (serial !== previewSerial) return;
+    line.textContent = `With these settings a run would remove ${count(candidate.rows_total)} rows ` +
+      `(about ${bytes(candidate.bytes_estimate_total)})${now ? `; now: ${count(now.rows_total)} rows` : ""}`;
+    line.dataset.state = "ok";
+    problem.textContent = "";
+  } catch (err) {
+    if (serial !== previewSerial) return;
+    // A value the server refuses: named beside the line, which keeps the last figures it could count.
+    line.dataset.state = "stale";
+    problem.textContent = err.status === 400 ? err.message : `Preview failed: ${err.message}`;
+  }
 }
 
 async function saveConfig(event) {
   event.preventDefault();
   const result = $("#config-result");
-  const tasks = {};
-  for (const input of $("#cfg-tasks").querySelectorAll("input")) tasks[input.name] = { enabled: input.checked };
   const patch = {
     maintenance: {
       enabled: $("#cfg-enabled").checked,
       time: $("#cfg-time").value,
       timezone: $("#cfg-timezone").value.trim(),
-      tasks,
+      tasks: formTasks(),
     },
   };
   result.className = "";
@@ -795,6 +869,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#sign-out").addEventListener("click", () => signedOut(""));
   $("#run-now").addEventListener("click", guarded(runNow));
   $("#config-form").addEventListener("submit", saveConfig);
+  // Any change of a task's switch or option counts again what a run would remove (typing coalesced).
+  $("#cfg-tasks").addEventListener("input", () => schedulePreview(300));
   $("#events-filter").addEventListener("submit", guarded(async (e) => { e.preventDefault(); await loadEvents(false); }));
   $("#events-more").addEventListener("click", guarded(() => loadEvents(true)));
   $("#logs-filter").addEventListener("submit", guarded(async (e) => { e.preventDefault(); await loadLogs(); }));
