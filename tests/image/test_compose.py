@@ -327,12 +327,15 @@ def test_two_maintenance_runs_requested_at_once_make_one(project):
         loser, winner = ended[0], next(r for r in runs if r is not ended[0])
         said = loser.communicate()[0]
         assert loser.returncode == 0, said
-        assert "another maintenance run is in progress" in said.strip().splitlines()[-1], said
+        # It says so, then where its log records go (the collector beside it stores them).
+        assert "another maintenance run is in progress" in said, said
+        assert "logs: a log collector runs beside this process" in said.strip().splitlines()[-1], said
         poll("the other run waiting with the lock", lambda: query(first, WAITING_RUNS) == [[1]], 60, 0.2)
         holder.communicate("\n", timeout=60)
         said = winner.communicate(timeout=180)[0]
         assert winner.returncode == 0, said
-        progress(f"two runs at once: one said it waits for the other, then {said.strip().splitlines()[-1]}")
+        finished = next(line for line in said.splitlines() if "maintenance finished" in line)
+        progress(f"two runs at once: one said it waits for the other, then {finished.split(': ', 1)[-1]}")
     finally:
         for process in (holder, *runs):
             if process.poll() is None:
