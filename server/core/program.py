@@ -157,6 +157,9 @@ class Daemon:
                     self.listen_failing = False
                     self.refresh_config()  # a change may have been missed while not listening
                     return True
+                # The first LISTEN comes after the configuration was read at start: a change stored
+                # in between sent its notification to nobody.
+                self.refresh_config()
             found = self.listener.wait(timeout)
         except BROKEN as exc:
             if not self.listen_failing:
