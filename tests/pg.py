@@ -1,6 +1,7 @@
 """The test suite's real PostgreSQL: embedded, or AYON_TEST_POSTGRES_URL."""
 
 import os
+import shutil
 import socket
 import tempfile
 import uuid
@@ -24,9 +25,10 @@ class TestServer:
 
     def __init__(self):
         self.embedded = None
+        self.root = None
         url = os.environ.get("AYON_TEST_POSTGRES_URL", "").strip()
         if not url:
-            root = Path(tempfile.mkdtemp(prefix="ayon-test-pg-"))
+            self.root = root = Path(tempfile.mkdtemp(prefix="ayon-test-pg-"))
             os.chmod(root, 0o755)
             self.embedded = EmbeddedPostgres(root / "data", free_port())
             self.embedded.start()
@@ -71,3 +73,6 @@ class TestServer:
     def close(self) -> None:
         if self.embedded:
             self.embedded.stop()
+        if self.root:
+            # A data folder per session adds up (about 80 MB each) on a machine that runs the suite often.
+            shutil.rmtree(self.root, ignore_errors=True)
