@@ -11,6 +11,7 @@ from typing import Any, Callable
 import falcon
 
 from server.core import times
+from server.core.aiodb import AsyncReader
 from server.core.db import Database
 
 # Request bodies are JSON unless a resource declares the types it takes in its own `accepts`.
@@ -26,6 +27,13 @@ class AppContext:
     started: float = field(default_factory=time.time)
     schema: Any = None  # the last SchemaStatus seen by the readiness check
     executor: ThreadPoolExecutor | None = None
+    reader: AsyncReader | None = None
+
+    async def fetch_text(self, sql: str, params: dict | None = None, generic: bool = False) -> str | None:
+        """One read-only statement's text answer, on the event loop (server/core/aiodb.py)."""
+        if self.reader is None:
+            self.reader = AsyncReader(self.db.url, self.db.size, self.db.application_name)
+        return await self.reader.fetch_text(sql, params, generic)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run blocking work (psycopg2) in this worker's thread pool, off the event loop."""

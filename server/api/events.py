@@ -7,7 +7,6 @@ from server.api.pages import (
     cursor_time,
     cursor_uuid,
     decode_cursor,
-    fetch_text,
     like_escape,
     send_json_text,
     utc_json,
@@ -38,7 +37,7 @@ SELECT '{{{{"events": [' || coalesce((SELECT string_agg(doc, ',' ORDER BY create
         END)::text, 'null') || '}}}}'
 """
 
-GET_SQL = "SELECT doc FROM events WHERE id = %s"
+GET_SQL = "SELECT doc FROM events WHERE id = %(id)s"
 
 # An exact topic, or a prefix ending in '*'; `*` nowhere else (GET /api/events/stream takes several).
 TOPIC_FILTER = Text(max_length=200, pattern=r"[^*]*\*?",
@@ -94,6 +93,15 @@ def list_query(query) -> tuple[str, dict]:
     return sql, params
 
 
+def plan_fits_all(params: dict) -> bool:
+    """Whether one plan serves every value of the page's parameters: the newest events, after a cursor or not.
+
+    The filters' selectivity depends on their values (a rare topic, a narrow
+    time range), so a filtered page is planned for its values.
+    """
+    return params.keys() <= {"limit", "c_created", "c_id"}
+
+
 class EventList:
     def __init__(self, ctx):
         self.ctx = ctx
@@ -110,7 +118,7 @@ class EventList:
     ], responses={200: Reply("One page of events", PAGE)})
     async def on_get(self, req, resp):
         sql, params = list_query(req.context.query)
-        send_json_text(resp, await self.ctx.run(fetch_text, self.ctx.db, sql, params))
+        send_json_text(resp, await self.ctx.fetch_text(sql, params, generic=plan_fits_all(params)))
 
 
 class EventItem:
@@ -121,7 +129,7 @@ class EventItem:
                path=[PathParam("event_id", Uuid(), "The event's id.", label="id")],
                responses={200: Reply("The event", EVENT), 404: "No event with this id"})
     async def on_get(self, req, resp, event_id):
-        text = await self.ctx.run(fetch_text, self.ctx.db, GET_SQL, (event_id,))
+        text = await self.ctx.fetch_text(GET_SQL, {"id": event_id}, generic=True)
         if text is None:
             raise falcon.HTTPNotFound(title="Not found", description=f"no event with id {event_id}")
         send_json_text(resp, text)

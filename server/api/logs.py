@@ -5,7 +5,6 @@ from server.api.pages import (
     cursor_sql,
     cursor_time,
     decode_cursor,
-    fetch_text,
     like_escape,
     send_json_text,
     utc_json,
@@ -104,4 +103,4 @@ class Logs:
     ], responses={200: Reply("One page of log records", PAGE)})
     async def on_get(self, req, resp):
         sql, params = list_query(req.context.query)
-        send_json_text(resp, await self.ctx.run(fetch_text, self.ctx.db, sql, params))
+        send_json_text(resp, await self.ctx.fetch_text(sql, params))
