@@ -16,10 +16,9 @@ bind = [_settings.http_bind]
 workers = _settings.server_workers
 # falcon ASGI under gunicorn's own asyncio worker: see docs/benchmarks.md for the numbers.
 worker_class = "server.worker.BalancedASGIWorker"
-# Python's own loop, never uvloop just because something installed it: the image does not
-# ship it, so tests and benchmarks must not run on it either; and under uvloop a SIGTERM
-# that reaches a worker before its loop runs is lost, holding a stop for graceful_timeout.
-asgi_loop = "asyncio"
+# uvloop (a runtime dependency): the same app answers 1.2-1.4x more requests than on asyncio's
+# loop (docs/benchmarks.md). server/worker.py holds signals until the loop runs, which uvloop needs.
+asgi_loop = "uvloop"
 worker_connections = 1000
 # Long-lived requests (the event stream) must not be killed as hung workers.
 timeout = 120

@@ -12,6 +12,8 @@ request body was read, and `ExpectingBodyReceiver` lets the app refuse a
 body before a client waiting for 100 Continue sends it.
 """
 
+import signal
+
 from gunicorn.asgi.protocol import ASGIProtocol, BodyReceiver
 from gunicorn.workers.gasgi import ASGIWorker
 
@@ -228,11 +230,26 @@ class HTTPProtocol(ASGIProtocol):
         super().connection_lost(exc)
 
 
+# The signals gunicorn's asgi worker handles on its loop.
+LOOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGWINCH, signal.SIGABRT}
+
+
 class BalancedASGIWorker(ASGIWorker):
     header_timeout = HEADER_TIMEOUT
     linger_seconds = LINGER_SECONDS
     linger_idle = LINGER_IDLE
     linger_max_bytes = LINGER_MAX_BYTES
+
+    def init_process(self):
+        # uvloop's signal handlers only hear signals once the loop runs: a SIGTERM that came while
+        # the app loaded was lost, and a stop waited the whole graceful timeout for this worker.
+        # Held (blocked) until then, it is delivered, and handled, as the loop starts.
+        signal.pthread_sigmask(signal.SIG_BLOCK, LOOP_SIGNALS)
+        super().init_process()
+
+    def run(self):
+        self.loop.call_soon(signal.pthread_sigmask, signal.SIG_UNBLOCK, LOOP_SIGNALS)
+        super().run()
 
     def _setup_event_loop(self):
         super()._setup_event_loop()
