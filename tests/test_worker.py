@@ -192,3 +192,30 @@ def test_a_refused_client_that_keeps_sending_is_cut_off(quick_gunicorn, pace):
         assert QuickWorker.linger_seconds - 0.5 <= took <= QuickWorker.linger_seconds + 2, took
     else:
         assert took < QuickWorker.linger_seconds / 2, took
+
+
+class SlowLoadWorker(BalancedASGIWorker):
+    """The server's worker whose app takes a while to load, saying so in a file first (AYON_TEST_LOADING)."""
+
+    def load_wsgi(self):
+        import os
+
+        with open(os.environ["AYON_TEST_LOADING"], "a") as marker:
+            marker.write(f"{os.getpid()}\n")
+        time.sleep(1.5)  # the app's import: the worker's signal handlers are set, its loop not running yet
+        super().load_wsgi()
+
+
+def test_a_stop_signal_while_the_app_loads_still_stops_the_worker(env, tmp_path):
+    loading = tmp_path / "loading"
+    server = Gunicorn(dict(env, AYON_TEST_LOADING=str(loading),
+                           GUNICORN_CMD_ARGS="--worker-class tests.test_worker.SlowLoadWorker"), workers=1)
+    try:
+        wait_for(lambda: loading.exists() and loading.read_text().strip(), 30, "a worker to start loading the app")
+        pid = int(loading.read_text().split()[0])
+        psutil.Process(pid).terminate()  # SIGTERM to the worker alone, as the master sends it on a stop
+        # uvloop drops a signal that comes before its loop runs: the worker then served on, forever.
+        wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                 15, f"worker {pid} to end after its SIGTERM")
+    finally:
+        server.stop()
