@@ -1,0 +1,3 @@
+from bench.upload.run import main
+
+main()
