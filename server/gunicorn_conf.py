@@ -38,10 +38,26 @@ _metrics_dir = str(layout.metrics_dir(_settings.data_dir))
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
 
+def _share_imports() -> None:
+    """Import what every worker imports, once, in the master: forked workers share those pages with it."""
+    import gc
+
+    import falcon.asgi  # noqa: F401
+    import psycopg2.extras  # noqa: F401
+    import uvloop  # noqa: F401
+
+    import server.app  # noqa: F401
+
+    # Objects that live as long as the process, out of the collector's sight: a collection in a
+    # worker would otherwise write to (and so copy) every page holding them.
+    gc.freeze()
+
+
 def on_starting(server):
     from server.metrics import prepare_multiprocess_dir
 
     prepare_multiprocess_dir(_metrics_dir)
+    _share_imports()
 
 
 # The server's heartbeat (program `server`, the master's pid) comes from a child of the master
