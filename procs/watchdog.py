@@ -56,16 +56,26 @@ def finished_setup(payload: dict) -> bool:
 
 
 def remove_setup(rundir: Path) -> None:
-    """Take the finished setup out of the process table, through supervisord's RPC."""
-    from supervisor import childutils
+    """Take the finished setup out of the process table, through supervisord's RPC.
 
+    The RPC client (supervisor's xmlrpc and http modules) doubled this small
+    process's memory for the rest of its life: a short-lived child makes the call.
+    """
     (rundir / SETUP_DONE).touch()
-    try:
-        # supervisord gives its children the socket's URL; the credentials come from our config.
-        childutils.getRPCInterface(os.environ).supervisor.removeProcessGroup("setup")
-    except Exception as exc:  # it stays listed as EXITED, which the health check accepts too
-        print(f"watchdog: could not remove the finished setup from the process table: {exc}",
-              file=sys.stderr, flush=True)
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            from supervisor import childutils
+
+            # supervisord gives its children the socket's URL; the credentials come from our config.
+            childutils.getRPCInterface(os.environ).supervisor.removeProcessGroup("setup")
+        except Exception as exc:  # it stays listed as EXITED, which the health check accepts too
+            print(f"watchdog: could not remove the finished setup from the process table: {exc}",
+                  file=sys.stderr, flush=True)
+            code = 1
+        os._exit(code)
+    os.waitpid(pid, 0)
 
 
 def main() -> None:
