@@ -5,6 +5,7 @@ count) serving a constant falcon app, which is the least any server start costs.
 """
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,18 +25,24 @@ RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 PROGRAMS = {"setup", "server", "webactions", "installer", "logcollector", "maintenance"}
 
 
-def tree_memory(root_pid: int) -> tuple[float, float]:
-    """RSS and PSS of a process and all its descendants, in MiB."""
+def tree_memory(root_pid: int, shares: dict | None = None) -> tuple[float, float]:
+    """RSS and PSS of a process and all its descendants, in MiB; each process's PSS into `shares`."""
     procs = [psutil.Process(root_pid), *psutil.Process(root_pid).children(recursive=True)]
     rss = pss = 0
     for proc in procs:
         try:
             info = proc.memory_full_info()
+            name = " ".join(proc.cmdline()[:4])[-60:]
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         rss += info.rss
         pss += getattr(info, "pss", info.rss)
+        if shares is not None:
+            shares[f"{proc.pid} {name}"] = getattr(info, "pss", info.rss) / 2**20
     return rss / 2**20, pss / 2**20
+
+
+SHARES: dict[str, float] = {}
 
 
 def ours(env: dict, folder: Path) -> tuple[float, float, float]:
@@ -47,7 +54,8 @@ def ours(env: dict, folder: Path) -> tuple[float, float, float]:
         ready = time.monotonic() - started
         instance.wait_running(PROGRAMS, 60)
         time.sleep(1)  # let every program finish its start-up imports before measuring memory
-        rss, pss = tree_memory(instance.proc.pid)
+        SHARES.clear()
+        rss, pss = tree_memory(instance.proc.pid, SHARES)
         return ready, rss, pss
     finally:
         instance.stop()
@@ -100,8 +108,12 @@ def main() -> None:
         print(f"{'PSS of the process tree (MiB)':34} {med[2]:9.0f} {cmed[2]:9.0f} {med[2] / cmed[2]:7.2f}")
         print(f"(medians of {RUNS} runs; ours = every role, 2 web workers, on an already-migrated database;")
         print(" ceiling = gunicorn with 2 asgi workers serving a constant falcon app)")
+        print("\nPSS per process of ours, last run (MiB):")
+        for name, pss in sorted(SHARES.items(), key=lambda item: -item[1]):
+            print(f"{pss:7.1f}  {name}")
     finally:
         pg.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
