@@ -9,7 +9,7 @@ import os
 import sys
 
 import maintenance  # noqa: F401  (declares the tasks' configuration keys, which AYON_CONFIG_FILE may set)
-from procs import supervisor
+from procs import supervisor, supervisord
 from server.core import config
 from server.core import settings as settings_mod
 from server.core.errors import run_main
@@ -46,7 +46,8 @@ def main() -> int:
     # On stdout only, like supervisord's own lines: the logs table holds the programs' records.
     log = setup_logging("entrypoint", values, spool=False)
     log.info("roles %s; programs %s; config %s", ", ".join(values.roles), names, conf)
-    os.execv(sys.executable, [sys.executable, "-m", "procs.supervisord", str(conf), str(supervisor.run_dir(values))])
+    os.execve(sys.executable, [sys.executable, "-m", "procs.supervisord", str(conf), str(supervisor.run_dir(values))],
+              supervisord.without_secrets(os.environ))
     return 0  # not reached
 
 

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 from procs import lifeline
-from procs.supervisor import secret_names
 from procs.watchdog import EXIT_FILE, SETUP_DONE
 
 # supervisord notices a child's exit only when its 1 s poll times out (Python retries
@@ -23,15 +22,27 @@ from procs.watchdog import EXIT_FILE, SETUP_DONE
 POLL_SECONDS = 0.1
 
 
+# Set (to this process only) by whoever removed the secret settings from its environment already.
+CLEANED = "_AYON_SUPERVISORD_NO_SECRETS"
+
+
 def without_secrets(environ: dict) -> dict:
-    return {k: v for k, v in environ.items() if k not in secret_names()}
+    """`environ` without the secret settings, marked so that procs.supervisord need not check it again."""
+    from procs.supervisor import secret_names
+
+    names = set(secret_names())
+    return {**{k: v for k, v in environ.items() if k not in names}, CLEANED: "1"}
+
+
+def command() -> list[str]:
+    return [sys.executable, "-m", "procs.supervisord", *sys.argv[1:]]
 
 
 def main() -> int:
-    if any(name in os.environ for name in secret_names()):
-        # Exec again without them, so not even this process's /proc/PID/environ shows them.
-        os.execve(sys.executable, [sys.executable, "-m", "procs.supervisord", *sys.argv[1:]],
-                  without_secrets(os.environ))
+    if os.environ.pop(CLEANED, None) is None:
+        # Exec again without them, so not even this process's /proc/PID/environ shows them. The
+        # settings' declaration it takes to know them is not kept in supervisord's memory.
+        os.execve(sys.executable, command(), without_secrets(os.environ))
     from supervisor import poller, supervisord
 
     _poll = poller.Poller.poll
