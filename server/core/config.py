@@ -14,8 +14,6 @@ import os
 import stat
 from typing import Any, NamedTuple
 
-import yaml
-
 from server.core import events
 from server.core.errors import ConfigError
 from server.core.values import Boolean, ClockTime, Integer, Number, Text, TimeZone, Token, Value, shown
@@ -294,6 +292,8 @@ def load_file(path: str) -> dict:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line})") from None
+    import yaml  # only the entrypoint reads a file: the long-running programs never hold the parser
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
