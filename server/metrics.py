@@ -17,6 +17,7 @@ worker) adds them all up. Without that variable (tests, one process) the
 ordinary in-process registry is used.
 """
 
+import bisect
 import functools
 import json
 import logging
@@ -116,6 +117,7 @@ class _Pending:
     def __init__(self):
         self.lock = threading.Lock()
         self.counts: dict[tuple, int] = {}
+        # Per label set: the count in each of LATENCY's buckets (not cumulative), then the sum.
         self.latencies: dict[tuple, list[float]] = {}
         self.flusher: threading.Thread | None = None
         self.pid = None
@@ -123,10 +125,15 @@ class _Pending:
     def add(self, method: str, route: str, status: int, seconds: float) -> None:
         if self.pid != os.getpid():
             self._start()  # first request in this process (gunicorn forks workers)
+        bucket = bisect.bisect_left(_BOUNDS, seconds)  # the first bucket whose bound is >= seconds, as observe()
         with self.lock:
             key = (method, route, str(status))
             self.counts[key] = self.counts.get(key, 0) + 1
-            self.latencies.setdefault((method, route), []).append(seconds)
+            found = self.latencies.get((method, route))
+            if found is None:
+                found = self.latencies[(method, route)] = [0] * len(_BOUNDS) + [0.0]
+            found[bucket] += 1
+            found[-1] += seconds
 
     def _start(self) -> None:
         self.pid = os.getpid()
@@ -144,12 +151,18 @@ class _Pending:
             latencies, self.latencies = self.latencies, {}
         for labels, count in counts.items():
             REQUESTS.labels(*labels).inc(count)
-        for labels, values in latencies.items():
+        for labels, figures in latencies.items():
+            # What observe() would have written, one write per bucket instead of one per request
+            # (each takes a lock and writes a memory-mapped file in multiprocess mode).
             histogram = LATENCY.labels(*labels)
-            for value in values:
-                histogram.observe(value)
+            histogram._sum.inc(figures[-1])
+            for bucket, count in enumerate(figures[:-1]):
+                if count:
+                    histogram._buckets[bucket].inc(count)
 
 
+# LATENCY's upper bounds, +Inf last (prometheus-client adds it).
+_BOUNDS = tuple(LATENCY._upper_bounds)
 _pending = _Pending()
 
 

@@ -369,3 +369,25 @@ def test_the_run_figures_use_the_events_index(database):
         cur.execute("EXPLAIN " + metrics._LATEST_RUNS, {"topic": events.MAINTENANCE})
         plan = "\n".join(row[0] for row in cur.fetchall())
     assert "events_topic" in plan and "Seq Scan on events" not in plan, plan
+
+
+def test_batched_latencies_equal_what_observe_would_record():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    values = [0.0, 0.0005, 0.001, 0.0011, 0.0025, 0.004, 0.05, 0.3, 1.0, 9.99, 10.0, 20.0, 1e9]
+    reference = Histogram("reference", "the same buckets, observed one by one", ["method", "route"],
+                          buckets=metrics._BOUNDS, registry=CollectorRegistry())
+    pending = metrics._Pending()
+    pending.pid = os.getpid()  # no flusher thread: this test flushes
+    for value in values:
+        reference.labels("GET", "/test/batched").observe(value)
+        pending.add("GET", "/test/batched", 200, value)
+    pending.flush()
+
+    def samples(histogram):
+        return [(s.name.rsplit("_", 1)[-1], s.labels.get("le"), s.value)
+                for metric in histogram.collect() for s in metric.samples
+                if s.labels.get("route") == "/test/batched" and not s.name.endswith("_created")]
+
+    assert samples(metrics.LATENCY) == samples(reference)
+    assert ("count", None, len(values)) in samples(metrics.LATENCY)
