@@ -1,10 +1,9 @@
 """gunicorn's asgi worker, taking new connections a few at a time, with a header timeout and a lingering close.
 
-asyncio accepts up to `backlog` (100) waiting connections each time the
-shared listening socket wakes a worker, so the first worker to wake took a
-whole burst of keep-alive connections and the other sat idle (bench/http saw
-0/100 splits). Taking a few per wake lets every worker's loop compete for
-the rest; the kernel's listen queue keeps gunicorn's `backlog`.
+A loop's own server takes every waiting connection each time the shared
+listening socket wakes a worker, so the first worker to wake took a whole
+burst of keep-alive connections and the other sat idle (bench/http saw
+0/100 splits); `Acceptor` takes a few per wake instead.
 
 Each connection is served by `HTTPProtocol`, gunicorn's own with a header
 timeout (slow clients) and a lingering close after answers sent before the
@@ -12,6 +11,7 @@ request body was read, and `ExpectingBodyReceiver` lets the app refuse a
 body before a client waiting for 100 Continue sends it.
 """
 
+import errno
 import signal
 
 from gunicorn.asgi.protocol import ASGIProtocol, BodyReceiver
@@ -256,11 +256,69 @@ class BalancedASGIWorker(ASGIWorker):
         create_server = self.loop.create_server
         listen_queue = self.cfg.backlog
 
-        async def balanced_create_server(protocol_factory, *args, **kwargs):
-            kwargs["backlog"] = ACCEPT_BATCH
-            server = await create_server(lambda: HTTPProtocol(self), *args, **kwargs)
-            if kwargs.get("sock") is not None:
-                kwargs["sock"].listen(listen_queue)
-            return server
+        async def balanced_create_server(protocol_factory, *args, sock=None, ssl=None, **kwargs):
+            if sock is None:
+                return await create_server(lambda: HTTPProtocol(self), *args, ssl=ssl, **kwargs)
+            sock.listen(listen_queue)
+            return Acceptor(self, sock, ssl)
 
         self.loop.create_server = balanced_create_server
+
+
+class Acceptor:
+    """Serves a listening socket shared with the other workers, taking ACCEPT_BATCH connections per wake.
+
+    A loop's own server takes every waiting connection when the socket wakes
+    it (uvloop until none is left, asyncio up to its backlog), so the first
+    worker to wake took a whole burst of keep-alive connections and the other
+    idled (bench/http saw 0/100 splits). Taking a few per wake lets every
+    worker's loop compete for the rest; the kernel's listen queue keeps
+    gunicorn's `backlog`. It stands in for the loop's server object: gunicorn
+    calls `close()` and `wait_closed()` on a stop.
+    """
+
+    # Out of descriptors or memory: stop accepting for this long, as asyncio does.
+    PAUSE_SECONDS = 1.0
+
+    def __init__(self, worker, sock, ssl=None):
+        self.worker, self.sock, self.ssl = worker, sock, ssl
+        self.loop = worker.loop
+        sock.setblocking(False)
+        self.closed = False
+        self.loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return  # another worker took it, or the client gave up first
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                self.worker.log.warning("cannot accept connections (%s); pausing for %s s",
+                                        exc.strerror, self.PAUSE_SECONDS)
+                self.loop.remove_reader(self.sock.fileno())
+                self.loop.call_later(self.PAUSE_SECONDS, self._resume)
+                return
+            conn.setblocking(False)
+            self.loop.create_task(self._serve(conn))
+
+    async def _serve(self, conn) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: HTTPProtocol(self.worker), conn, ssl=self.ssl)
+        except Exception as exc:  # a TLS handshake that failed, a client already gone
+            self.worker.log.debug("connection not served: %s", exc)
+            conn.close()
+
+    def _resume(self) -> None:
+        if not self.closed:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self.sock.fileno())
+
+    async def wait_closed(self) -> None:
+        """Nothing to wait for: open connections are the worker's to wait for (its nr_conns)."""

@@ -219,3 +219,32 @@ def test_a_stop_signal_while_the_app_loads_still_stops_the_worker(env, tmp_path)
                  15, f"worker {pid} to end after its SIGTERM")
     finally:
         server.stop()
+
+
+def test_a_burst_of_keep_alive_connections_is_shared_by_both_workers(gunicorn):
+    seen = set()
+
+    def both_serving():
+        seen.add(json.loads(http(gunicorn.url + "/api/info")[1])["pid"])
+        return len(seen) == 2
+
+    wait_for(both_serving, 30, "both workers to answer (one may still be loading the app)")
+    # Connected all at once, before any request: the way a proxy or a load generator opens its pool.
+    conns = [socket.create_connection(("127.0.0.1", gunicorn.port), timeout=10) for _ in range(32)]
+    try:
+        pids = []
+        for conn in conns:
+            conn.sendall(b"GET /api/info HTTP/1.1\r\nHost: x\r\n\r\n")
+        for conn in conns:
+            data = b""
+            while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+                chunk = conn.recv(65536)
+                assert chunk, data
+                data += chunk
+            pids.append(json.loads(data.split(b"\r\n\r\n", 1)[1])["pid"])
+    finally:
+        for conn in conns:
+            conn.close()
+    shares = sorted(pids.count(pid) for pid in set(pids))
+    # A loop's own server took every waiting connection on one wake: 32 / 0.
+    assert len(shares) == 2 and shares[0] >= 4, shares
