@@ -123,8 +123,8 @@ class _Pending:
         self.pid = None
 
     def add(self, method: str, route: str, status: int, seconds: float) -> None:
-        if self.pid != os.getpid():
-            self._start()  # first request in this process (gunicorn forks workers)
+        if self.flusher is None:
+            self._start()  # first request in this process (gunicorn forks workers: see _forked)
         bucket = bisect.bisect_left(_BOUNDS, seconds)  # the first bucket whose bound is >= seconds, as observe()
         with self.lock:
             key = (method, route, str(status))
@@ -134,6 +134,11 @@ class _Pending:
                 found = self.latencies[(method, route)] = [0] * len(_BOUNDS) + [0.0]
             found[bucket] += 1
             found[-1] += seconds
+
+    def _forked(self) -> None:
+        """In a new child: no flusher runs here yet, and the parent's pending figures are the parent's."""
+        self.lock = threading.Lock()
+        self.counts, self.latencies, self.flusher = {}, {}, None
 
     def _start(self) -> None:
         self.pid = os.getpid()
@@ -164,6 +169,7 @@ class _Pending:
 # LATENCY's upper bounds, +Inf last (prometheus-client adds it).
 _BOUNDS = tuple(LATENCY._upper_bounds)
 _pending = _Pending()
+os.register_at_fork(after_in_child=_pending._forked)
 
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:

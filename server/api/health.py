@@ -3,6 +3,7 @@
 import json
 import os
 import time
+import weakref
 
 import falcon
 
@@ -63,6 +64,16 @@ def is_ready(ctx) -> tuple[bool, str]:
     return status.current, status.reason
 
 
+def _forked() -> None:
+    # The pid is in the fixed part: a forked worker renders its own (os.getpid() on every request is a system call).
+    for info in list(_INFOS):
+        info._fixed = None
+
+
+_INFOS: "weakref.WeakSet[Info]" = weakref.WeakSet()
+os.register_at_fork(after_in_child=_forked)
+
+
 class Info:
     """Version, instance, roles, schema and uptime; the cheapest answer of the API.
 
@@ -75,10 +86,11 @@ class Info:
     def __init__(self, ctx):
         self.ctx = ctx
         self._fixed: tuple[int, str] | None = None  # (pid, JSON text up to the uptime)
+        _INFOS.add(self)
 
     def _fixed_part(self, schema) -> str:
-        pid = os.getpid()
-        if self._fixed is None or self._fixed[0] != pid or not (schema and schema.current):
+        if self._fixed is None or not (schema and schema.current):
+            pid = os.getpid()
             fixed = json.dumps({
                 "version": VERSION,
                 "instance_id": self.ctx.settings.instance_id,
