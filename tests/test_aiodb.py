@@ -131,3 +131,17 @@ def test_an_unreachable_server_is_an_operational_error():
                 await reader.fetch_text("SELECT 'x'")
 
     run(scenario())
+
+
+def test_the_urls_own_session_options_are_kept(database_url):
+    url = database_url + "?options=-c%20application_name%3Dfrom-url%20-c%20search_path%3Dpublic,pg_catalog"
+
+    async def scenario():
+        reader = AsyncReader(url, 1, "ayon-test-reader")
+        try:
+            return await reader.fetch_text(
+                "SELECT current_setting('search_path') || ' ' || current_setting('TimeZone')")
+        finally:
+            reader.close()
+
+    assert run(scenario()) == "public,pg_catalog UTC"

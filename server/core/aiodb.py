@@ -92,11 +92,14 @@ class AsyncReader:
             self._idle.put_nowait(None)
 
     async def _open(self) -> _Conn:
-        raw = psycopg2.connect(self.url, async_=1, application_name=self.application_name,
-                               options="-c TimeZone=UTC")
+        raw = psycopg2.connect(self.url, async_=1, application_name=self.application_name)
         try:
             # libpq's connect_timeout does not apply to a non-blocking connect.
             await asyncio.wait_for(wait(raw), CONNECT_TIMEOUT)
+            # Set here, not as a connection option, which would replace the URL's own `options`.
+            cur = raw.cursor()  # held until done: psycopg2 needs the cursor of a pending statement
+            cur.execute("SET TimeZone = 'UTC'")
+            await wait(raw)
         except TimeoutError:
             raw.close()
             raise psycopg2.OperationalError(f"no connection to PostgreSQL within {CONNECT_TIMEOUT} s") from None
