@@ -33,6 +33,11 @@ LINGER_SECONDS = 10.0
 LINGER_IDLE = 2.0
 LINGER_MAX_BYTES = 1024 * 1024 * 1024
 
+# gunicorn records whether its C parser (gunicorn_h1c, `pip install gunicorn[fast]`) can be used on
+# the class that first asks, but reads the answer from ASGIProtocol: asked by a subclass, the answer
+# never reached it and every connection used the Python parser. Asked here, on ASGIProtocol.
+ASGIProtocol._check_h1c_protocol_available()
+
 
 class ExpectingBodyReceiver(BodyReceiver):
     """A request body that is asked for (100 Continue) only when the app reads past its first, empty, part.

@@ -248,3 +248,17 @@ def test_a_burst_of_keep_alive_connections_is_shared_by_both_workers(gunicorn):
     shares = sorted(pids.count(pid) for pid in set(pids))
     # A loop's own server took every waiting connection on one wake: 32 / 0.
     assert len(shares) == 2 and shares[0] >= 4, shares
+
+
+def test_the_c_parser_is_used_when_installed():
+    """gunicorn reads whether gunicorn_h1c is usable from ASGIProtocol, whichever subclass asked first."""
+    from gunicorn.asgi.protocol import ASGIProtocol
+
+    import server.worker  # noqa: F401  (asks, on import)
+
+    try:
+        import gunicorn_h1c  # noqa: F401
+    except ImportError:
+        assert ASGIProtocol._h1c_available is False
+    else:
+        assert ASGIProtocol._h1c_available is True and ASGIProtocol._h1c_has_limits is True
