@@ -24,6 +24,9 @@ import os
 import falcon
 import falcon.asgi
 
+# The server's own wait on an asynchronous psycopg2 connection, on the running loop.
+from server.core.aiodb import wait
+
 # Copied from server/api/events.py (LIST_SQL for `?limit=50`, no filter), with
 # %(limit)s as $1 as server/core/db.py's execute_prepared sends it; the harness's
 # test fails when the server's statement changes, so this copy is refreshed.
@@ -42,36 +45,6 @@ SELECT '{"events": [' || coalesce((SELECT string_agg(doc, ',' ORDER BY created_a
 
 GENERIC_PLAN = "SET plan_cache_mode = force_generic_plan"
 APPLICATION_NAME = "ayon-bench-db-ceiling"
-
-
-async def wait(conn) -> None:
-    """Drive an asynchronous psycopg2 connection until its current operation is done, on the running loop."""
-    import psycopg2.extensions as ext
-
-    loop = asyncio.get_running_loop()
-    while True:
-        state = conn.poll()
-        if state == ext.POLL_OK:
-            return
-        fd = conn.fileno()
-        done = loop.create_future()
-
-        def ready() -> None:
-            if not done.done():
-                done.set_result(None)
-
-        if state == ext.POLL_READ:
-            loop.add_reader(fd, ready)
-            remove = loop.remove_reader
-        elif state == ext.POLL_WRITE:
-            loop.add_writer(fd, ready)
-            remove = loop.remove_writer
-        else:
-            raise RuntimeError(f"unexpected psycopg2 poll state {state}")
-        try:
-            await done
-        finally:
-            remove(fd)
 
 
 class Psycopg2Pages:
