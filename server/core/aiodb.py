@@ -16,15 +16,12 @@ the API's.
 """
 
 import asyncio
-import re
 import select
 
 import psycopg2
 import psycopg2.extensions as ext
 
-from server.core.db import BROKEN
-
-_NAMED = re.compile(r"%\((\w+)\)s")
+from server.core.db import BROKEN, positional
 
 CONNECT_TIMEOUT = 5
 
@@ -137,12 +134,11 @@ class AsyncReader:
         prefix = _MODES[generic] if generic != conn.generic else ""
         cur = conn.raw.cursor()
         if found is None:
-            names = list(dict.fromkeys(_NAMED.findall(sql)))
-            positional = _NAMED.sub(lambda m: f"${names.index(m[1]) + 1}", sql).replace("%%", "%")
+            body, names = positional(sql)
             found = (f"ayon_{len(conn.prepared)}", names)
             # Prepared in the round trip of its first execution; psycopg2 reads `%` as a
             # placeholder only when it has parameters to put in.
-            prefix += f"PREPARE {found[0]} AS {positional.replace('%', '%%') if names else positional}; "
+            prefix += f"PREPARE {found[0]} AS {body.replace('%', '%%') if names else body}; "
         name, names = found
         if names:
             cur.execute(f"{prefix}EXECUTE {name} ({', '.join(['%s'] * len(names))})", [params[n] for n in names])

@@ -63,6 +63,12 @@ def connect(url: str, application_name: str = "ayon", timeout: int = 5, options:
 _NAMED = re.compile(r"%\((\w+)\)s")
 
 
+def positional(sql: str) -> tuple[str, list[str]]:
+    """`sql` with %(name)s parameters as PostgreSQL's $1, $2... (and %% as %), and the names in that order."""
+    names = list(dict.fromkeys(_NAMED.findall(sql)))
+    return _NAMED.sub(lambda m: f"${names.index(m[1]) + 1}", sql).replace("%%", "%"), names
+
+
 def execute_prepared(conn, cur, sql: str, params: dict) -> None:
     """Run `sql` (with %(name)s parameters) as a server-side prepared statement.
 
@@ -71,10 +77,9 @@ def execute_prepared(conn, cur, sql: str, params: dict) -> None:
     """
     found = conn.prepared.get(sql)
     if found is None:
-        names = list(dict.fromkeys(_NAMED.findall(sql)))
-        positional = _NAMED.sub(lambda m: f"${names.index(m[1]) + 1}", sql).replace("%%", "%")
+        body, names = positional(sql)
         found = (f"ayon_{len(conn.prepared)}", names)
-        cur.execute(f"PREPARE {found[0]} AS {positional}")
+        cur.execute(f"PREPARE {found[0]} AS {body}")
         conn.prepared[sql] = found
     name, names = found
     if names:
