@@ -87,6 +87,23 @@ def test_a_terminated_connection_is_replaced_without_an_error(database, database
     run(scenario())
 
 
+def test_a_statement_that_fails_on_a_live_connection_runs_once(database, database_url):
+    # Only a connection that died is retried; a timeout on a live one is the caller's error.
+    database.execute("CREATE SEQUENCE runs")
+    url = database_url + "?options=-c%20statement_timeout%3D200"
+
+    async def scenario():
+        reader = AsyncReader(url, 1)
+        try:
+            with pytest.raises(psycopg2.errors.QueryCanceled):
+                await reader.fetch_text("SELECT CASE WHEN nextval('runs') > 0 THEN pg_sleep(5)::text END")
+        finally:
+            reader.close()
+
+    run(scenario())
+    assert database.fetchone("SELECT last_value FROM runs")[0] == 1
+
+
 def test_a_failed_or_cancelled_statement_frees_its_connection(database_url):
     async def scenario():
         reader = AsyncReader(database_url, 1)

@@ -16,7 +16,6 @@ the API's.
 """
 
 import asyncio
-import select
 
 import psycopg2
 import psycopg2.extensions as ext
@@ -59,19 +58,10 @@ class _Conn:
 
     def __init__(self, raw):
         self.raw = raw
-        self.prepared: dict[str, tuple[str, list[str]]] = {}
+        # Per statement text: its EXECUTE with %s placeholders, the parameters' names in order,
+        # and the PREPARE to send before its first execution (None once sent).
+        self.prepared: dict[str, tuple[str, tuple[str, ...], str | None]] = {}
         self.generic = False  # the session's plan_cache_mode is `auto` until told otherwise
-
-    def idle_and_open(self) -> bool:
-        # An idle connection has nothing to read: a readable socket means PostgreSQL
-        # sent a termination notice or closed it (a restart), so it is not reused.
-        if self.raw.closed:
-            return False
-        try:
-            readable, _, _ = select.select([self.raw.fileno()], [], [], 0)
-        except (OSError, ValueError, *BROKEN):
-            return False
-        return not readable
 
 
 class AsyncReader:
@@ -113,12 +103,18 @@ class AsyncReader:
         """
         conn = await self._idle.get()
         try:
-            if conn is not None and not conn.idle_and_open():
-                conn.raw.close()
+            try:
+                if conn is None:
+                    conn = await self._open()
+                text = await self._execute(conn, sql, params, generic)
+            except BROKEN:
+                if conn is None or not conn.raw.closed:
+                    raise
+                # The session ended while idle (PostgreSQL restarted, or an administrator ended it):
+                # the statement is read-only, so it runs once more on a fresh connection.
                 conn = None
-            if conn is None:
                 conn = await self._open()
-            text = await self._execute(conn, sql, params or {}, generic)
+                text = await self._execute(conn, sql, params, generic)
         except BaseException:
             # A failed or cancelled statement leaves the session in an unknown state: start afresh.
             if conn is not None:
@@ -129,23 +125,26 @@ class AsyncReader:
         return text
 
     @staticmethod
-    async def _execute(conn: _Conn, sql: str, params: dict, generic: bool) -> str | None:
+    async def _execute(conn: _Conn, sql: str, params: dict | None, generic: bool) -> str | None:
         found = conn.prepared.get(sql)
-        prefix = _MODES[generic] if generic != conn.generic else ""
-        cur = conn.raw.cursor()
         if found is None:
             body, names = positional(sql)
-            found = (f"ayon_{len(conn.prepared)}", names)
-            # Prepared in the round trip of its first execution; psycopg2 reads `%` as a
-            # placeholder only when it has parameters to put in.
-            prefix += f"PREPARE {found[0]} AS {body.replace('%', '%%') if names else body}; "
-        name, names = found
+            name = f"ayon_{len(conn.prepared)}"
+            execute = f"EXECUTE {name} ({', '.join(['%s'] * len(names))})" if names else f"EXECUTE {name}"
+            # psycopg2 reads `%` as a placeholder only when it has parameters to put in.
+            found = (execute, tuple(names), f"PREPARE {name} AS {body.replace('%', '%%') if names else body}; ")
+        execute, names, prepare = found
+        # The PREPARE of a first execution and a change of plan mode go in the same round trip.
+        if prepare is not None or generic != conn.generic:
+            execute = (_MODES[generic] if generic != conn.generic else "") + (prepare or "") + execute
+        cur = conn.raw.cursor()
         if names:
-            cur.execute(f"{prefix}EXECUTE {name} ({', '.join(['%s'] * len(names))})", [params[n] for n in names])
+            cur.execute(execute, [params[n] for n in names])
         else:
-            cur.execute(f"{prefix}EXECUTE {name}")
+            cur.execute(execute)
         await wait(conn.raw)
-        conn.prepared[sql] = found
+        if prepare is not None:
+            conn.prepared[sql] = (found[0], names, None)
         conn.generic = generic
         row = cur.fetchone()
         return row[0] if row else None
