@@ -1,5 +1,7 @@
 """GET /api/events (filtered, newest first, cursor pages) and GET /api/events/{id}."""
 
+import functools
+
 import falcon
 
 from server.api.pages import (
@@ -89,8 +91,13 @@ def list_query(query) -> tuple[str, dict]:
         created, event_id = decode_cursor(query["cursor"])[:2]
         where.append("(created_at, id) < (%(c_created)s, %(c_id)s::uuid)")
         params["c_created"], params["c_id"] = cursor_time(created), cursor_uuid(event_id)
-    sql = LIST_SQL.format(where=("WHERE " + " AND ".join(where)) if where else "")
-    return sql, params
+    return page_sql(tuple(where)), params
+
+
+@functools.cache
+def page_sql(conditions: tuple[str, ...]) -> str:
+    """LIST_SQL for these conditions, built once (the same text each time, so the reader's lookup is by identity)."""
+    return LIST_SQL.format(where=("WHERE " + " AND ".join(conditions)) if conditions else "")
 
 
 def plan_fits_all(params: dict) -> bool:
