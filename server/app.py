@@ -1,5 +1,6 @@
 """The falcon ASGI app: `create_app` wires routes and middleware; `get_app` reads settings for gunicorn."""
 
+import hmac
 import logging
 import time
 
@@ -45,6 +46,8 @@ class Auth:
     def __init__(self, ctx):
         self.ctx = ctx
         self._hash = None  # setup stores the token's sha256 once; it never changes afterwards
+        # AYON_ADMIN_TOKEN as bytes, read once: settings do not change in a running process.
+        self._configured = (ctx.settings.admin_token or "").encode()
 
     def token_ok(self, token: str) -> bool:
         if self._hash is None:
@@ -61,10 +64,9 @@ class Auth:
                 description="send the admin token as 'Authorization: Bearer <token>'",
                 challenges=["Bearer"],
             )
-        configured = self.ctx.settings.admin_token
-        if configured:
+        if self._configured:
             # No thread hop on the hot path: the comparison needs no database.
-            ok = auth.matches(token, configured, None)
+            ok = hmac.compare_digest(token.encode(), self._configured)
         elif self._hash is not None:
             ok = self.token_ok(token)
         else:
@@ -127,7 +129,9 @@ def content_type(req, resource) -> None:
 
 def query_text(req) -> None:
     """A NUL character in a query parameter is a 400 naming it (PostgreSQL text cannot hold one)."""
-    if not req.query_string:
+    raw = req.query_string
+    # A NUL reaches a parameter only spelled %00 (an HTTP parser refuses a bare one): most queries have neither.
+    if "%00" not in raw and "\x00" not in raw:
         return
     for name, value in req.params.items():
         values = value if isinstance(value, list) else [value]
@@ -189,10 +193,13 @@ class Gate:
         # The route template, never the raw path: unmatched paths would make labels unbounded.
         route = req.uri_template or "(unmatched)"
         took = time.perf_counter() - started
-        metrics.observe_request(req.method, route, resp.status_code, took)
+        status = resp.status_code
+        metrics.observe_request(req.method, route, status, took)
         if self.access is not None:
             target = req.path + ("?" + req.query_string if req.query_string else "")
-            self.access.write(req.remote_addr or "-", req.method, target, resp.status_code, took * 1000)
+            # The peer's address, as falcon's remote_addr gives it when no proxy header is trusted.
+            client = req.scope.get("client")
+            self.access.write(client[0] if client and client[0] else "-", req.method, target, status, took * 1000)
 
 
 def _error_serializer(req, resp, exc: falcon.HTTPError) -> None:

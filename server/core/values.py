@@ -21,6 +21,9 @@ from urllib.parse import urlsplit
 
 from server.core import times
 
+# A whole number as text: at most 19 digits, so int() never parses an enormous one.
+_WHOLE = re.compile(r"-?[0-9]{1,19}").fullmatch
+
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
 
@@ -99,7 +102,7 @@ class Integer(Kind):
 
     def from_text(self, raw: str) -> int:
         text = raw.strip()
-        if not re.fullmatch(r"-?[0-9]{1,19}", text):
+        if not _WHOLE(text):
             raise Invalid("expected a whole number", raw)
         return self.check(int(text))
 
@@ -123,7 +126,7 @@ class Number(Kind):
 
     def from_text(self, raw: str) -> int | float:
         text = raw.strip()
-        if re.fullmatch(r"-?[0-9]{1,19}", text):
+        if _WHOLE(text):
             return self.check(int(text))
         if not re.fullmatch(r"-?[0-9]{0,19}\.[0-9]{1,19}", text):
             raise Invalid("expected a number such as 5 or 0.5", raw)
