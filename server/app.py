@@ -54,7 +54,12 @@ class Auth:
             self._hash = auth.stored_hash(self.ctx.db)
         return auth.matches(token, "", self._hash)
 
-    async def check(self, req) -> None:
+    def check(self, req) -> str | None:
+        """401 unless the request carries the admin token; the token when only the database can tell.
+
+        With AYON_ADMIN_TOKEN set, or once the stored hash is loaded, the
+        comparison needs no database and no thread: the hot path.
+        """
         header = req.get_header("Authorization") or ""
         scheme, _, token = header.partition(" ")
         token = token.strip()
@@ -65,15 +70,24 @@ class Auth:
                 challenges=["Bearer"],
             )
         if self._configured:
-            # No thread hop on the hot path: the comparison needs no database.
             ok = hmac.compare_digest(token.encode(), self._configured)
         elif self._hash is not None:
             ok = self.token_ok(token)
         else:
-            ok = await self.ctx.run(self.token_ok, token)
+            return token
         if not ok:
-            raise falcon.HTTPUnauthorized(title="Invalid token", description="the admin token is not valid",
-                                          challenges=["Bearer"])
+            raise self.invalid()
+        return None
+
+    async def check_stored(self, token: str) -> None:
+        """The first comparison with the stored hash, which reads it from the database in a thread."""
+        if not await self.ctx.run(self.token_ok, token):
+            raise self.invalid()
+
+    @staticmethod
+    def invalid() -> falcon.HTTPUnauthorized:
+        return falcon.HTTPUnauthorized(title="Invalid token", description="the admin token is not valid",
+                                       challenges=["Bearer"])
 
 
 class SchemaGate:
@@ -82,9 +96,11 @@ class SchemaGate:
     def __init__(self, ctx):
         self.ctx = ctx
 
+    def current(self) -> bool:
+        """Whether the last readiness check saw a current schema (then no request waits for one)."""
+        return self.ctx.schema is not None and self.ctx.schema.current
+
     async def check(self) -> None:
-        if self.ctx.schema is not None and self.ctx.schema.current:
-            return
         ready, reason = await self.ctx.run(health.is_ready, self.ctx)
         if not ready:
             raise falcon.HTTPServiceUnavailable(
@@ -163,9 +179,9 @@ class Gate:
 
     Before routing: the start time, the canonical path (404), no NUL in the
     query (400). After routing, on the resource that will answer: unless it is
-    public, a current schema (503) and the admin token (401); then the body's
-    type (415) and size (411, 413). After the answer: metrics and the access
-    line, whatever raised before.
+    public, a current schema (503) and the admin token (401), without an await
+    unless the database must tell; then the body's type (415) and size (411,
+    413). After the answer: metrics and the access line, whatever raised before.
     """
 
     def __init__(self, ctx, access=None):
@@ -180,8 +196,11 @@ class Gate:
 
     async def process_resource(self, req, resp, resource, params):
         if not is_public(resource):
-            await self.schema.check()
-            await self.auth.check(req)
+            if not self.schema.current():
+                await self.schema.check()
+            pending = self.auth.check(req)
+            if pending is not None:
+                await self.auth.check_stored(pending)
         content_type(req, resource)
         body_limit(req, resource)
 

@@ -133,6 +133,10 @@ def test_token_stored_as_hash_by_setup(database_url, database):
     client = falcon.testing.TestClient(app)
     assert client.simulate_get("/api/events", headers={"Authorization": "Bearer generated"}).status_code == 200
     assert_error(client.simulate_get("/api/events", headers={"Authorization": "Bearer other"}), 401)
+    # A wrong token as a worker's first request: refused when the stored hash is read, too.
+    fresh = falcon.testing.TestClient(make_app(database_url, AYON_ADMIN_TOKEN=""))
+    assert_error(fresh.simulate_get("/api/events", headers={"Authorization": "Bearer other"}), 401)
+    assert fresh.simulate_get("/api/events", headers={"Authorization": "Bearer generated"}).status_code == 200
 
 
 def test_unknown_route_and_method(client):
