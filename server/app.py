@@ -1,6 +1,5 @@
 """The falcon ASGI app: `create_app` wires routes and middleware; `get_app` reads settings for gunicorn."""
 
-import hmac
 import logging
 import time
 
@@ -46,8 +45,8 @@ class Auth:
     def __init__(self, ctx):
         self.ctx = ctx
         self._hash = None  # setup stores the token's sha256 once; it never changes afterwards
-        # AYON_ADMIN_TOKEN as bytes, read once: settings do not change in a running process.
-        self._configured = (ctx.settings.admin_token or "").encode()
+        # AYON_ADMIN_TOKEN, read once: settings do not change in a running process.
+        self._configured = ctx.settings.admin_token or ""
 
     def token_ok(self, token: str) -> bool:
         if self._hash is None:
@@ -70,7 +69,7 @@ class Auth:
                 challenges=["Bearer"],
             )
         if self._configured:
-            ok = hmac.compare_digest(token.encode(), self._configured)
+            ok = auth.matches(token, self._configured, None)
         elif self._hash is not None:
             ok = self.token_ok(token)
         else:
@@ -216,7 +215,7 @@ class Gate:
         metrics.observe_request(req.method, route, status, took)
         if self.access is not None:
             target = req.path + ("?" + req.query_string if req.query_string else "")
-            # The peer's address, as falcon's remote_addr gives it when no proxy header is trusted.
+            # The peer's address (falcon's remote_addr, without building its access_route).
             client = req.scope.get("client")
             self.access.write(client[0] if client and client[0] else "-", req.method, target, status, took * 1000)
 

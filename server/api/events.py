@@ -96,7 +96,7 @@ def list_query(query) -> tuple[str, dict]:
 
 @functools.cache
 def page_sql(conditions: tuple[str, ...]) -> str:
-    """LIST_SQL for these conditions, built once (the same text each time, so the reader's lookup is by identity)."""
+    """LIST_SQL for these conditions, built once: the same string object each time, whose hash Python keeps."""
     return LIST_SQL.format(where=("WHERE " + " AND ".join(conditions)) if conditions else "")
 
 
