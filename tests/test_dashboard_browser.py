@@ -3,12 +3,12 @@
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 
 from server.core import config, events
+from tests.apiclient import wait_for
 from tests.conftest import ROOT
 from tests.pg import free_port
 
@@ -31,18 +31,16 @@ def server(env, tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "server/gunicorn_conf.py"], cwd=ROOT,
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
+    def ready() -> bool:
+        assert proc.poll() is None, f"gunicorn exited with {proc.returncode}:\n{log_path.read_text()}"
+        try:
+            with urllib.request.urlopen(base + "/health/ready", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"gunicorn exited with {proc.returncode}:\n{log_path.read_text()}"
-            try:
-                with urllib.request.urlopen(base + "/health/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"gunicorn not ready within 60 s:\n{log_path.read_text()}"
-            time.sleep(0.1)
+        wait_for(ready, 60, lambda: f"gunicorn to be ready:\n{log_path.read_text()}")
         yield base
     finally:
         proc.terminate()
@@ -179,11 +177,12 @@ def test_an_addon_page_cannot_read_the_dashboard_token(server, env, page, tmp_pa
                                  stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         target = os.path.join(env["AYON_DATA_DIR"], "addons", "spy", "1.0.0", "spy.js")
-        deadline = time.monotonic() + 60
-        while not os.path.exists(target):
+
+        def installed() -> bool:
             assert installer.poll() is None, f"the installer exited with {installer.returncode}"
-            assert time.monotonic() < deadline, "the installer did not install the addon within 60 s"
-            time.sleep(0.1)
+            return os.path.exists(target)
+
+        wait_for(installed, 60, "the installer to install the addon")
     finally:
         installer.terminate()
         installer.wait(30)

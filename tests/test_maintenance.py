@@ -12,6 +12,7 @@ import pytest
 
 import maintenance  # noqa: F401  (declares each task's switch and options)
 from server.core import config, events
+from tests.apiclient import wait_for
 from tests.conftest import ROOT
 
 # Runs `python -m maintenance` with an extra tasks folder appended to the package
@@ -68,16 +69,6 @@ def write_task(folder, name, body, order=100, description="a test task"):
 
 def runs(database):
     return events.query(database, topic="server.maintenance", limit=100)
-
-
-def poll(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def set_config(database, patch):
@@ -239,7 +230,7 @@ def test_five_concurrent_runs_make_one(env, database, tmp_path):
 
 
 def wait_for_task(database, name):
-    return poll(lambda: next((r for r in runs(database) if f": {name} — " in r["description"]), None), 30,
+    return wait_for(lambda: next((r for r in runs(database) if f": {name} — " in r["description"]), None), 30,
                 f"the run to reach {name}")
 
 
