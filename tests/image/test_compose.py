@@ -26,6 +26,7 @@ import yaml
 from procs.programs import names_for
 from procs.supervisor import LISTENERS
 from server.core import settings
+from tests.apiclient import wait_for
 from tests.conftest import ROOT
 from tests.image.podman import (
     CONTAINERS_CONF,
@@ -118,18 +119,6 @@ def designed_programs(env: dict[str, str]) -> set[str]:
     values = settings.load(env)
     return set(names_for(server=values.run_server, setup=values.run_setup, maintenance=values.run_maintenance,
                          embedded=not env.get("AYON_POSTGRES_URL")))
-
-
-def poll(what: str, check, timeout: float, interval: float = 1.0):
-    """Call `check` until it returns something true; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout} s")
-        time.sleep(interval)
 
 
 def http_status(url: str) -> int:
@@ -262,12 +251,13 @@ def test_setup_exits_0(project):
             continue
         values = settings.load(project.container_env(container))
         if values.roles == ["setup"]:  # its own container: the exit code is the verdict
-            poll(f"{service} exited", lambda: container.inspect("{{.State.Status}}") == "exited", READY_TIMEOUT)
+            wait_for(lambda: container.inspect("{{.State.Status}}") == "exited", READY_TIMEOUT,
+                     f"{service} to exit", 1.0)
             assert container.inspect("{{.State.ExitCode}}") == "0", container.logs()
             progress(f"{service} exited 0")
         elif values.run_setup:  # a program beside the others
-            poll(f"setup in {service} exited 0",
-                 lambda: "exited: setup (exit status 0; expected)" in container.logs(tail=1000), READY_TIMEOUT)
+            wait_for(lambda: "exited: setup (exit status 0; expected)" in container.logs(tail=1000), READY_TIMEOUT,
+                     f"setup in {service} to exit 0", 1.0)
             progress(f"setup in {service} exited 0")
 
 
@@ -276,14 +266,15 @@ def test_every_server_becomes_ready(project):
     servers = project.servers()
     assert servers, "no server"
     for service, url in servers.items():
-        poll(f"{service} ready at {url}", lambda: http_status(f"{url}/health/ready") == 200, READY_TIMEOUT)
+        wait_for(lambda: http_status(f"{url}/health/ready") == 200, READY_TIMEOUT, f"{service} ready at {url}", 1.0)
         progress(f"{service} ready at {url} after {time.monotonic() - started:.1f} s")
     for service, container in project.long_running().items():
         verdict = container.wait_healthy(timeout=READY_TIMEOUT)
         progress(f"{service}: {verdict}")
     # The health check the file gives PostgreSQL works (podman runs it only on request here).
     postgres = project.containers()["postgres"]
-    poll("postgres healthy", lambda: podman("healthcheck", "run", postgres.name).returncode == 0, READY_TIMEOUT)
+    wait_for(lambda: podman("healthcheck", "run", postgres.name).returncode == 0, READY_TIMEOUT, "postgres healthy",
+             1.0)
 
 
 def test_each_container_runs_exactly_its_designed_programs(project):
@@ -322,7 +313,7 @@ def test_two_maintenance_runs_requested_at_once_make_one(project):
         runs = [subprocess.Popen([*PODMAN, "exec", c.name, "python", "-m", "maintenance"],
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                 for c in (first, second)]
-        ended = poll("one of the two runs ended", lambda: [r for r in runs if r.poll() is not None], 120, 0.2)
+        ended = wait_for(lambda: [r for r in runs if r.poll() is not None], 120, "one of the two runs to end", 0.2)
         assert len(ended) == 1, [r.communicate()[0] for r in runs]
         loser, winner = ended[0], next(r for r in runs if r is not ended[0])
         said = loser.communicate()[0]
@@ -330,7 +321,7 @@ def test_two_maintenance_runs_requested_at_once_make_one(project):
         # It says so, then where its log records go (the collector beside it stores them).
         assert "another maintenance run is in progress" in said, said
         assert "logs: a log collector runs beside this process" in said.strip().splitlines()[-1], said
-        poll("the other run waiting with the lock", lambda: query(first, WAITING_RUNS) == [[1]], 60, 0.2)
+        wait_for(lambda: query(first, WAITING_RUNS) == [[1]], 60, "the other run waiting with the lock", 0.2)
         holder.communicate("\n", timeout=60)
         said = winner.communicate(timeout=180)[0]
         assert winner.returncode == 0, said
