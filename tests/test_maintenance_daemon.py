@@ -12,10 +12,10 @@ import pytest
 
 from server.api.maintenance import request_run
 from server.core import config, events, times
+from tests.apiclient import wait_for as poll
 from tests.conftest import ROOT
 from tests.test_maintenance import (
     command,
-    poll,
     runs,
     set_config,
     start_cli,
