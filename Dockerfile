@@ -18,7 +18,7 @@ RUN python3 -m venv /opt/venv \
     && set -- /tmp/build/*.whl \
     && if [ -e "$1" ]; then set -- --no-index --find-links /tmp/build; else set --; fi \
     && /opt/venv/bin/pip install --quiet "$@" -r /tmp/build/requirements.txt \
-    && /opt/venv/bin/python -c "import falcon, gunicorn, psycopg2, supervisor, uvloop, yaml"
+    && /opt/venv/bin/python -c "import falcon, gunicorn, psycopg2, setproctitle, supervisor, uvloop, yaml"
 
 # --- runtime ------------------------------------------------------------------
 FROM ${BASE_IMAGE}

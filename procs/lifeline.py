@@ -32,6 +32,14 @@ def decode(word: str) -> dict[str, str]:
     return json.loads(base64.urlsafe_b64decode(word + "=" * (-len(word) % 4)))
 
 
+def environment(environ) -> tuple[dict[str, str], int | None]:
+    """The program's environment (its secrets decoded, this module's variables gone) and the parent it must have."""
+    env = dict(environ)
+    env.update(decode(env.pop(SECRETS_VAR, "")))
+    parent = env.pop(PARENT_VAR, "")
+    return env, int(parent) if parent.isdigit() else None
+
+
 def signal_named(name: str) -> signal.Signals:
     try:
         return signal.Signals["SIG" + name.upper().removeprefix("SIG")]
@@ -49,10 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(2)
-    env = dict(os.environ)
-    env.update(decode(env.pop(SECRETS_VAR, "")))
-    parent = env.pop(PARENT_VAR, "")
-    hold(signum, int(parent) if parent.isdigit() else None)
+    env, parent = environment(os.environ)
+    hold(signum, parent)
     os.execvpe(args[1], args[1:], env)
 
 

@@ -45,15 +45,18 @@ def main() -> int:
         os.execve(sys.executable, command(), without_secrets(os.environ))
     from supervisor import poller, supervisord
 
+    from procs import preload
+
     _poll = poller.Poller.poll
     poller.Poller.poll = lambda self, timeout: _poll(self, min(timeout, POLL_SECONDS))
 
     conf, rundir = sys.argv[1], Path(sys.argv[2])
+    # Each program's lifeline checks it still has this parent once it holds.
+    os.environ[lifeline.PARENT_VAR] = str(os.getpid())
+    preload.install(conf)
     status_file = rundir / EXIT_FILE
     for stale in [status_file, rundir / SETUP_DONE, *rundir.glob("*.error")]:
         stale.unlink(missing_ok=True)
-    # Each program's lifeline checks it still has this parent once it holds.
-    os.environ[lifeline.PARENT_VAR] = str(os.getpid())
     supervisord.main(["-c", conf])
     if status_file.exists():
         code, _, reason = status_file.read_text().strip().partition(" ")

@@ -1,6 +1,7 @@
 """A whole instance on its embedded PostgreSQL: no secret where it is not needed, no orphan after a crash."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ from server.core import embedded_pg
 from server.core.embedded_pg import EmbeddedPostgres
 from server.core.errors import AyonError
 from tests.conftest import ROOT
-from tests.instance import Instance, environ, poll
+from tests.instance import Instance, environ, http_get, poll
 from tests.pg import free_port
 
 TOKEN = "process-tree-test-token"
@@ -70,19 +71,28 @@ def test_secrets_only_where_needed_and_nothing_survives_kill_9(embedded_env, tmp
     data = Path(instance.env["AYON_DATA_DIR"])
     port = int(embedded_env["AYON_EMBEDDED_PG_PORT"])
 
-    # The token: only in gunicorn and its workers. No password of PostgreSQL in any environment.
+    # No secret in any environment /proc shows: the programs forked from supervisord (procs/preload.py)
+    # hold theirs in memory only, and the server answers with its token.
     names = instance.programs_by_pid()
     assert sorted(set(names.values())) == sorted(PROGRAMS - {"setup"} | {"watchdog", "console"})
     assert len([n for n in names.values() if n == "postgres"]) > 3  # the postmaster and its backends
     superuser, owner = (embedded_pg.password(data, role).encode() for role in ("postgres", "ayon"))
     for pid, name in names.items():
         env = environ(pid)
-        assert (TOKEN.encode() in env) == (name == "server"), name
+        assert TOKEN.encode() not in env, name
         assert superuser not in env and owner not in env, name
         if name == "postgres":
             assert b"AYON_PROGRAM_SECRETS" not in env and b"AYON_POSTGRES_URL" not in env
     assert TOKEN.encode() not in environ(instance.proc.pid)  # supervisord's own
-
+    assert http_get(instance.url + "/api/config", token=TOKEN)[0] == 200
+    assert http_get(instance.url + "/api/config")[0] == 401
+    # Every Python program is a fork of supervisord sharing its preloaded pages, not an interpreter of
+    # its own (the postgres program becomes PostgreSQL by exec).
+    for name in PROGRAMS - {"setup", "postgres"}:
+        pid = instance.pid_of(name)
+        assert psutil.Process(pid).ppid() == instance.proc.pid, name
+        shared = int(re.search(r"Shared_Dirty:\s+(\d+) kB", Path(f"/proc/{pid}/smaps_rollup").read_text())[1])
+        assert shared > 4096, f"{name} shares only {shared} kB of supervisord's pages"
     # PostgreSQL wants a password; the programs are connected as its owner role, no superuser.
     with pytest.raises(psycopg2.OperationalError, match="no password supplied"):
         psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", passfile="/nonexistent")
