@@ -36,7 +36,8 @@ def running(**roles: bool) -> dict[str, str]:
 # (forked from supervisord, procs/preload.py), and it answers with it.
 ENVIRON_CHECK = """
 import json, os, urllib.request
-request = urllib.request.Request("http://127.0.0.1:5000/api/config",
+bind = os.environ.get("AYON_HTTP_BIND", "0.0.0.0:5000").replace("0.0.0.0", "127.0.0.1")
+request = urllib.request.Request("http://" + bind + "/api/config",
                                  headers={"Authorization": "Bearer " + os.environ["AYON_ADMIN_TOKEN"]})
 found = {"answer": ["server", urllib.request.urlopen(request, timeout=30).status]}
 for pid in filter(str.isdigit, os.listdir("/proc")):
