@@ -184,11 +184,15 @@ def become(command: Command, env: dict) -> NoReturn:
 
 
 def _run(command: Command, env: dict) -> int:
-    # First: setproctitle finds the memory `ps` reads on its first use, before the environment changes.
-    setproctitle(command.title)
     for signum in SUPERVISORD_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # supervisord's objects are never collected here: garbage it had not collected yet may hold a
+    # descriptor number this process has closed, and then reuses; its finalizer would close ours.
+    gc.freeze()
+    # setproctitle finds the memory `ps` reads on its first use, which must come before the
+    # environment changes.
+    setproctitle(command.title)
     env, parent = lifeline.environment(env)
     # Only what differs: each change of the C environment copies heap pages shared with supervisord.
     for name in [name for name in os.environ if name not in env]:

@@ -2,10 +2,12 @@
 
 It reports what it sees as one JSON line on stdout, then ends the way WHAT says:
 `exit CODE`, `text` (SystemExit with a message), `raise`, `interrupt`,
-`thread` (a non-daemon thread outlives the main module), `atexit`.
+`thread` (a non-daemon thread outlives the main module), `atexit`, `collect`
+(opens a descriptor, runs the collector, checks the descriptor is still open).
 """
 
 import atexit
+import gc
 import json
 import os
 import signal
@@ -50,3 +52,8 @@ if what == "thread":
     threading.Thread(target=late).start()
 if what == "atexit":
     atexit.register(lambda: print("atexit ran", flush=True))
+if what == "collect":
+    fd = os.open(os.devnull, os.O_RDONLY)
+    gc.collect()
+    os.fstat(fd)  # OSError (bad file descriptor) if a stray finalizer closed it
+    print(f"descriptor {fd} kept", flush=True)

@@ -30,9 +30,17 @@ found = {tuple(argv): preload.parse(argv)}
 failed = preload.preload(found)
 for signum in preload.SUPERVISORD_SIGNALS:
     signal.signal(signum, lambda *a: None)
+# Garbage not collected yet, holding a descriptor supervisord's fork closes (as it closes 3 and up).
+import gc, io
+gc.disable()
+class Cycle: pass
+garbage = Cycle(); garbage.me = garbage; garbage.file = io.FileIO(os.open(os.devnull, os.O_RDONLY))
+del garbage
 sys.stdout.flush()
 pid = os.fork()
 if pid == 0:
+    os.closerange(3, 256)
+    gc.enable()
     preload.become(found[tuple(argv)], env)
 _, status = os.waitpid(pid, 0)
 print(json.dumps({"failed": failed, "status": status}))
@@ -107,7 +115,8 @@ def test_the_forked_program_sees_what_the_execed_one_sees():
     (("interrupt",), signal.SIGINT, [], "KeyboardInterrupt\n"),
     (("thread",), 0, ["thread finished"], ""),
     (("atexit",), 0, ["atexit ran"], ""),
-], ids=["exit-3", "exit-258", "message", "exception", "ctrl-c", "thread", "atexit"])
+    (("collect",), 0, ["descriptor 3 kept"], ""),
+], ids=["exit-3", "exit-258", "message", "exception", "ctrl-c", "thread", "atexit", "inherited-garbage"])
 def test_the_forked_program_ends_as_the_execed_one_does(args, status, stdout, stderr):
     for lines, err, got in (forked(*args), execed(*args)):
         assert got == status, err
