@@ -40,8 +40,7 @@ def command() -> list[str]:
 
 def main() -> int:
     if os.environ.pop(CLEANED, None) is None:
-        # Exec again without them, so not even this process's /proc/PID/environ shows them. The
-        # settings' declaration it takes to know them is not kept in supervisord's memory.
+        # Exec again without them, so not even this process's /proc/PID/environ shows them.
         os.execve(sys.executable, command(), without_secrets(os.environ))
     from supervisor import poller, supervisord
 
