@@ -1,6 +1,8 @@
 """Start a program that dies with its parent: `python -m procs.lifeline SIGNAL COMMAND [ARG ...]`.
 
-supervisord starts every program through this. It asks the kernel to send
+Every program's command in the supervisord config starts with this; for
+the Python programs, supervisord does the same steps in a fork of itself
+instead (procs/preload.py). It asks the kernel to send
 SIGNAL to the program when supervisord dies, however it dies (kill -9
 included), so no program outlives it with parent 1; then it execs COMMAND
 in its own place (same pid). Variables meant for this program alone (its

@@ -5,8 +5,10 @@ status in the run folder when a program could not start or setup failed.
 
 supervisord passes its own environment to every program, so it runs without
 the secret settings: the generated config hands each program only those it
-needs (procs.lifeline decodes them). Every program is started through
-procs.lifeline, which ties its life to this process's.
+needs (procs.lifeline decodes them). Every program's command goes through
+procs.lifeline, which ties its life to this process's; the Python programs
+are forked from this process with their modules' imports loaded once
+(procs/preload.py), which does the lifeline's steps itself.
 """
 
 import os
