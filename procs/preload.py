@@ -13,10 +13,11 @@ shows, and the program's exit code. The imported pages stay shared between
 supervisord and every program (copy-on-write; `gc.freeze` keeps the collector
 from writing to them).
 
-Not forked: a command of another shape or for another interpreter, and one not
-in the config supervisord started with. Forked but not preloaded: `NOT_PRELOADED`. A program restarted with supervisorctl
-is forked from the same supervisord, so it runs the code supervisord loaded:
-restart the instance to run changed code.
+Not forked: a command of another shape or for another interpreter, and one
+not in the config supervisord started with. Forked but not preloaded:
+`NOT_PRELOADED`. A program restarted with supervisorctl is forked from the
+same supervisord, so it runs the code supervisord loaded: restart the
+instance to run changed code.
 """
 
 import ast

@@ -8,7 +8,6 @@ beat for it instead (`fork_beside`): one process, one connection, under the
 program's name and its parent's pid, ending with its parent.
 """
 
-import ctypes
 import json
 import logging
 import os
@@ -85,10 +84,8 @@ class Heartbeat(threading.Thread):
 
 
 def _name_process(name: str) -> None:
-    try:
-        ctypes.CDLL(None).prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
-    except (AttributeError, OSError):  # not Linux: the name is a convenience only
-        pass
+    if lifetime.prctl is not None:  # elsewhere the name is a convenience only
+        lifetime.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 def fork_beside(settings, program: str, info, close_fds=(), setup_logging=None) -> int:

@@ -7,10 +7,11 @@ import signal
 PR_SET_PDEATHSIG = 1
 
 try:
-    # Looked up once: a process forked from this one (procs/preload.py) shares it instead of building its own.
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except AttributeError:  # not Linux
-    _prctl = None
+    # libc's prctl, looked up once: a process forked from this one (procs/preload.py) shares it
+    # instead of building its own. None where there is none (not Linux).
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+except AttributeError:
+    prctl = None
 
 
 def hold(signum: int, parent: int | None = None) -> bool:
@@ -20,9 +21,9 @@ def hold(signum: int, parent: int | None = None) -> bool:
     change of user. When the parent is no longer `parent`, it died before
     the lifeline held: the signal is raised at once, as the kernel would have.
     """
-    if _prctl is None:
+    if prctl is None:
         return False
-    if _prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+    if prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"prctl(PR_SET_PDEATHSIG): {os.strerror(errno)}")
     if parent is not None and os.getppid() != parent:
