@@ -43,10 +43,12 @@ if what == "raise":
 if what == "interrupt":
     raise KeyboardInterrupt
 if what == "thread":
-    done = threading.Event()
+    main, waiting = threading.main_thread(), threading.Event()
 
     def late() -> None:
-        done.wait(0.3)  # the main module has ended by now; the interpreter must still wait for this thread
+        # Until the main module has ended and the interpreter is on its way out: it must wait for us.
+        while main.is_alive():
+            waiting.wait(0.01)
         print("thread finished", flush=True)
 
     threading.Thread(target=late).start()
