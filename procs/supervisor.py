@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LOG_MAX_BYTES = "5MB"
 LOG_BACKUPS = 1
 # supervisord's event listeners, beside the programs.
-LISTENERS = ("watchdog", "console")
+LISTENERS = ("console",)
 
 
 def check_roles(values: settings_mod.Settings) -> None:
@@ -106,13 +106,6 @@ def render(values: settings_mod.Settings, password: str | None = None, python: s
         entries = _program_entries(program, python, log_dir(values))
         entries["environment"] = _env({}, secret_values(values, program.secrets), mask)
         parts.append(_section(f"program:{program.name}", entries))
-    parts.append(_section("eventlistener:watchdog", _listener({
-        "command": _command(python, "TERM", "-m", "procs.watchdog", str(rundir)),
-        "events": "PROCESS_STATE_FATAL,PROCESS_STATE_EXITED",
-        "buffer_size": 64,
-        # It removes the finished setup from the process table through the RPC socket.
-        "environment": _env({}, {"SUPERVISOR_USERNAME": "ayon", "SUPERVISOR_PASSWORD": password}, mask),
-    })))
     parts.append(_section("eventlistener:console", _listener({
         "command": _command(python, "TERM", "-m", "procs.console", values.instance_id, values.log_format),
         "events": "PROCESS_LOG,PROCESS_STATE,TICK_5",

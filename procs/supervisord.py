@@ -1,7 +1,8 @@
 """supervisord, run in this process so its exit code can say why it stopped.
 
-supervisord itself always exits 0; the watchdog listener leaves an exit
-status in the run folder when a program could not start or setup failed.
+supervisord itself always exits 0; the watchdog (procs/watchdog.py, which
+this process's supervisord is) says why it stopped the instance when a
+program could not start or setup failed, and then this exits with 1.
 
 supervisord passes its own environment to every program, so it runs without
 the secret settings: the generated config hands each program only those it
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 
 from procs import lifeline
-from procs.watchdog import EXIT_FILE, SETUP_DONE
+from procs import watchdog
 
 # supervisord notices a child's exit only when its 1 s poll times out (Python retries
 # the poll after SIGCHLD), and it stops programs one after another: 8 programs took
@@ -55,14 +56,15 @@ def main() -> int:
     # Each program's lifeline checks it still has this parent once it holds.
     os.environ[lifeline.PARENT_VAR] = str(os.getpid())
     preload.install(conf)
-    status_file = rundir / EXIT_FILE
-    for stale in [status_file, rundir / SETUP_DONE, *rundir.glob("*.error")]:
+    for stale in [rundir / watchdog.SETUP_DONE, *rundir.glob("*.error")]:
         stale.unlink(missing_ok=True)
+    reasons: list[str] = []
+    supervisord.Supervisor = watchdog.supervisor_class(rundir, reasons)
     supervisord.main(["-c", conf])
-    if status_file.exists():
-        code, _, reason = status_file.read_text().strip().partition(" ")
-        print(f"Error: {reason}", file=sys.stderr, flush=True)
-        return int(code)
+    if reasons:
+        # The first is the cause; what went wrong while stopping follows from it.
+        print(f"Error: {reasons[0]}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

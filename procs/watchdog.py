@@ -1,23 +1,24 @@
-"""The supervisord event listener that ends the instance when it cannot work.
+"""The watchdog: inside supervisord, it ends the instance when it cannot work.
 
 A program going FATAL (it could not start) or setup exiting with an error
 stops supervisord: the container exits non-zero and the orchestrator
-restarts it. The exit code and the reason are left in the run folder for
-`procs.supervisord`, which exits with them. A program that knows why it
+restarts it. The reason is handed to `procs.supervisord`, which says it as
+the instance's last line and exits with 1. A program that knows why it
 cannot start leaves that in `<program>.error` in the run folder, and the
 reason says it.
 
 A setup that finished (exit 0) is removed from supervisord's process table,
 so `supervisorctl status` shows only what runs and exits 0 when all of it
 does; `setup.done` in the run folder tells the health check it finished.
+
+It is supervisord itself (`Watched`), subscribed to its own process state
+events: no event can be dropped on the way, no process of its own has to
+stay alive, and taking setup out of the table needs no RPC credentials.
 """
 
-import os
-import signal
 import sys
 from pathlib import Path
 
-EXIT_FILE = "exit-status"
 SETUP_DONE = "setup.done"
 
 
@@ -55,53 +56,44 @@ def finished_setup(payload: dict) -> bool:
     return payload.get("processname") == "setup" and payload.get("expected") == "1"
 
 
-def remove_setup(rundir: Path) -> None:
-    """Take the finished setup out of the process table, through supervisord's RPC.
+def supervisor_class(rundir: Path, reasons: list[str]):
+    """supervisord's Supervisor, watching its own programs' state changes; why it stopped goes to `reasons`."""
+    from supervisor import events
+    from supervisor.states import SupervisorStates
+    from supervisor.supervisord import Supervisor
 
-    The RPC client (supervisor's xmlrpc and http modules) doubled this small
-    process's memory for the rest of its life: a short-lived child makes the call.
-    """
-    (rundir / SETUP_DONE).touch()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            from supervisor import childutils
+    class Watched(Supervisor):
+        finished: list[str]
 
-            # supervisord gives its children the socket's URL; the credentials come from our config.
-            childutils.getRPCInterface(os.environ).supervisor.removeProcessGroup("setup")
-        except Exception as exc:  # it stays listed as EXITED, which the health check accepts too
-            print(f"watchdog: could not remove the finished setup from the process table: {exc}",
-                  file=sys.stderr, flush=True)
-            code = 1
-        os._exit(code)
-    os.waitpid(pid, 0)
+        def runforever(self):
+            # supervisord clears every subscription when it (re)starts its run, before this.
+            self.finished = []
+            events.subscribe(events.ProcessStateFatalEvent, self.watch)
+            events.subscribe(events.ProcessStateExitedEvent, self.watch)
+            super().runforever()
 
+        def watch(self, event) -> None:
+            # Called from inside the process's state change: nothing here may raise into supervisord.
+            try:
+                name = events.getEventNameByType(type(event))
+                payload = parse(event.payload())
+                reason = verdict(name, payload, rundir)
+                if name == "PROCESS_STATE_EXITED" and finished_setup(payload):
+                    (rundir / SETUP_DONE).touch()
+                    self.finished.append(payload.get("groupname") or payload["processname"])
+            except Exception as exc:  # noqa: BLE001
+                reason = f"the watchdog could not judge a {type(event).__name__}: {exc}"
+            if reason:
+                print(f"watchdog: {reason}; stopping the instance", file=sys.stdout, flush=True)
+                reasons.append(reason)
+                self.options.mood = SupervisorStates.SHUTDOWN
 
-def main() -> None:
-    """Speak supervisord's listener protocol on stdin/stdout; report on stderr."""
-    rundir = Path(sys.argv[1])
-    # supervisord stops the listener last, with SIGTERM: that is a normal end.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    stdin, stdout = sys.stdin, sys.stdout
-    while True:
-        stdout.write("READY\n")
-        stdout.flush()
-        header = parse(stdin.readline())
-        body = stdin.read(int(header.get("len", 0)))
-        first, _, _ = body.partition("\n")
-        reason = verdict(header.get("eventname", ""), parse(first), rundir)
-        stdout.write("RESULT 2\nOK")
-        stdout.flush()
-        if header.get("eventname") == "PROCESS_STATE_EXITED" and finished_setup(parse(first)):
-            remove_setup(rundir)
-        if reason:
-            print(f"watchdog: {reason}; stopping the instance", file=sys.stderr, flush=True)
-            tmp = rundir / (EXIT_FILE + ".tmp")
-            tmp.write_text(f"1 {reason}\n")
-            os.replace(tmp, rundir / EXIT_FILE)
-            os.kill(os.getppid(), signal.SIGTERM)
+        def reap(self, once=False, recursionguard=0):
+            super().reap(once, recursionguard)
+            # Out of the table once its state change is over, which `finish` is still in when it tells us.
+            while self.finished:
+                group = self.finished.pop()
+                if group in self.process_groups and not self.remove_process_group(group):
+                    print(f"watchdog: {group} is still listed (not stopped yet)", file=sys.stdout, flush=True)
 
-
-if __name__ == "__main__":
-    main()
+    return Watched

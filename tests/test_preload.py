@@ -131,7 +131,7 @@ def test_every_program_of_every_role_is_forked_and_shown_as_its_command(tmp_path
     found = preload.commands(str(conf))
     text = conf.read_text()
     sections = [line for line in text.splitlines() if line.startswith(("[program:", "[eventlistener:"))]
-    assert len(found) == len(sections) >= 9
+    assert len(found) == len(sections) >= 8
     for argv, parsed in found.items():
         assert parsed.title == " ".join(argv[4:]) and parsed.module == argv[6]
         assert parsed.deathsignal == lifeline.signal_named(argv[3])
@@ -173,7 +173,7 @@ print(json.dumps({"modules": sorted({c.module for c in found.values()}), "failed
     seen = json.loads(out.stdout)
     assert seen["failed"] == {} and seen["threads"] == 1 and seen["signals"] == []
     assert seen["preloaded"] == sorted(set(seen["modules"]) - preload.NOT_PRELOADED)
-    assert {"gunicorn", "procs.webactions", "maintenance", "procs.console", "procs.watchdog"} <= set(seen["modules"])
+    assert {"gunicorn", "procs.webactions", "maintenance", "procs.console"} <= set(seen["modules"])
 
 
 def test_a_module_that_cannot_be_preloaded_fails_in_its_program_with_its_own_error(tmp_path):

@@ -74,7 +74,7 @@ def test_secrets_only_where_needed_and_nothing_survives_kill_9(embedded_env, tmp
     # No secret in any environment /proc shows: the programs forked from supervisord (procs/preload.py)
     # hold theirs in memory only, and the server answers with its token.
     names = instance.programs_by_pid()
-    assert sorted(set(names.values())) == sorted(PROGRAMS - {"setup"} | {"watchdog", "console"})
+    assert sorted(set(names.values())) == sorted(PROGRAMS - {"setup"} | {"console"})
     assert len([n for n in names.values() if n == "postgres"]) > 3  # the postmaster and its backends
     superuser, owner = (embedded_pg.password(data, role).encode() for role in ("postgres", "ayon"))
     for pid, name in names.items():

@@ -150,11 +150,9 @@ def test_each_program_gets_only_its_secrets(embedded, tmp_path):
     expected.update(setup={**database, **token}, server={**database, **token}, console={})
     if embedded:
         expected["postgres"] = {}
-    got = {name: program_secrets(proc) for name, proc in programs.items() if name != "watchdog"}
+    got = {name: program_secrets(proc) for name, proc in programs.items()}
+    # Nothing else, the control socket's credentials included: the watchdog is supervisord itself.
     assert got == expected
-    # The watchdog's own: the control socket's credentials, to take the finished setup out of the table.
-    watchdog = program_secrets(programs["watchdog"])
-    assert set(watchdog) == {"SUPERVISOR_USERNAME", "SUPERVISOR_PASSWORD"}
     for proc in programs.values():
         assert set(proc.environment) <= {"PYTHONUNBUFFERED", lifeline.SECRETS_VAR}
 

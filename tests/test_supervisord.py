@@ -17,7 +17,7 @@ from tests.instance import Instance, environ, http_get, poll
 from tests.pg import free_port
 
 ALL = {"setup", "server", "webactions", "installer", "logcollector", "maintenance"}
-LISTENERS = {"watchdog", "console"}
+LISTENERS = {"console"}
 
 
 @pytest.fixture
@@ -104,6 +104,22 @@ def test_a_program_that_cannot_start_ends_supervisord(env, database, tmp_path, i
     assert code != 0
     assert "this code does not know (a newer schema)" in instance.output
     # Exiting within startsecs is a failed start (FATAL); later, exit 2 is final: either ends the instance.
+    assert re.match(r"Error: program (webactions|installer|logcollector) "
+                    r"(could not be started \(FATAL\)|cannot run: it exited with status 2)",
+                    instance.lines[-1]), instance.output[-2000:]
+
+
+def test_the_watchdog_still_watches_after_supervisord_reloads(env, database, tmp_path, instances):
+    # The watchdog is supervisord's own subscription to its events, which a reload (SIGHUP) clears.
+    instance = Instance(env, tmp_path / "h", AYON_RUN_SETUP="false", AYON_RUN_MAINTENANCE="false").start()
+    instances.append(instance)
+    running = {"server", "webactions", "installer", "logcollector"}
+    instance.wait_running(running)
+    database.execute("INSERT INTO schema_migrations (version, name, sha256) VALUES (9999, 'future', 'x')")
+    os.kill(instance.proc.pid, signal.SIGHUP)
+    code = instance.proc.wait(90)
+    assert code == 1, instance.output[-2000:]
+    assert "received SIGHUP" in instance.output
     assert re.match(r"Error: program (webactions|installer|logcollector) "
                     r"(could not be started \(FATAL\)|cannot run: it exited with status 2)",
                     instance.lines[-1]), instance.output[-2000:]
