@@ -1,4 +1,4 @@
-"""The web server heartbeats like the other programs: from a child of gunicorn's master, with its figures."""
+"""The web server heartbeats like the other programs: from one of its workers, with its figures."""
 
 import json
 import signal
@@ -6,8 +6,9 @@ import time
 
 import psutil
 
-from server.core.heartbeat import BESIDE_NAME
 from tests.apiclient import AUTH, Gunicorn, http, running_gunicorn, wait_for
+
+HEARTBEAT_CONNECTIONS = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ayon-server-heartbeat'"
 
 
 def server_row(gunicorn: Gunicorn) -> dict | None:
@@ -21,22 +22,11 @@ def server_row(gunicorn: Gunicorn) -> dict | None:
     return None
 
 
-def beating_child(master: int) -> psutil.Process:
-    """The master's one child that is not a worker: the heartbeat."""
-    found = wait_for(lambda: [c for c in psutil.Process(master).children() if c.name() == BESIDE_NAME], 10,
-                     "the heartbeat child of the gunicorn master")
-    assert len(found) == 1, found
-    return found[0]
+def workers(master: int) -> list[psutil.Process]:
+    return psutil.Process(master).children()
 
 
-def gone(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def test_server_heartbeat_lists_figures_survives_an_outage_and_stops_with_the_master(env, database, pg):
+def test_server_heartbeat_lists_figures_survives_an_outage_and_a_dead_worker(env, database, pg):
     with running_gunicorn(env) as server:
         for _ in range(25):
             assert http(server.url + "/api/info")[0] == 200
@@ -46,12 +36,21 @@ def test_server_heartbeat_lists_figures_survives_an_outage_and_stops_with_the_ma
         assert row["pid"] == server.proc.pid and row["stale"] is False
         assert row["info"]["workers_configured"] == 2
         assert set(row["info"]) == {"workers_alive", "workers_configured", "requests_total"}
-        child = beating_child(server.proc.pid)
-        workers = [c for c in psutil.Process(server.proc.pid).children() if c.pid != child.pid]
-        assert len(workers) == 2
-        # One connection for the whole server's heartbeat, none per worker.
-        assert database.fetchone("SELECT count(*) FROM pg_stat_activity "
-                                 "WHERE application_name = 'ayon-server-heartbeat'") == (1,)
+        # The master holds no connection and no process beside the workers: one worker beats, over one
+        # connection for the whole server's heartbeat.
+        assert len(workers(server.proc.pid)) == 2
+        assert database.fetchone(HEARTBEAT_CONNECTIONS) == (1,)
+
+        # The beating worker dies: another beats, still over one connection, and the figures follow.
+        beating = min(w.pid for w in workers(server.proc.pid))
+        before = row["last_seen"]
+        psutil.Process(beating).kill()
+        row = wait_for(lambda: (r := server_row(server)) and r["last_seen"] > before
+                       and r["info"].get("workers_alive") == 2 and beating not in [w.pid for w in workers(server.proc.pid)]
+                       and r, 20, lambda: f"a beat from another worker: {server_row(server)}")
+        assert row["pid"] == server.proc.pid
+        wait_for(lambda: database.fetchone(HEARTBEAT_CONNECTIONS) == (1,), 10,
+                 lambda: f"one heartbeat connection, found {database.fetchone(HEARTBEAT_CONNECTIONS)}")
 
         if pg.embedded is not None:
             # PostgreSQL goes away for a while: requests are not held, the heartbeat resumes afterwards.
@@ -70,19 +69,22 @@ def test_server_heartbeat_lists_figures_survives_an_outage_and_stops_with_the_ma
             assert row["pid"] == server.proc.pid and row["info"]["workers_alive"] == 2
             wait_for(lambda: any("heartbeat restored" in line for line in server.lines), 10,
                      "the heartbeat's recovery line")
-            assert child.is_running() and child.pid in [c.pid for c in psutil.Process(server.proc.pid).children()]
         assert server.stop() == 0
-    assert gone(child), "the heartbeat outlived the master"
+    wait_for(lambda: database.fetchone(HEARTBEAT_CONNECTIONS) == (0,), 10, "the heartbeat's connection to close")
 
 
-def test_server_heartbeat_ends_with_a_killed_master(env):
+def test_server_heartbeat_ends_with_a_killed_master(env, database):
     server = Gunicorn(env)
     try:
         server.wait_ready()
-        child = beating_child(server.proc.pid)
+        wait_for(lambda: database.fetchone(HEARTBEAT_CONNECTIONS) == (1,), 10, "the heartbeat's connection")
+        children = workers(server.proc.pid)
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(10)
-        wait_for(lambda: gone(child), 5, "the heartbeat to end after its master was killed")
+        # Workers notice their master is gone, and the beat with them.
+        wait_for(lambda: not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE], 10,
+                 "the workers to end after their master was killed")
+        wait_for(lambda: database.fetchone(HEARTBEAT_CONNECTIONS) == (0,), 10, "the heartbeat's connection to close")
     finally:
         server.stop()
         server.reader.join(5)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import psutil
 
-from server.core.heartbeat import BESIDE_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,9 +71,8 @@ class Stack:
             children = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-        # uvicorn's multiprocessing also starts a resource tracker, and our master a heartbeat
-        # process (server/core/heartbeat.py): neither serves requests.
-        return [c for c in children if "resource_tracker" not in " ".join(_cmdline(c)) and _name(c) != BESIDE_NAME]
+        # uvicorn's multiprocessing also starts a resource tracker, which serves no requests.
+        return [c for c in children if "resource_tracker" not in " ".join(_cmdline(c))]
 
     def _answers(self) -> bool:
         try:
@@ -134,13 +132,6 @@ class Stack:
                 self.proc.wait()
         if self.log:
             self.log.close()
-
-
-def _name(proc: psutil.Process) -> str:
-    try:
-        return proc.name()
-    except psutil.Error:
-        return ""
 
 
 def _cmdline(proc: psutil.Process) -> list[str]:
