@@ -18,6 +18,7 @@ ordinary in-process registry is used.
 """
 
 import bisect
+import collections
 import functools
 import json
 import logging
@@ -104,41 +105,33 @@ CROSS JOIN LATERAL (
 
 
 class _Pending:
-    """Request figures counted in plain memory and added to the registry in batches.
+    """Request figures noted in plain memory and added to the registry in batches.
 
     In multiprocess mode every inc() and observe() takes a lock, asks the OS for
     the pid and writes a memory-mapped file: about a third of a cheap request's
-    cost. Batching makes that once per FLUSH_SECONDS per label set; a background
-    thread flushes, so a scrape from any worker lags by at most that long.
+    cost. A request only appends its figures to a queue (a deque: appending and
+    taking are atomic, no lock); a background thread counts them and writes
+    once per FLUSH_SECONDS per label set, so a scrape from any worker lags by
+    at most that long.
     """
 
     FLUSH_SECONDS = 0.5
 
     def __init__(self):
-        self.lock = threading.Lock()
-        self.counts: dict[tuple, int] = {}
-        # Per label set: the count in each of LATENCY's buckets (not cumulative), then the sum.
-        self.latencies: dict[tuple, list[float]] = {}
+        self.lock = threading.Lock()  # one flush at a time (the thread's, a scrape's)
+        self.noted: collections.deque = collections.deque()
         self.flusher: threading.Thread | None = None
         self.pid = None
 
     def add(self, method: str, route: str, status: int, seconds: float) -> None:
         if self.flusher is None:
             self._start()  # first request in this process (gunicorn forks workers: see _forked)
-        bucket = bisect.bisect_left(_BOUNDS, seconds)  # the first bucket whose bound is >= seconds, as observe()
-        with self.lock:
-            key = (method, route, str(status))
-            self.counts[key] = self.counts.get(key, 0) + 1
-            found = self.latencies.get((method, route))
-            if found is None:
-                found = self.latencies[(method, route)] = [0] * len(_BOUNDS) + [0.0]
-            found[bucket] += 1
-            found[-1] += seconds
+        self.noted.append((method, route, status, seconds))
 
     def _forked(self) -> None:
         """In a new child: no flusher runs here yet, and the parent's pending figures are the parent's."""
         self.lock = threading.Lock()
-        self.counts, self.latencies, self.flusher = {}, {}, None
+        self.noted, self.flusher = collections.deque(), None
 
     def _start(self) -> None:
         self.pid = os.getpid()
@@ -152,8 +145,23 @@ class _Pending:
 
     def flush(self) -> None:
         with self.lock:
-            counts, self.counts = self.counts, {}
-            latencies, self.latencies = self.latencies, {}
+            self._flush()
+
+    def _flush(self) -> None:
+        counts: dict[tuple, int] = {}
+        # Per label set: the count in each of LATENCY's buckets (not cumulative), then the sum.
+        latencies: dict[tuple, list[float]] = {}
+        take, bisect_left, bounds = self.noted.popleft, bisect.bisect_left, _BOUNDS
+        # Only what was noted before this flush started: requests keep coming meanwhile.
+        for _ in range(len(self.noted)):
+            method, route, status, seconds = take()
+            key = (method, route, str(status))
+            counts[key] = counts.get(key, 0) + 1
+            found = latencies.get((method, route))
+            if found is None:
+                found = latencies[(method, route)] = [0] * len(bounds) + [0.0]
+            found[bisect_left(bounds, seconds)] += 1  # the first bucket whose bound is >= seconds, as observe()
+            found[-1] += seconds
         for labels, count in counts.items():
             REQUESTS.labels(*labels).inc(count)
         for labels, figures in latencies.items():

@@ -86,31 +86,36 @@ class AccessLog:
 
     def __init__(self, settings, program: str = "server", stream=None):
         self.stream = stream or sys.stdout
-        self._lines: list[str] = []
+        self._lines: list[tuple] = []  # (time, client, method, target, status, ms) per request
         _ACCESS_LOGS.add(self)
         self.json = settings.log_format == "json"
         self.instance, self.program = settings.instance_id, program
         self.prefix = f"INFO    [{settings.instance_id}/{program}] access: "
         self._second, self._stamp = -1, ""
 
-    def _now(self) -> str:
+    def _stamp_of(self, now: float) -> str:
         # The timestamp's text up to the second changes once a second: render it once.
-        now = time.time()
         second = int(now)
         if second != self._second:
             self._second, self._stamp = second, iso_time(second)[:19]
         return f"{self._stamp}.{int((now - second) * 1000):03d}+00:00"
 
-    def write(self, client: str, method: str, target: str, status: int, ms: float) -> None:
-        now = self._now()
+    def _json_line(self, now: float, client: str, method: str, target: str, status: int, ms: float) -> str:
+        return json.dumps({"ts": self._stamp_of(now), "level": "INFO", "instance": self.instance,
+                           "program": self.program, "pid": os.getpid(), "logger": "access",
+                           "message": f'{client} "{method} {target}" {status} {ms:.1f}ms'}) + "\n"
+
+    def _text(self, noted: list[tuple]) -> str:
         if self.json:
-            line = json.dumps({"ts": now, "level": "INFO", "instance": self.instance, "program": self.program,
-                               "pid": os.getpid(), "logger": "access",
-                               "message": f'{client} "{method} {target}" {status} {ms:.1f}ms'})
-        else:
-            line = f'{now} {self.prefix}{client} "{method} {target}" {status} {ms:.1f}ms'
+            return "".join([self._json_line(*request) for request in noted])
+        stamp_of, prefix = self._stamp_of, self.prefix
+        return "".join([f'{stamp_of(now)} {prefix}{client} "{method} {target}" {status} {ms:.1f}ms\n'
+                        for now, client, method, target, status, ms in noted])
+
+    def write(self, client: str, method: str, target: str, status: int, ms: float) -> None:
+        # The request only notes its figures; the lines are rendered together when written.
         lines = self._lines
-        lines.append(line + "\n")
+        lines.append((time.time(), client, method, target, status, ms))
         if len(lines) >= self.FLUSH_LINES:
             self.flush()
         elif len(lines) == 1:
@@ -121,8 +126,10 @@ class AccessLog:
 
     def flush(self) -> None:
         lines, self._lines = self._lines, []
+        if not lines:
+            return
         try:
-            self.stream.write("".join(lines))
+            self.stream.write(self._text(lines))
             self.stream.flush()
         except (OSError, ValueError):
             pass  # a closed stdout must never fail a request
