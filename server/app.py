@@ -176,11 +176,14 @@ def body_limit(req, resource) -> None:
 class Gate:
     """Every request's checks, in one middleware (one await per hook for falcon, instead of one per check).
 
-    Before routing: the start time, the canonical path (404), no NUL in the
-    query (400). After routing, on the resource that will answer: unless it is
-    public, a current schema (503) and the admin token (401), without an await
-    unless the database must tell; then the body's type (415) and size (411,
-    413). After the answer: metrics and the access line, whatever raised before.
+    On the routed resource, first: the start time, the canonical path (404),
+    no NUL in the query (400); then, unless the resource is public, a current
+    schema (503) and the admin token (401), without an await unless the
+    database must tell; then the body's type (415) and size (411, 413). After
+    the answer: metrics and the access line, whatever raised before. Two hooks,
+    not three: each is an await per request. A path no route matches skips
+    the routed checks (falcon calls no `process_resource` without a resource);
+    its 404 handler starts its clock.
     """
 
     def __init__(self, ctx, access=None):
@@ -188,12 +191,10 @@ class Gate:
         self.auth = Auth(ctx)
         self.access = access
 
-    async def process_request(self, req, resp):
+    async def process_resource(self, req, resp, resource, params):
         req.context.started = time.perf_counter()
         canonical_path(req)
         query_text(req)
-
-    async def process_resource(self, req, resp, resource, params):
         if not is_public(resource):
             if not self.schema.current():
                 await self.schema.check()
@@ -239,6 +240,7 @@ async def _bad_value(req, resp, exc, params):
 
 
 async def _route_not_found(req, resp, exc, params):
+    req.context.started = time.perf_counter()  # no routed resource, so the gate's clock did not start
     raise falcon.HTTPNotFound(title="Not found", description=f"no route for {req.method} {req.path}")
 
 
