@@ -391,3 +391,34 @@ def test_batched_latencies_equal_what_observe_would_record():
 
     assert samples(metrics.LATENCY) == samples(reference)
     assert ("count", None, len(values)) in samples(metrics.LATENCY)
+
+
+def test_figures_noted_while_flushes_run_are_counted_once():
+    """Requests note their figures without a lock while the flusher takes them: none lost, none twice."""
+    route, per_thread, threads = "/test/concurrent", 40000, 4
+
+    def counted() -> float:
+        return sum(s.value for metric in metrics.REQUESTS.collect() for s in metric.samples
+                   if s.labels.get("route") == route and s.name.endswith("_total"))
+
+    before = counted()
+    pending = metrics._Pending()
+    flushes = 0
+
+    def note(n: int) -> None:
+        for i in range(per_thread):
+            pending.add("GET", route, 200, 0.001 * (i % 7))
+            if i % 100 == 0:
+                time.sleep(0)  # let the flushes in between
+
+    with ThreadPoolExecutor(threads + 1) as pool:
+        noting = [pool.submit(note, n) for n in range(threads)]
+        while not all(f.done() for f in noting):
+            pending.flush()  # beside the flusher thread the first add started
+            flushes += 1
+        for f in noting:
+            f.result()
+    pending.flush()
+    assert flushes >= 1  # each began while figures were still being noted
+    assert counted() - before == per_thread * threads
+    assert not pending.noted
