@@ -41,3 +41,32 @@ def test_every_request_has_exactly_one_line_even_when_many_end_together(gunicorn
     wait_for(lambda: len(logged()) >= len(sent), 10, "an access line for every request")
     assert sorted((method, target, int(status)) for method, target, status in logged()) == sorted(sent)
     assert not any(TOKEN in line for line in gunicorn.lines)
+
+
+def test_lines_rendered_at_write_time_carry_each_requests_own_time_in_both_formats():
+    """Requests only note their figures; the lines, rendered together later, still say when each ended."""
+    import io
+    import json
+
+    from server.core import settings
+    from server.core.logs import AccessLog
+
+    env = {"AYON_POSTGRES_URL": "postgresql://ayon@db/ayon", "AYON_INSTANCE_ID": "test"}
+    for log_format in ("text", "json"):
+        stream = io.StringIO()
+        access = AccessLog(settings.load({**env, "AYON_LOG_FORMAT": log_format}), stream=stream)
+        # Noted outside a loop each line is written at once: note them as one batch, then write it.
+        ended = [1_700_000_000.0421, 1_700_000_000.9999, 1_700_000_001.5]
+        access._lines = [(t, "10.0.0.1", "GET", f"/api/info?n={i}", 200, 1.25) for i, t in enumerate(ended)]
+        access.flush()
+        lines = stream.getvalue().splitlines()
+        assert len(lines) == 3 and access._lines == []
+        stamps = ["2023-11-14T22:13:20.042+00:00", "2023-11-14T22:13:20.999+00:00", "2023-11-14T22:13:21.500+00:00"]
+        for i, (line, stamp) in enumerate(zip(lines, stamps)):
+            message = f'10.0.0.1 "GET /api/info?n={i}" 200 1.2ms'
+            if log_format == "json":
+                record = json.loads(line)
+                assert record["ts"] == stamp and record["message"] == message, record
+                assert record["logger"] == "access" and record["program"] == "server" and record["instance"] == "test"
+            else:
+                assert line == f"{stamp} INFO    [test/server] access: {message}", line
