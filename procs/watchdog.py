@@ -63,11 +63,12 @@ def supervisor_class(rundir: Path, reasons: list[str]):
     from supervisor.supervisord import Supervisor
 
     class Watched(Supervisor):
-        finished: list[str]
+        def __init__(self, options):
+            super().__init__(options)
+            self.finished: list[str] = []  # finished groups to take out of the table
 
         def runforever(self):
             # supervisord clears every subscription when it (re)starts its run, before this.
-            self.finished = []
             events.subscribe(events.ProcessStateFatalEvent, self.watch)
             events.subscribe(events.ProcessStateExitedEvent, self.watch)
             super().runforever()

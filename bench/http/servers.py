@@ -12,7 +12,6 @@ from pathlib import Path
 
 import psutil
 
-
 ROOT = Path(__file__).resolve().parents[2]
 
 INFO, EVENTS = "info", "events"
