@@ -141,7 +141,10 @@ class _Pending:
     def _run(self) -> None:
         while True:
             time.sleep(self.FLUSH_SECONDS)
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001  (the figures taken are lost; the thread must go on taking them)
+                log.exception("request metrics could not be written")
 
     def flush(self) -> None:
         with self.lock:
