@@ -7,11 +7,10 @@ import signal
 PR_SET_PDEATHSIG = 1
 
 try:
-    # libc's prctl, looked up once: a process forked from this one (procs/preload.py) shares it
-    # instead of building its own. None where there is none (not Linux).
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-except AttributeError:
-    prctl = None
+    # Looked up once: a process forked from this one (procs/preload.py) shares it instead of building its own.
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except AttributeError:  # not Linux
+    _prctl = None
 
 
 def hold(signum: int, parent: int | None = None) -> bool:
@@ -21,9 +20,9 @@ def hold(signum: int, parent: int | None = None) -> bool:
     change of user. When the parent is no longer `parent`, it died before
     the lifeline held: the signal is raised at once, as the kernel would have.
     """
-    if prctl is None:
+    if _prctl is None:
         return False
-    if prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+    if _prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"prctl(PR_SET_PDEATHSIG): {os.strerror(errno)}")
     if parent is not None and os.getppid() != parent:
