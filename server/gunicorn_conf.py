@@ -64,7 +64,7 @@ def on_starting(server):
 # master keeps a single thread and no database connection to pass on to the workers it forks,
 # requests never wait for a beat, a worker that dies hands the beat to another, and when the
 # master ends its workers end with it. A process of its own did the same for 7 MiB (PSS).
-_heart = {"stop": threading.Event()}
+_stop_beating = threading.Event()
 
 
 def _workers_of(master: int) -> list[int] | None:
@@ -123,9 +123,9 @@ def _start_heartbeat(worker):
 
     master, configured = worker.ppid, worker.cfg.workers
     db = Database(_settings.postgres_url, size=1, application_name="ayon-server-heartbeat")
-    Heartbeat(db, _settings.instance_id, "server", _heart["stop"], lambda: _server_figures(master, configured),
+    Heartbeat(db, _settings.instance_id, "server", _stop_beating, lambda: _server_figures(master, configured),
               pid=master, when=lambda: _beats_here(master)).start()
 
 
 def worker_exit(server, worker):
-    _heart["stop"].set()
+    _stop_beating.set()
