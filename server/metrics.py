@@ -121,7 +121,6 @@ class _Pending:
         self.lock = threading.Lock()  # one flush at a time (the thread's, a scrape's)
         self.noted: collections.deque = collections.deque()
         self.flusher: threading.Thread | None = None
-        self.pid = None
 
     def add(self, method: str, route: str, status: int, seconds: float) -> None:
         if self.flusher is None:
@@ -134,7 +133,6 @@ class _Pending:
         self.noted, self.flusher = collections.deque(), None
 
     def _start(self) -> None:
-        self.pid = os.getpid()
         self.flusher = threading.Thread(target=self._run, name="metrics-flush", daemon=True)
         self.flusher.start()
 

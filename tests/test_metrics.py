@@ -4,6 +4,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -378,7 +379,6 @@ def test_batched_latencies_equal_what_observe_would_record():
     reference = Histogram("reference", "the same buckets, observed one by one", ["method", "route"],
                           buckets=metrics._BOUNDS, registry=CollectorRegistry())
     pending = metrics._Pending()
-    pending.pid = os.getpid()  # no flusher thread: this test flushes
     for value in values:
         reference.labels("GET", "/test/batched").observe(value)
         pending.add("GET", "/test/batched", 200, value)
@@ -408,16 +408,19 @@ def test_figures_noted_while_flushes_run_are_counted_once():
     def note(n: int) -> None:
         for i in range(per_thread):
             pending.add("GET", route, 200, 0.001 * (i % 7))
-            if i % 100 == 0:
-                time.sleep(0)  # let the flushes in between
 
-    with ThreadPoolExecutor(threads + 1) as pool:
-        noting = [pool.submit(note, n) for n in range(threads)]
-        while not all(f.done() for f in noting):
-            pending.flush()  # beside the flusher thread the first add started
-            flushes += 1
-        for f in noting:
-            f.result()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads take turns often: flushes land between notes
+    try:
+        with ThreadPoolExecutor(threads + 1) as pool:
+            noting = [pool.submit(note, n) for n in range(threads)]
+            while not all(f.done() for f in noting):
+                pending.flush()  # beside the flusher thread the first add started
+                flushes += 1
+            for f in noting:
+                f.result()
+    finally:
+        sys.setswitchinterval(interval)
     pending.flush()
     assert flushes >= 1  # each began while figures were still being noted
     assert counted() - before == per_thread * threads
