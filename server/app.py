@@ -241,6 +241,7 @@ async def _bad_value(req, resp, exc, params):
 
 async def _route_not_found(req, resp, exc, params):
     req.context.started = time.perf_counter()  # no routed resource, so the gate's clock did not start
+    canonical_path(req)  # the gate's check did not run either: a folded path is named as the reason
     raise falcon.HTTPNotFound(title="Not found", description=f"no route for {req.method} {req.path}")
 
 

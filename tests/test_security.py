@@ -218,6 +218,21 @@ def test_doubled_and_encoded_slashes_never_reach_the_configuration(gunicorn):
         raw.close()
 
 
+def test_a_folded_path_is_named_as_the_reason_whether_or_not_a_route_matches(gunicorn):
+    """Routed or not, a doubled slash, a dot segment or an encoded slash is a 404 that says so."""
+    raw = Raw(gunicorn.url)
+    try:
+        for path in ("//api/config", "/api//config", "/api/./config", "/api/%2e/config", "/api%2Fconfig",
+                     "/no/./such", "//no", "/api/../api/info"):
+            status, data, _ = raw.send("GET", path, {})
+            assert status == 404, f"{path} answered {status}"
+            assert "not in canonical form" in json.loads(data)["error"]["description"], (path, data)
+        status, data, _ = raw.send("GET", "/no/such", {})
+        assert status == 404 and json.loads(data)["error"]["description"] == "no route for GET /no/such"
+    finally:
+        raw.close()
+
+
 def test_public_routes_answer_head_like_get(gunicorn, app_routes):
     raw = Raw(gunicorn.url)
     try:
