@@ -241,7 +241,9 @@ async def _bad_value(req, resp, exc, params):
 
 async def _route_not_found(req, resp, exc, params):
     req.context.started = time.perf_counter()  # no routed resource, so the gate's clock did not start
-    canonical_path(req)  # the gate's check did not run either: a folded path is named as the reason
+    # Nor did the gate's first checks: a folded path or a NUL in the query is named as the reason.
+    canonical_path(req)
+    query_text(req)
     raise falcon.HTTPNotFound(title="Not found", description=f"no route for {req.method} {req.path}")
 
 

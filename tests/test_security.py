@@ -229,6 +229,9 @@ def test_a_folded_path_is_named_as_the_reason_whether_or_not_a_route_matches(gun
             assert "not in canonical form" in json.loads(data)["error"]["description"], (path, data)
         status, data, _ = raw.send("GET", "/no/such", {})
         assert status == 404 and json.loads(data)["error"]["description"] == "no route for GET /no/such"
+        # So is a NUL character in the query, as on every route.
+        status, data, _ = raw.send("GET", "/no/such?x=%00", {})
+        assert status == 400 and "NUL" in json.loads(data)["error"]["description"], data
     finally:
         raw.close()
 
