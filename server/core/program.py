@@ -146,28 +146,39 @@ class Daemon:
             if self._listen(min(remaining, RETRY_SECONDS)):
                 return
 
+    def _start_listening(self) -> bool:
+        """LISTEN on the program's channels; False (said once per outage) when PostgreSQL cannot be reached."""
+        try:
+            self.listener = events.Listener(self.settings.postgres_url, self._channels(),
+                                            f"ayon-{self.program}-listen")
+            return True
+        except BROKEN as exc:
+            self._listen_failed(exc)
+            return False
+
+    def _listen_failed(self, exc: BaseException) -> None:
+        if not self.listen_failing:
+            self.log.warning("listening for notifications failed, will retry: %s", first_line(exc))
+        self.listen_failing = True
+        if self.listener is not None:
+            self.listener.close()
+        self.listener = None
+
     def _listen(self, timeout: float) -> bool:
         """Wait for notifications up to `timeout`; True when the loop should tick now."""
+        if self.listener is None:
+            if not self._start_listening():
+                self.stop.wait(timeout)
+                return False
+            if self.listen_failing:
+                self.log.info("listening again on %s", ", ".join(self._channels()))
+                self.listen_failing = False
+            self.refresh_config()  # a change may have been missed while not listening
+            return True
         try:
-            if self.listener is None:
-                self.listener = events.Listener(self.settings.postgres_url, self._channels(),
-                                                f"ayon-{self.program}-listen")
-                if self.listen_failing:
-                    self.log.info("listening again on %s", ", ".join(self._channels()))
-                    self.listen_failing = False
-                    self.refresh_config()  # a change may have been missed while not listening
-                    return True
-                # The first LISTEN comes after the configuration was read at start: a change stored
-                # in between sent its notification to nobody.
-                self.refresh_config()
             found = self.listener.wait(timeout)
         except BROKEN as exc:
-            if not self.listen_failing:
-                self.log.warning("listening for notifications failed, will retry: %s", first_line(exc))
-            self.listen_failing = True
-            if self.listener is not None:
-                self.listener.close()
-            self.listener = None
+            self._listen_failed(exc)
             self.stop.wait(timeout)
             return False
         wake = False
@@ -199,6 +210,10 @@ class Daemon:
             self.log.error("%s", exc)
             return exc.exit_code
         Heartbeat(self.db, self.settings.instance_id, self.program, self.stop, self.heartbeat_info).start()
+        if self._channels():
+            # LISTEN before the configuration is read and the first tick catches up: what is stored
+            # after that catch-up then wakes the loop, instead of waiting for the next poll.
+            self._start_listening()
         self.refresh_config()
         self.prepare()
         self.log.info("%s started", self.program)
