@@ -1,26 +1,62 @@
-"""The image's entrypoint: validate settings, then run setup alone or exec supervisord.
+"""The image's entrypoint: hand the settings to procs.supervisord out of sight, then check them there.
 
-Every setting and the AYON_CONFIG_FILE document are checked before anything is
-written or started: a bad one is one `Error:` line and exit 2. With arguments
-(`python -m maintenance`), exec them instead, as images usually do.
+This first process imports nothing of ours: it moves every `AYON_*` variable
+out of the environment into an anonymous in-memory file (`hand_over`) and
+execs `python -m procs.supervisord`, which reads them back into its memory
+(`take_settings`). Neither that process's /proc/PID/environ nor that of any
+program forked from it shows a secret, and the one interpreter that imports
+the code (which every program then shares, procs/preload.py) starts at once.
+
+There, `prepare` checks every setting and the AYON_CONFIG_FILE document before
+anything is written or started: a bad one is one `Error:` line and exit 2.
+Setup alone (a Kubernetes Job or init container) is exec'd with its settings;
+otherwise the supervisord config is written and supervisord runs. With
+arguments (`python -m maintenance`), the entrypoint execs them instead, as
+images usually do.
 """
 
 import os
 import sys
 
-import maintenance  # noqa: F401  (declares the tasks' configuration keys, which AYON_CONFIG_FILE may set)
-from procs import supervisor, supervisord
-from server.core import config
-from server.core import settings as settings_mod
-from server.core.errors import run_main
-from server.core.logs import setup_logging
-
+# Every setting is an AYON_* variable (server/core/settings.py): the secret ones among them.
+PREFIX = b"AYON_"
+FD_OPTION = "--settings-fd"
 # Programs run in the checkout's folder, not the caller's: relative paths are passed on resolved.
 PATHS = ("AYON_DATA_DIR", "AYON_SUPERVISOR_CONF", "AYON_CONFIG_FILE")
 
 
-def validate() -> settings_mod.Settings:
-    """Every check that can refuse the instance's configuration, before any side effect."""
+def hand_over(module: str = "procs.supervisord") -> None:
+    """Exec `python -m module` with the settings in an inherited in-memory file, not in its environment."""
+    settings = b"\0".join(k + b"=" + v for k, v in os.environb.items() if k.startswith(PREFIX))
+    fd = os.memfd_create("ayon-settings", 0)
+    os.set_inheritable(fd, True)
+    view = memoryview(settings)
+    while view:
+        view = view[os.write(fd, view):]
+    os.lseek(fd, 0, os.SEEK_SET)
+    env = {k: v for k, v in os.environb.items() if not k.startswith(PREFIX)}
+    os.execve(sys.executable, [sys.executable, "-m", module, FD_OPTION, str(fd)], env)
+
+
+def take_settings(argv: list[str]) -> bool:
+    """Put the handed-over settings into os.environ (this process's memory only); False if none were."""
+    if len(argv) != 2 or argv[0] != FD_OPTION or not argv[1].isdigit():
+        return False
+    with open(int(argv[1]), "rb") as handed:
+        settings = handed.read()
+    for item in settings.split(b"\0") if settings else ():
+        name, _, value = item.partition(b"=")
+        os.environb[name] = value
+    return True
+
+
+def validate():
+    """Every check that can refuse the instance's configuration, before any side effect; the settings."""
+    import maintenance  # noqa: F401  (declares the tasks' configuration keys, which AYON_CONFIG_FILE may set)
+    from procs import supervisor
+    from server.core import config
+    from server.core import settings as settings_mod
+
     values = settings_mod.load()
     supervisor.check_roles(values)
     settings_mod.verify(values)
@@ -33,10 +69,17 @@ def validate() -> settings_mod.Settings:
     return values
 
 
-def main() -> int:
-    args = sys.argv[1:]
-    if args:
-        os.execvp(args[0], args)
+def prepare() -> tuple[str, str]:
+    """Validate, then exec setup when it is the only role; else write the supervisord config: (config, run folder).
+
+    What is left in os.environ afterwards holds no secret: supervisord hands its environment to
+    every program, and the config gives each program the secrets it needs.
+    """
+    import logging
+
+    from procs import supervisor
+    from server.core.logs import setup_logging
+
     values = validate()
     if values.roles == ["setup"]:
         # A Kubernetes Job or init container: setup in the foreground, its exit code is ours.
@@ -46,14 +89,28 @@ def main() -> int:
     # On stdout only, like supervisord's own lines: the logs table holds the programs' records.
     log = setup_logging("entrypoint", values, spool=False)
     log.info("roles %s; programs %s; config %s", ", ".join(values.roles), names, conf)
-    os.execve(sys.executable, [sys.executable, "-m", "procs.supervisord", str(conf), str(supervisor.run_dir(values))],
-              supervisord.without_secrets(os.environ))
-    return 0  # not reached
+    # Programs forked from this process set up their own logging; until then they have none of this one's.
+    logging.getLogger().handlers.clear()
+    for name in supervisor.secret_names():
+        os.environ.pop(name, None)
+    return str(conf), str(supervisor.run_dir(values))
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    try:
+        if args:
+            os.execvp(args[0], args)
+        hand_over()
+    except OSError as exc:
+        what = f"cannot run {args[0]!r}" if args else "cannot hand the settings over to procs.supervisord"
+        print(f"Error: {what}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+        sys.exit(127 if isinstance(exc, FileNotFoundError) else 126)
 
 
 def run() -> None:
     """Entry point of `python -m procs.entrypoint` and its console script."""
-    run_main(main)
+    main()
 
 
 if __name__ == "__main__":

@@ -1,23 +1,30 @@
 """supervisord, run in this process so its exit code can say why it stopped.
 
+procs.entrypoint execs this with the settings in an inherited in-memory file
+(it holds them out of /proc/PID/environ); they are taken back into this
+process's memory, checked and turned into the supervisord config
+(`entrypoint.prepare`), and the secret ones are dropped before supervisord
+starts anything: supervisord passes its own environment to every program,
+and the generated config hands each program only those it needs
+(procs.lifeline decodes them). Run directly, this hands its own settings over
+the same way first.
+
 supervisord itself always exits 0; the watchdog (procs/watchdog.py, which
 this process's supervisord is) says why it stopped the instance when a
 program could not start or setup failed, and then this exits with 1.
 
-supervisord passes its own environment to every program, so it runs without
-the secret settings: the generated config hands each program only those it
-needs (procs.lifeline decodes them). Every program's command goes through
-procs.lifeline, which ties its life to this process's; the Python programs
-are forked from this process with their modules' imports loaded once
-(procs/preload.py), which does the lifeline's steps itself.
+Every program's command goes through procs.lifeline, which ties its life to
+this process's; the Python programs are forked from this process with their
+modules' imports loaded once (procs/preload.py), which does the lifeline's
+steps itself.
 """
 
 import os
 import sys
 from pathlib import Path
 
-from procs import lifeline
-from procs import watchdog
+from procs import entrypoint, lifeline, watchdog
+from server.core.errors import run_main
 
 # supervisord notices a child's exit only when its 1 s poll times out (Python retries
 # the poll after SIGCHLD), and it stops programs one after another: 8 programs took
@@ -25,34 +32,32 @@ from procs import watchdog
 POLL_SECONDS = 0.1
 
 
-# Set (to this process only) by whoever removed the secret settings from its environment already.
-CLEANED = "_AYON_SUPERVISORD_NO_SECRETS"
+def short_polls(poll):
+    """supervisord's poll, waiting at most POLL_SECONDS, and not at all the first time.
 
+    supervisord starts its programs after its first poll, which nothing ends early: waiting
+    it out would delay the whole start by POLL_SECONDS.
+    """
+    polled = False
 
-def without_secrets(environ: dict) -> dict:
-    """`environ` without the secret settings, marked so that procs.supervisord need not check it again."""
-    from procs.supervisor import secret_names
+    def shortened(self, timeout):
+        nonlocal polled
+        timeout, polled = (min(timeout, POLL_SECONDS) if polled else 0), True
+        return poll(self, timeout)
 
-    names = set(secret_names())
-    return {**{k: v for k, v in environ.items() if k not in names}, CLEANED: "1"}
-
-
-def command() -> list[str]:
-    return [sys.executable, "-m", "procs.supervisord", *sys.argv[1:]]
+    return shortened
 
 
 def main() -> int:
-    if os.environ.pop(CLEANED, None) is None:
-        # Exec again without them, so not even this process's /proc/PID/environ shows them.
-        os.execve(sys.executable, command(), without_secrets(os.environ))
+    if not entrypoint.take_settings(sys.argv[1:]):
+        entrypoint.hand_over()
+    conf, rundir = entrypoint.prepare()
+    rundir = Path(rundir)
     from supervisor import poller, supervisord
 
     from procs import preload
 
-    _poll = poller.Poller.poll
-    poller.Poller.poll = lambda self, timeout: _poll(self, min(timeout, POLL_SECONDS))
-
-    conf, rundir = sys.argv[1], Path(sys.argv[2])
+    poller.Poller.poll = short_polls(poller.Poller.poll)
     # Each program's lifeline checks it still has this parent once it holds.
     os.environ[lifeline.PARENT_VAR] = str(os.getpid())
     preload.install(conf)
@@ -69,4 +74,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main, "supervisord")

@@ -159,3 +159,30 @@ def test_server_before_setup_becomes_ready_without_restart(env, empty_database_u
     instance.wait_ready(30)
     assert instance.pid_of("server") == server_pid
     instance.wait_running({"server", "webactions", "installer", "logcollector"})
+
+
+def test_supervisords_first_poll_does_not_wait_and_the_others_wait_briefly():
+    """supervisord starts its programs after its first poll: that one returns at once, later ones within 0.1 s."""
+    from supervisor import poller
+
+    from procs import supervisord
+
+    real = poller.Poller(options=None)
+    asked = []
+
+    def poll(self, timeout):
+        asked.append(timeout)
+        return type(real).poll(self, timeout)
+
+    read, write = os.pipe()
+    try:
+        real.register_readable(read)
+        shortened = supervisord.short_polls(poll)
+        for timeout in (30, 30, 0.05, 30):
+            assert shortened(real, timeout) == ([], [])
+        assert asked == [0, supervisord.POLL_SECONDS, 0.05, supervisord.POLL_SECONDS]
+        os.write(write, b"x")  # what is ready still ends a poll at once
+        assert shortened(real, 30) == ([read], [])
+    finally:
+        os.close(read)
+        os.close(write)
