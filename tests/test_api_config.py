@@ -1,6 +1,9 @@
 """GET and PATCH /api/config."""
 
-from server.core import events
+import pytest
+
+from server.core import config, events
+from server.core.values import Token
 from tests.apiclient import assert_error, client  # noqa: F401  (fixture)
 
 
@@ -56,3 +59,83 @@ def test_config_needs_the_token(client):
 
 def test_unknown_query_parameter(client):
     assert_error(client.simulate_get("/api/config", params={"x": "1"}), 400, "'x'")
+
+
+# --- secret keys are write-only ---
+
+SECRETS = [field for field in config.fields() if field.secret]
+
+
+def sample(field, tag: str) -> str:
+    """A value its kind accepts, which no answer may ever contain."""
+    if isinstance(field.kind, Token):
+        return f"s3cret-{tag}-{field.name}"[: field.kind.max_length]
+    pytest.fail(f"{field.name}: add a sample value for a secret of kind {type(field.kind).__name__}")
+
+
+def nested(path: str, value) -> dict:
+    doc: dict = {}
+    node = doc
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return doc
+
+
+def at(doc: dict, path: str):
+    for part in path.split("."):
+        doc = doc[part]
+    return doc
+
+
+def stored(database, path: str):
+    return at(database.fetchone("SELECT data FROM server_config WHERE id = 1")[0], path)
+
+
+def test_there_is_a_secret_key_to_guard():
+    assert SECRETS, "no secret key declared: the tests below guard nothing"
+
+
+@pytest.mark.parametrize("field", SECRETS, ids=[f.name for f in SECRETS])
+def test_a_secret_is_written_but_never_read_back(client, database, field):
+    value = sample(field, "one")
+    result = client.simulate_patch("/api/config", json=nested(field.name, value))
+    assert result.status_code == 200, result.text
+    assert at(result.json, field.name) == config.MASK and value not in result.text
+    assert stored(database, field.name) == value  # what the programs use
+    read = client.simulate_get("/api/config")
+    assert at(read.json, field.name) == config.MASK and value not in read.text
+    assert value not in client.simulate_get("/api/openapi.json").text
+
+    # The document as read, sent back whole (a client editing another key): the secret stays.
+    document = read.json
+    document["maintenance"]["time"] = "05:15"
+    result = client.simulate_patch("/api/config", json=document)
+    assert result.status_code == 200, result.text
+    assert stored(database, field.name) == value and stored(database, "maintenance.time") == "05:15"
+    [last] = events.query(database, topic=events.CONFIG_CHANGED)[:1]
+    assert list(last["summary"]["changes"]) == ["maintenance.time"]
+
+    # A new value replaces it; an empty one clears it, and then it reads empty.
+    other = sample(field, "two")
+    assert client.simulate_patch("/api/config", json=nested(field.name, other)).status_code == 200
+    assert stored(database, field.name) == other
+    if field.kind.check("") == "":
+        result = client.simulate_patch("/api/config", json=nested(field.name, ""))
+        assert result.status_code == 200 and at(result.json, field.name) == ""
+        assert at(client.simulate_get("/api/config").json, field.name) == ""
+
+
+@pytest.mark.parametrize("field", SECRETS, ids=[f.name for f in SECRETS])
+def test_the_api_document_says_a_secret_is_write_only(client, field):
+    schema = client.simulate_get("/api/openapi.json").json["components"]["schemas"]["Config"]
+    node = schema
+    for part in field.name.split("."):
+        node = node["properties"][part]
+    assert "Write-only" in node["description"] and config.MASK in node["description"]
+
+
+def test_the_mask_leaves_a_patch_of_another_shape_to_be_refused(client):
+    for patch in ({"maintenance": {"notify": config.MASK}}, {"maintenance": config.MASK}):
+        assert_error(client.simulate_patch("/api/config", json=patch), 400, "expected a mapping")

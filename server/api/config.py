@@ -1,4 +1,8 @@
-"""GET and PATCH /api/config: the server configuration, merge-updated and validated by its declaration."""
+"""GET and PATCH /api/config: the server configuration, merge-updated and validated by its declaration.
+
+Secret keys are write-only: the API answers with `config.MASK` in their place, and a change that
+sends that mask back leaves them as they are.
+"""
 
 import falcon
 
@@ -18,7 +22,9 @@ def _schema() -> dict:
         for key in parents:
             node = node["properties"].setdefault(
                 key, {"type": "object", "properties": {}, "additionalProperties": False})
-        node["properties"][leaf] = {"description": field.help, **field.kind.schema()}
+        described = field.help + (f" Write-only: read as {config.MASK!r} when set; {config.MASK!r} in a change "
+                                   "keeps it." if field.secret else "")
+        node["properties"][leaf] = {"description": described, **field.kind.schema()}
     return root
 
 
@@ -28,13 +34,13 @@ CONFIG = Shape("Config", _schema)
 
 def _get(db) -> dict:
     with db.transaction() as cur:
-        return config.get(cur).as_dict()
+        return config.answered(config.get(cur).as_dict())
 
 
 def _update(db, patch) -> dict:
     with db.transaction() as cur:
-        merged, _ = config.update(cur, patch, WHO)
-    return merged
+        merged, _ = config.update(cur, config.keeping_secrets(patch), WHO)
+    return config.answered(merged)
 
 
 class Config:

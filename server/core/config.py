@@ -216,6 +216,31 @@ def masked(path: str, value: Any) -> Any:
     return value
 
 
+def answered(doc: dict) -> dict:
+    """The document as the API answers it: a secret key reads MASK when set, never its value (write-only)."""
+    return masked("(top)", doc)
+
+
+def keeping_secrets(patch: Any) -> Any:
+    """A patch in which a secret key given as MASK (how `answered` shows it) keeps the stored value.
+
+    So a document read from the API and sent back changes no secret; MASK itself can never be one.
+    """
+    if not isinstance(patch, dict):
+        return patch  # refused with its reason by the merge
+    patch = copy.deepcopy(patch)
+    for field in fields():
+        if not field.secret:
+            continue
+        *parents, leaf = field.name.split(".")
+        node = patch
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(leaf) == MASK:
+            del node[leaf]
+    return patch
+
+
 class Problem(NamedTuple):
     """A stored value its validator refuses, and what is used instead (secrets masked: it is logged and recorded)."""
 
