@@ -69,7 +69,7 @@ def validate():
     return values
 
 
-def prepare() -> tuple[str, str]:
+def prepare():
     """Validate, then exec setup when it is the only role; else write the supervisord config: (config, run folder).
 
     What is left in os.environ afterwards holds no secret: supervisord hands its environment to
@@ -93,7 +93,7 @@ def prepare() -> tuple[str, str]:
     logging.getLogger().handlers.clear()
     for name in supervisor.secret_names():
         os.environ.pop(name, None)
-    return str(conf), str(supervisor.run_dir(values))
+    return str(conf), supervisor.run_dir(values)
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ steps itself.
 
 import os
 import sys
-from pathlib import Path
 
 from procs import entrypoint, lifeline, watchdog
 from server.core.errors import run_main
@@ -52,7 +51,6 @@ def main() -> int:
     if not entrypoint.take_settings(sys.argv[1:]):
         entrypoint.hand_over()
     conf, rundir = entrypoint.prepare()
-    rundir = Path(rundir)
     from supervisor import poller, supervisord
 
     from procs import preload
