@@ -122,6 +122,13 @@ def canonical_path(req) -> None:
                                   description="the path is not in canonical form (empty, dot or encoded segments)")
 
 
+def first_checks(req) -> None:
+    """What every request gets first, routed or not: its clock started, the canonical path, no NUL in the query."""
+    req.context.started = time.perf_counter()
+    canonical_path(req)
+    query_text(req)
+
+
 def content_type(req, resource) -> None:
     """A request body must come in a type its resource accepts (415): JSON unless the resource says otherwise.
 
@@ -192,9 +199,7 @@ class Gate:
         self.access = access
 
     async def process_resource(self, req, resp, resource, params):
-        req.context.started = time.perf_counter()
-        canonical_path(req)
-        query_text(req)
+        first_checks(req)
         if not is_public(resource):
             if not self.schema.current():
                 await self.schema.check()
@@ -240,10 +245,8 @@ async def _bad_value(req, resp, exc, params):
 
 
 async def _route_not_found(req, resp, exc, params):
-    req.context.started = time.perf_counter()  # no routed resource, so the gate's clock did not start
-    # Nor did the gate's first checks: a folded path or a NUL in the query is named as the reason.
-    canonical_path(req)
-    query_text(req)
+    # No routed resource, so the gate did not run: its first checks name a folded path or a NUL in the query.
+    first_checks(req)
     raise falcon.HTTPNotFound(title="Not found", description=f"no route for {req.method} {req.path}")
 
 
