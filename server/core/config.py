@@ -199,21 +199,27 @@ def _hidden(value: Any) -> Any:
 
 def masked(path: str, value: Any) -> Any:
     """The value at a dotted key ("(top)": the whole document) with every secret key in it hidden."""
-    prefix = "" if path == "(top)" else path + "."
-    secret_keys = [field.name for field in fields() if field.secret]
-    if path in secret_keys:
+    if any(field.secret and field.name == path for field in fields()):
         return _hidden(value)
     value = copy.deepcopy(value)
-    for key in secret_keys:
-        if not key.startswith(prefix):
+    for node, leaf in _secret_slots(value, "" if path == "(top)" else path + "."):
+        node[leaf] = _hidden(node[leaf])
+    return value
+
+
+def _secret_slots(value: Any, prefix: str = "") -> list[tuple[dict, str]]:
+    """(mapping, key) of every secret key present in `value`, the part of a document under `prefix`."""
+    slots = []
+    for field in fields():
+        if not field.secret or not field.name.startswith(prefix):
             continue
-        *parents, leaf = key[len(prefix):].split(".")
+        *parents, leaf = field.name[len(prefix):].split(".")
         node = value
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and leaf in node:
-            node[leaf] = _hidden(node[leaf])
-    return value
+            slots.append((node, leaf))
+    return slots
 
 
 def answered(doc: dict) -> dict:
@@ -229,14 +235,8 @@ def keeping_secrets(patch: Any) -> Any:
     if not isinstance(patch, dict):
         return patch  # refused with its reason by the merge
     patch = copy.deepcopy(patch)
-    for field in fields():
-        if not field.secret:
-            continue
-        *parents, leaf = field.name.split(".")
-        node = patch
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and node.get(leaf) == MASK:
+    for node, leaf in _secret_slots(patch):
+        if node[leaf] == MASK:
             del node[leaf]
     return patch
 
