@@ -39,11 +39,11 @@ def test_the_program_dies_when_its_parent_is_killed(tmp_path):
     pid_file = tmp_path / "child.pid"
     # A parent that starts a program through the lifeline, then waits forever.
     parent_code = textwrap.dedent(f"""
-        import os, subprocess, sys, time
+        import os, signal, subprocess, sys
         env = dict(os.environ, {lifeline.PARENT_VAR}=str(os.getpid()))
         child = subprocess.Popen([sys.executable, "-m", "procs.lifeline", "TERM", "sleep", "600"], env=env)
         open({str(pid_file)!r}, "w").write(str(child.pid))
-        time.sleep(600)
+        signal.pause()  # until killed
     """)
     parent = subprocess.Popen([sys.executable, "-c", parent_code], cwd=ROOT)
     try:

@@ -175,10 +175,10 @@ def test_a_postgres_of_a_running_instance_is_left_alone(tmp_path):
     os.chmod(tmp_path, 0o755)
     # Its parent is a supervisord, as a running instance's is (a script of that name will do).
     script = tmp_path / "supervisord"
-    script.write_text("import sys, time; sys.path.insert(0, sys.argv[2]); from pathlib import Path\n"
+    script.write_text("import signal, sys; sys.path.insert(0, sys.argv[2]); from pathlib import Path\n"
                       "from server.core.embedded_pg import EmbeddedPostgres\n"
                       "pg = EmbeddedPostgres(Path(sys.argv[1]), int(sys.argv[3])); pg.start()\n"
-                      "print(pg.proc.pid, flush=True); time.sleep(600)\n")
+                      "print(pg.proc.pid, flush=True); signal.pause()  # until stopped\n")
     parent = subprocess.Popen([sys.executable, str(script), str(tmp_path / "data"), str(ROOT), str(free_port())],
                               stdout=subprocess.PIPE, text=True)
     pid = int(parent.stdout.readline())

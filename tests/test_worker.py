@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -195,15 +196,25 @@ def test_a_refused_client_that_keeps_sending_is_cut_off(quick_gunicorn, pace):
 
 
 class SlowLoadWorker(BalancedASGIWorker):
-    """The server's worker whose app takes a while to load, saying so in a file first (AYON_TEST_LOADING)."""
+    """The server's worker whose app loads only when the test says so: it writes its pid to
+    AYON_TEST_LOADING, then waits for the file AYON_TEST_LOADING.go."""
 
     def load_wsgi(self):
         import os
+        from pathlib import Path
 
-        with open(os.environ["AYON_TEST_LOADING"], "a") as marker:
+        loading = os.environ["AYON_TEST_LOADING"]
+        with open(loading, "a") as marker:
             marker.write(f"{os.getpid()}\n")
-        time.sleep(1.5)  # the app's import: the worker's signal handlers are set, its loop not running yet
+        # The app's import: the worker's signal handlers are set, its loop not running yet.
+        wait_for(Path(loading + ".go").exists, 60, "the test to let the app load")
         super().load_wsgi()
+
+
+def pending_signals(pid: int) -> int:
+    """The process's pending signals (to it or to one of its threads), as a bit mask."""
+    status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":" in line)
+    return int(status["ShdPnd"], 16) | int(status["SigPnd"], 16)
 
 
 def test_a_stop_signal_while_the_app_loads_still_stops_the_worker(env, tmp_path):
@@ -214,6 +225,9 @@ def test_a_stop_signal_while_the_app_loads_still_stops_the_worker(env, tmp_path)
         wait_for(lambda: loading.exists() and loading.read_text().strip(), 30, "a worker to start loading the app")
         pid = int(loading.read_text().split()[0])
         psutil.Process(pid).terminate()  # SIGTERM to the worker alone, as the master sends it on a stop
+        # It arrived before the loop runs: held, not handled yet. Only then does the app finish loading.
+        wait_for(lambda: pending_signals(pid) & 1 << (signal.SIGTERM - 1), 15, "the SIGTERM to be pending")
+        (tmp_path / "loading.go").touch()
         # uvloop drops a signal that comes before its loop runs: the worker then served on, forever.
         wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
                  15, f"worker {pid} to end after its SIGTERM")
