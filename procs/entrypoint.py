@@ -42,10 +42,20 @@ def take_settings(argv: list[str]) -> bool:
     """Put the handed-over settings into os.environ (this process's memory only); False if none were."""
     if len(argv) != 2 or argv[0] != FD_OPTION or not argv[1].isdigit():
         return False
-    with open(int(argv[1]), "rb") as handed:
-        settings = handed.read()
-    for item in settings.split(b"\0") if settings else ():
-        name, _, value = item.partition(b"=")
+    from server.core.errors import ConfigError
+
+    what = f"{FD_OPTION} {argv[1]}"
+    try:
+        with open(int(argv[1]), "rb") as handed:
+            settings = handed.read()
+    except OSError as exc:
+        raise ConfigError(f"{what}: the settings handed over cannot be read ({exc.strerror}); "
+                          "start the instance with python -m procs.entrypoint") from None
+    for item in filter(None, settings.split(b"\0")):
+        name, equals, value = item.partition(b"=")
+        if not (name and equals):
+            raise ConfigError(f"{what}: the settings handed over are not NAME=VALUE entries; "
+                              "start the instance with python -m procs.entrypoint")
         os.environb[name] = value
     return True
 

@@ -67,3 +67,28 @@ def test_a_command_the_entrypoint_cannot_run_is_one_line(tmp_path):
                              capture_output=True, text=True, timeout=30)
         assert (out.returncode, out.stdout) == (code, ""), out.stderr
         assert out.stderr == f"Error: cannot run {argv[0]!r}: {what}\n"
+
+
+def test_settings_that_cannot_be_taken_are_one_line_and_start_nothing(tmp_path):
+    """procs.supervisord started by hand with a bad descriptor or file: exit 2 with one line, nothing written."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    good = b"AYON_DATA_DIR=" + str(tmp_path / "data").encode() + b"\0AYON_SUPERVISOR_CONF=" + \
+        str(tmp_path / "supervisord.conf").encode()
+    cases = [
+        (["--settings-fd", "97"], None,
+         "--settings-fd 97: the settings handed over cannot be read (Bad file descriptor)"),
+        (["--settings-fd", "0"], good + b"\0not-a-setting", "--settings-fd 0: the settings handed over are not NAME=VALUE"),
+        (["--settings-fd", "0"], good + b"\0=value", "--settings-fd 0: the settings handed over are not NAME=VALUE"),
+    ]
+    for argv, stdin, expected in cases:
+        out = subprocess.run([sys.executable, "-m", "procs.supervisord", *argv], env=env, cwd=ROOT, input=stdin,
+                             capture_output=True, timeout=30)
+        assert out.returncode == 2, out.stderr.decode()
+        assert out.stderr.decode().startswith(f"Error: {expected}") and out.stderr.count(b"\n") == 1, out.stderr
+    assert list(tmp_path.iterdir()) == []
+    # Empty entries (a trailing NUL) are nothing: the settings before them still count.
+    out = subprocess.run([sys.executable, "-m", "procs.supervisord", "--settings-fd", "0"], env=env, cwd=ROOT,
+                         input=good + b"\0AYON_RUN_SERVER=perhaps\0\0", capture_output=True, timeout=30)
+    assert out.returncode == 2
+    assert out.stderr.decode() == "Error: AYON_RUN_SERVER='perhaps': expected one of true/false/1/0/yes/no/on/off\n"
+    assert list(tmp_path.iterdir()) == []
