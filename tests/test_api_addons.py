@@ -58,7 +58,7 @@ def test_same_version_with_other_content_conflicts_until_removed(client, databas
 
 @pytest.mark.parametrize("body, problem", [
     (make_zip([], manifest=None), "package.yaml is missing at the archive's root"),
-    (make_zip([], manifest="name: demo\nversion: [1\n"), "package.yaml is not valid YAML"),
+    (make_zip([], manifest="name: demo\nversion: [1\n"), "package.yaml: not valid YAML"),
     (make_zip([], manifest="name: Demo\nversion: '1'\n"), "name 'Demo' is not a lowercase slug"),
     (make_zip([], manifest="name: demo\n"), "package.yaml has no 'version'"),
     (HOSTILE["slip"][0](), "path escapes the package ('..')"),

@@ -147,7 +147,7 @@ def test_extract_refuses_a_non_empty_destination(tmp_path):
 
 @pytest.mark.parametrize("manifest, problem", [
     (None, "package.yaml is missing at the archive's root"),
-    ("name: [unclosed\n", "package.yaml is not valid YAML at line 2"),
+    ("name: [unclosed\n", "package.yaml: not valid YAML at line 2"),
     ("- a\n- b\n", "package.yaml must be a mapping with 'name' and 'version'"),
     ("version: '1'\n", "package.yaml has no 'name'"),
     ("name: demo\n", "package.yaml has no 'version'"),

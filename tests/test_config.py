@@ -96,10 +96,10 @@ FILE_CASES = {
                  "not UTF-8 text (byte 0xfc on line 3)"),
     "control-character": ("maintenance:\n  time: '04:00\x07'\n".encode(),
                           "not valid YAML (special characters are not allowed)"),
-    "recursive-alias": (b"maintenance: &m\n  tasks: *m\n",
-                        "maintenance.tasks.tasks: unknown key (known: cleanup_packages, remove_old_events, remove_old_logs, "
-                        "remove_old_webactions, remove_stale_instances, vacuum)"),
-    "deep-nesting": (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+    "recursive-alias": (b"maintenance: &m\n  tasks: *m\n", "aliases (*name) are not accepted at line 2"),
+    "deep-nesting": (b"[" * 100000 + b"]" * 100000, "nested deeper than 32 levels at line 1"),
+    "impossible-date": (b"maintenance:\n  time: 2026-02-30\n", "a date that cannot be read at line 2"),
+    "huge-number": (b"webactions:\n  timeout: " + b"9" * 5000 + b"\n", "a number that cannot be read at line 2"),
     "unquoted-time": (b"maintenance:\n  time: 3:00\n",  # YAML 1.1 reads base 60
                       "maintenance.time: expected HH:MM (24-hour) as text, got the number 180; quote it in YAML: '03:00'"),
     "too-large": (b"# " + b"x" * (1024 * 1024) + b"\n", "larger than 1024 KiB"),

@@ -15,8 +15,8 @@ import stat
 from typing import Any, NamedTuple
 
 from server.core import events
-from server.core.errors import ConfigError
-from server.core.values import Boolean, ClockTime, Integer, Number, Text, TimeZone, Token, Value, shown
+from server.core.errors import ConfigError, shown
+from server.core.values import Boolean, ClockTime, Integer, Number, Text, TimeZone, Token, Value
 
 Field = Value  # a configuration key: its dotted path, kind, default and help
 
@@ -317,18 +317,12 @@ def load_file(path: str) -> dict:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line})") from None
-    import yaml  # only the entrypoint reads a file: the long-running programs never hold the parser
+    from server.core import yamldoc  # only the entrypoint reads a file: the long-running programs never hold the parser
 
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        problem = " ".join(str(problem).split()) if problem else ""
-        raise ConfigError(f"{where}: not valid YAML{at}" + (f" ({problem})" if problem else "")) from None
-    except RecursionError:
-        raise ConfigError(f"{where}: nested too deeply") from None
+        data = yamldoc.load(text)
+    except yamldoc.Refused as exc:
+        raise ConfigError(f"{where}: {exc}") from None
     if data is None:
         return {}
     try:

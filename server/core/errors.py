@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import reprlib
 import sys
 from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -41,6 +42,25 @@ class SchemaError(AyonError):
     """The schema is not one this code can use (edited, newer, or not current)."""
 
     exit_code = EXIT_CONFIG
+
+
+# How a value from outside is quoted back: short, whatever it is. A string is cut before it is
+# rendered, and a container shows its first few items, so quoting costs the same for any size.
+QUOTE_MAX = 60
+_quote = reprlib.Repr()
+_quote.maxstring = _quote.maxother = _quote.maxlong = QUOTE_MAX
+_quote.maxlevel, _quote.maxdict, _quote.maxlist, _quote.maxtuple, _quote.maxset = 2, 4, 4, 4, 4
+
+
+def shown(value) -> str:
+    """A value as an error message, an event or a log line quotes it: its repr, at most QUOTE_MAX characters."""
+    if isinstance(value, (str, bytes)):
+        text = repr(value[:QUOTE_MAX])
+    elif isinstance(value, int) and value.bit_length() > 4 * QUOTE_MAX:
+        return f"a number of {value.bit_length()} bits"  # repr() of a big enough one raises
+    else:
+        text = _quote.repr(value)
+    return text if len(text) <= QUOTE_MAX else text[: QUOTE_MAX - 3] + "..."
 
 
 def first_line(exc: BaseException) -> str:

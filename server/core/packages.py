@@ -11,10 +11,9 @@ import struct
 from dataclasses import dataclass
 
 import psycopg2.errors
-import yaml
 
-from server.core import archive
-from server.core.errors import AyonError
+from server.core import archive, yamldoc
+from server.core.errors import AyonError, shown
 
 KINDS = ("addon", "dependency_package")
 MANIFEST = "package.yaml"
@@ -39,7 +38,7 @@ class Manifest:
 
 def check_kind(kind: str) -> str:
     if kind not in KINDS:
-        raise PackageError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+        raise PackageError(f"kind {shown(kind)} is not one of {', '.join(KINDS)}")
     return kind
 
 
@@ -54,13 +53,11 @@ def valid_version(version: str) -> bool:
 def parse_manifest(text: bytes) -> Manifest:
     """Validate the content of package.yaml."""
     try:
-        doc = yaml.safe_load(text.decode("utf-8"))
+        doc = yamldoc.load(text.decode("utf-8"))
     except UnicodeDecodeError:
         raise PackageError(f"{MANIFEST} is not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise PackageError(f"{MANIFEST} is not valid YAML{where}") from None
+    except yamldoc.Refused as exc:
+        raise PackageError(f"{MANIFEST}: {exc}") from None
     if not isinstance(doc, dict):
         raise PackageError(f"{MANIFEST} must be a mapping with 'name' and 'version'")
     for key in ("name", "version"):
@@ -69,14 +66,14 @@ def parse_manifest(text: bytes) -> Manifest:
     name, version = doc["name"], doc["version"]
     if not isinstance(name, str) or not valid_name(name):
         raise PackageError(
-            f"{MANIFEST}: name {name!r} is not a lowercase slug "
+            f"{MANIFEST}: name {shown(name)} is not a lowercase slug "
             "(a letter, then up to 63 of a-z, 0-9, '-', '_')"
         )
     if not isinstance(version, str):
-        raise PackageError(f"{MANIFEST}: version {version!r} must be a string (quote it: '{version}')")
+        raise PackageError(f"{MANIFEST}: version {shown(version)} must be a string (quote it: '{shown(version)}')")
     if not valid_version(version):
         raise PackageError(
-            f"{MANIFEST}: version {version!r} is not a version string "
+            f"{MANIFEST}: version {shown(version)} is not a version string "
             "(a letter or digit, then up to 63 of letters, digits, '.', '+', '-', '_')"
         )
     return Manifest(name, version)

@@ -20,18 +20,13 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from server.core import times
+from server.core.errors import shown
 
 # A whole number as text: at most 19 digits, so int() never parses an enormous one.
 _WHOLE = re.compile(r"-?[0-9]{1,19}").fullmatch
 
 TRUE_WORDS = ("true", "1", "yes", "on")
 FALSE_WORDS = ("false", "0", "no", "off")
-
-
-def shown(value: Any) -> str:
-    """A value as an error line quotes it: its repr, cut short."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 _UNQUOTED = object()
