@@ -21,7 +21,7 @@ from server.api import (
 from server.api import config as config_api
 from server.api import events as events_api
 from server.api import logs as logs_api
-from server.api.common import JSON_TYPES, AppContext, dumps, is_public
+from server.api.common import JSON_TYPES, AppContext, BodyTimeout, dumps, is_public
 from server.core import auth
 from server.core.db import BROKEN, Database
 from server.core.errors import first_line
@@ -258,6 +258,10 @@ async def _method_not_allowed(req, resp, exc, params):
     )
 
 
+async def _body_timeout(req, resp, exc, params):
+    raise falcon.HTTPError(falcon.HTTP_408, title="Request timeout", description=str(exc))
+
+
 async def _unexpected(req, resp, exc, params):
     if isinstance(exc, falcon.HTTPError):
         raise exc
@@ -289,6 +293,7 @@ def create_app(ctx: AppContext) -> falcon.asgi.App:
     app.add_error_handler(falcon.HTTPRouteNotFound, _route_not_found)
     app.add_error_handler(falcon.HTTPMethodNotAllowed, _method_not_allowed)
     app.add_error_handler(psycopg2.DataError, _bad_value)
+    app.add_error_handler(BodyTimeout, _body_timeout)
     for exc_type in BROKEN:
         app.add_error_handler(exc_type, _database_down)
 

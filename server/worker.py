@@ -7,15 +7,19 @@ burst of keep-alive connections and the other sat idle (bench/http saw
 
 Each connection is served by `HTTPProtocol`, gunicorn's own with a header
 timeout (slow clients) and a lingering close after answers sent before the
-request body was read, and `ExpectingBodyReceiver` lets the app refuse a
-body before a client waiting for 100 Continue sends it.
+request body was read, and `TimedBodyReceiver` lets the app refuse a
+body before a client waiting for 100 Continue sends it, and bounds the wait
+for a body that does not come.
 """
 
+import asyncio
 import errno
 import signal
 
 from gunicorn.asgi.protocol import ASGIProtocol, BodyReceiver
 from gunicorn.workers.gasgi import ASGIWorker
+
+from server.api.common import BodyTimeout
 
 ACCEPT_BATCH = 2
 
@@ -23,6 +27,12 @@ ACCEPT_BATCH = 2
 # (or after the first byte of a later request on it), or the connection is
 # closed: a client dribbling its headers would otherwise hold it forever.
 HEADER_TIMEOUT = 10.0
+
+# A request body's first bytes must come within the header timeout of its
+# headers; after that, each pause in it may last BODY_IDLE_TIMEOUT. Past
+# either the app answers 408 (gunicorn's own bound, its 120 s worker
+# timeout, ended in a text/plain 500 with no access line).
+BODY_IDLE_TIMEOUT = 60.0
 
 # After an answer sent before the request body was read, what the client
 # still sends is read and thrown away: for at most LINGER_SECONDS in all,
@@ -39,27 +49,42 @@ LINGER_MAX_BYTES = 1024 * 1024 * 1024
 ASGIProtocol._check_h1c_protocol_available()
 
 
-class ExpectingBodyReceiver(BodyReceiver):
-    """A request body that is asked for (100 Continue) only when the app reads past its first, empty, part.
+class TimedBodyReceiver(BodyReceiver):
+    """A request body read as the app asks for it, with bounded waits.
 
     falcon reads the first body event of every request before its middleware
     runs, so gunicorn's 100 Continue went out before a 413 could: a client
     that waits for it (curl does for large uploads) sent the whole body it
-    was about to be refused. An empty first part lets the app refuse first.
+    was about to be refused. An empty first part lets the app refuse first,
+    and puts any wait for the body inside a responder, where a wait that
+    runs out (BodyTimeout) is answered as a 408 with its access line.
     """
 
-    __slots__ = ("_first_given",)
+    __slots__ = ("_first_given", "_got_bytes", "first_wait", "idle_wait")
 
-    def __init__(self, request, protocol):
+    def __init__(self, request, protocol, first_wait: float, idle_wait: float):
         super().__init__(request, protocol)
         self._first_given = False
+        self._got_bytes = False
+        self.first_wait, self.idle_wait = first_wait, idle_wait
 
     async def receive(self):
-        if not self._first_given:
-            self._first_given = True
-            if self.expect_continue and not self._chunks and not self._complete and not self._disconnected:
+        if not self._chunks and not self._complete and not self._disconnected:
+            if not self._first_given:
+                self._first_given = True
                 return {"type": "http.request", "body": b"", "more_body": True}
-        return await super().receive()
+            wait = self.idle_wait if self._got_bytes else self.first_wait
+            try:
+                message = await asyncio.wait_for(super().receive(), wait)
+            except asyncio.TimeoutError:
+                what = "more of the request body" if self._got_bytes else "the request body"
+                raise BodyTimeout(f"{what} did not arrive within {wait:g} s; send it with the request") from None
+        else:
+            self._first_given = True
+            message = await super().receive()
+        if message.get("body"):
+            self._got_bytes = True
+        return message
 
 
 class _Linger:
@@ -118,9 +143,10 @@ class HTTPProtocol(ASGIProtocol):
         self._cancel_header_timer()
         result = super()._on_headers_complete()
         receiver = self._body_receiver
-        if receiver is not None and receiver.expect_continue:
+        if receiver is not None and (receiver.request.content_length or receiver.request.chunked):
             # Replaced before the connection loop wakes up to hand it to the app.
-            self._body_receiver = ExpectingBodyReceiver(receiver.request, self)
+            self._body_receiver = TimedBodyReceiver(receiver.request, self, self._header_timeout,
+                                                    self.worker.body_idle_timeout)
         return result
 
     def _header_timed_out(self):
@@ -241,6 +267,7 @@ LOOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, s
 
 class BalancedASGIWorker(ASGIWorker):
     header_timeout = HEADER_TIMEOUT
+    body_idle_timeout = BODY_IDLE_TIMEOUT
     linger_seconds = LINGER_SECONDS
     linger_idle = LINGER_IDLE
     linger_max_bytes = LINGER_MAX_BYTES

@@ -18,6 +18,7 @@ class QuickWorker(BalancedASGIWorker):
     """The server's worker with timeouts and bounds small enough for a test."""
 
     header_timeout = 1.0
+    body_idle_timeout = 2.5
     linger_seconds = 2.0
     linger_idle = 1.0
     linger_max_bytes = 4 * 1024 * 1024
@@ -97,6 +98,33 @@ def test_a_body_may_take_longer_than_the_header_timeout(quick_gunicorn):
         conn.settimeout(5)
         answer = conn.recv(4096)
         assert answer.startswith(b"HTTP/1.1 200 "), answer
+
+
+@pytest.mark.parametrize("sent, what", [(b"", "the request body"), (b'{"maint', "more of the request body")],
+                         ids=["no-body", "stalled-body"])
+def test_a_body_that_does_not_come_is_a_408_with_its_access_line(env, sent, what):
+    server = Gunicorn(dict(env, GUNICORN_CMD_ARGS="--worker-class tests.test_worker.QuickWorker --keep-alive 30"))
+    try:
+        server.wait_ready()
+        with socket.create_connection(("127.0.0.1", server.port)) as conn:
+            started = time.monotonic()
+            conn.sendall(b"PATCH /api/config HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         + f"Authorization: Bearer {TOKEN}\r\nContent-Length: 100\r\n\r\n".encode() + sent)
+            conn.settimeout(QuickWorker.body_idle_timeout + 10)
+            answer = conn.recv(65536)
+            took = time.monotonic() - started
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), (answer, server.output())
+        assert b"content-type: application/json" in head.lower(), head
+        error = json.loads(body)["error"]
+        assert error["status"] == 408 and error["description"].startswith(what), error
+        wait = QuickWorker.header_timeout if not sent else QuickWorker.body_idle_timeout
+        assert wait - 0.05 <= took <= wait + 3, took
+        wait_for(lambda: any('"PATCH /api/config" 408' in line for line in server.lines), 5,
+                 "the 408's access line")
+    finally:
+        server.stop()
+        server.reader.join(5)
 
 
 def test_curl_upload_over_the_limit_prints_the_413(gunicorn, tmp_path):

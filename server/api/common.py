@@ -18,6 +18,10 @@ from server.core.db import Database
 JSON_TYPES = ("application/json",)
 
 
+class BodyTimeout(Exception):
+    """The request body stopped arriving (server/worker.py); the app answers 408."""
+
+
 @dataclass
 class AppContext:
     """The collaborators handed to every resource."""
