@@ -11,7 +11,8 @@ from server import urlfetch
 from server.api.common import dumps
 from server.api.spec import Body, Field, PathParam, Query, Reply, Upload, operation
 from server.core import archive, config, layout, packages
-from server.core.values import AnyText, Boolean, Choice, Text, shown
+from server.core.errors import shown
+from server.core.values import AnyText, Boolean, Choice, Text
 
 MAX_PACKAGE_BYTES = 512 * 1024 * 1024
 ZIP_TYPES = ("application/zip", "application/octet-stream", "application/x-zip-compressed")

@@ -18,7 +18,7 @@ import falcon
 from server.api import addons, common, pages, stream
 from server.api.openapi import responders
 from server.api.spec import Param
-from server.core import archive, config, packages
+from server.core import archive, config, packages, yamldoc
 from server.core.errors import ConfigError
 
 
@@ -104,6 +104,8 @@ PARSERS = [
            "400 Invalid package"),
     Parser("package", packages.validate, "an uploaded package: its archive and package.yaml",
            packages.PackageError, "400 Invalid package (UnsafeArchive for the archive itself)"),
+    Parser("YAML document", yamldoc.load, "the text of package.yaml and AYON_CONFIG_FILE", yamldoc.Refused,
+           "the manifest's or the file's own answer, below"),
     Parser("manifest", packages.parse_manifest, "package.yaml", packages.PackageError, "400 Invalid package"),
     Parser("configuration document", config.validate_patch, "PATCH /api/config, the candidate values of "
            "GET /api/maintenance/preview, webhook settings included", ConfigError, "400 Invalid configuration"),

@@ -19,8 +19,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from server.core.errors import AyonError
-from server.core.values import shown
+from server.core.errors import AyonError, shown
 
 CHUNK = 1 << 20
 MAX_NAME_BYTES = 255  # one file or folder name (NAME_MAX of Linux file systems)
