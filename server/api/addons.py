@@ -11,6 +11,7 @@ from server import urlfetch
 from server.api.common import dumps
 from server.api.spec import Body, Field, PathParam, Query, Reply, Upload, operation
 from server.core import archive, config, layout, packages
+from server.core.errors import shown
 from server.core.values import AnyText, Boolean, Choice, Text
 
 MAX_PACKAGE_BYTES = 512 * 1024 * 1024
@@ -184,15 +185,17 @@ class Files:
         self.ctx = ctx
 
     def _resolve(self, name: str, version: str, path: str) -> Path:
-        missing = falcon.HTTPNotFound(title="Not found", description=f"{name} {version} has no file {path!r} here")
-        if not packages.valid_name(name) or not packages.valid_version(version):
-            raise missing
-        base = layout.package_dir(self.ctx.settings.data_dir, "addon", name, version).resolve()
-        target = (base / path).resolve()
-        # resolve() follows any link and folds '..': the result must still be inside the addon.
-        if not target.is_relative_to(base) or not target.is_file():
-            raise missing
-        return target
+        """The file, or a 404 for any path that names none: a NUL, a name too long or not encodable included."""
+        if packages.valid_name(name) and packages.valid_version(version) and "\x00" not in path:
+            base = layout.package_dir(self.ctx.settings.data_dir, "addon", name, version).resolve()
+            try:
+                target = (base / path).resolve()
+                # resolve() follows any link and folds '..': the result must still be inside the addon.
+                if target.is_relative_to(base) and target.is_file():
+                    return target
+            except (OSError, ValueError):  # ENAMETOOLONG, ELOOP; a lone surrogate (UnicodeEncodeError)
+                pass
+        raise falcon.HTTPNotFound(title="Not found", description=f"{name} {version} has no file {shown(path)} here")
 
     @FILE
     async def on_get(self, req, resp, name, version, path):

@@ -62,6 +62,11 @@ def routes(app) -> list[tuple[str, object, tuple[str, ...]]]:
     return [(node.uri_template, node.resource, tuple(sorted(own))) for node, own in _walk(app)]
 
 
+def responders(app) -> list[tuple[str, str, object]]:
+    """Every (URI template, method, responder) the app's router holds, for the methods resources answer themselves."""
+    return [(node.uri_template, method, own[method]) for node, own in _walk(app) for method in sorted(own)]
+
+
 def _resolve(value, shapes: dict):
     """A copy of a schema with each Shape replaced by its reference, the shape itself kept in `shapes`."""
     if isinstance(value, Shape):

@@ -2,6 +2,7 @@
 
 import base64
 import datetime
+import re
 import uuid
 from typing import Any
 
@@ -21,39 +22,53 @@ def cursor_sql(*parts: str) -> str:
     return f"translate(encode(convert_to({joined}, 'UTF8'), 'base64'), E'+/=\\n', '-_')"
 
 
+def not_a_cursor(name: str = "cursor") -> falcon.HTTPBadRequest:
+    """The one answer to a cursor (or a Last-Event-ID) this server did not hand out."""
+    return falcon.HTTPBadRequest(title="Invalid query parameter",
+                                 description=f"'{name}': not a cursor returned by a previous page")
+
+
 def decode_cursor(raw: str, name: str = "cursor") -> list[str]:
     """The parts of a cursor made by cursor_sql; anything else is a 400 naming the parameter."""
     try:
         text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, non-ASCII text, UnicodeDecodeError
         text = ""
     parts = text.split("|")
     if len(parts) < 2:
-        raise falcon.HTTPBadRequest(title="Invalid query parameter",
-                                    description=f"'{name}': not a cursor returned by a previous page")
+        raise not_a_cursor(name)
     return parts
 
 
 def cursor_time(value: str, name: str = "cursor") -> datetime.datetime:
+    """A cursor's time, in UTC: a stream compares it with aware times, and PostgreSQL takes any UTC time Python has.
+
+    Cursors carry `Z`: a time without a zone is no cursor of ours, and an
+    offset is folded here (PostgreSQL refuses those past 15:59:59).
+    """
     try:
-        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise falcon.HTTPBadRequest(title="Invalid query parameter",
-                                    description=f"'{name}': not a cursor returned by a previous page") from None
+        found = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if found.tzinfo is None:
+            raise ValueError(value)
+        return found.astimezone(datetime.timezone.utc)
+    except (ValueError, OverflowError):
+        raise not_a_cursor(name) from None
 
 
 def cursor_uuid(value: str, name: str = "cursor") -> str:
     try:
         return str(uuid.UUID(value))
     except ValueError:
-        raise falcon.HTTPBadRequest(title="Invalid query parameter",
-                                    description=f"'{name}': not a cursor returned by a previous page") from None
+        raise not_a_cursor(name) from None
+
+
+# A count of rows already shown, as PostgreSQL's OFFSET (bigint) takes it; never int() of thousands of digits.
+_COUNT = re.compile(r"[0-9]{1,18}").fullmatch
 
 
 def cursor_int(value: str, name: str = "cursor") -> int:
-    if not value.isdigit():
-        raise falcon.HTTPBadRequest(title="Invalid query parameter",
-                                    description=f"'{name}': not a cursor returned by a previous page")
+    if not _COUNT(value):
+        raise not_a_cursor(name)
     return int(value)
 
 

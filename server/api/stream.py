@@ -253,6 +253,19 @@ def _decode(payload: str):
         return None
 
 
+def read_last_event_id(raw: str) -> tuple[datetime.datetime, str] | None:
+    """The cursor a Last-Event-ID names (None when empty), checked before the stream starts: else a 400.
+
+    Its time is in UTC, so the stream compares it with the events' times and
+    PostgreSQL takes it in the replay: a stream that started never fails on it.
+    """
+    raw = raw.strip()
+    if not raw:
+        return None
+    parts = decode_cursor(raw, "Last-Event-ID")
+    return cursor_time(parts[0], "Last-Event-ID"), cursor_uuid(parts[1], "Last-Event-ID")
+
+
 STREAM = operation(
     "Live events (Server-Sent Events)", tags=["events"],
     description="Each message's data is {id, topic, status, description, updated_at} as JSON and its id a "
@@ -300,11 +313,7 @@ class EventStream:
 
     @staticmethod
     def _last_event_id(req):
-        raw = (req.context.headers["Last-Event-ID"] or "").strip()
-        if not raw:
-            return None
-        parts = decode_cursor(raw, "Last-Event-ID")
-        return cursor_time(parts[0], "Last-Event-ID"), cursor_uuid(parts[1], "Last-Event-ID")
+        return read_last_event_id(req.context.headers["Last-Event-ID"] or "")
 
     async def on_shutdown(self):
         if self.broker is not None:

@@ -19,9 +19,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from server.core.errors import AyonError
+from server.core.errors import AyonError, shown
 
 CHUNK = 1 << 20
+MAX_NAME_BYTES = 255  # one file or folder name (NAME_MAX of Linux file systems)
 # PKWARE's Unix extra field: its variable part names the target of a hard or symbolic link.
 PKWARE_UNIX_EXTRA = 0x000D
 # What a damaged entry raises while it is decompressed (CRC, stream or method errors).
@@ -83,6 +84,14 @@ def _safe_path(name: str, limits: Limits) -> PurePosixPath:
         raise UnsafeArchive(f"entry {name!r}: path escapes the package ('..')")
     if not parts:
         raise UnsafeArchive(f"entry {name!r}: names no file")
+    for part in parts:
+        # What the file system takes: a name it cannot encode, or longer than NAME_MAX, fails only when written.
+        try:
+            size = len(part.encode())
+        except UnicodeEncodeError:
+            raise UnsafeArchive(f"entry {shown(name)}: not UTF-8 text") from None
+        if size > MAX_NAME_BYTES:
+            raise UnsafeArchive(f"entry {shown(name)}: a name in the path is longer than {MAX_NAME_BYTES} bytes")
     return PurePosixPath(*parts)
 
 

@@ -406,14 +406,16 @@ class Uuid(Kind):
 
 
 class Timestamp(Kind):
-    """An ISO 8601 time; without a zone it is UTC."""
+    """An ISO 8601 time; without a zone it is UTC. Returned in UTC: PostgreSQL refuses offsets past 15:59:59."""
 
     def check(self, value: Any) -> datetime.datetime:
         try:
             found = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except (ValueError, TypeError, AttributeError):
+            if found.tzinfo is None:
+                return found.replace(tzinfo=datetime.timezone.utc)
+            return found.astimezone(datetime.timezone.utc)
+        except (ValueError, TypeError, AttributeError, OverflowError):  # OverflowError: before year 1 in UTC
             raise ValueError(f"expected an ISO 8601 time such as 2026-01-31T12:00:00Z, got {shown(value)}") from None
-        return found if found.tzinfo is not None else found.replace(tzinfo=datetime.timezone.utc)
 
     def schema(self) -> dict:
         return {"type": "string", "format": "date-time"}
