@@ -24,7 +24,7 @@ from server.api import logs as logs_api
 from server.api.common import JSON_TYPES, AppContext, BodyTimeout, dumps, is_public
 from server.core import auth
 from server.core.db import BROKEN, Database
-from server.core.errors import first_line
+from server.core.errors import first_line, printable, shown_query
 from server.core.logs import AccessLog
 
 log = logging.getLogger("ayon.server")
@@ -220,7 +220,8 @@ class Gate:
         status = resp.status_code
         metrics.observe_request(req.method, route, status, took)
         if self.access is not None:
-            target = req.path + ("?" + req.query_string if req.query_string else "")
+            # Text the client sent, shown so that it cannot forge a line or leak a credential.
+            target = printable(req.path) + ("?" + shown_query(req.query_string) if req.query_string else "")
             # The peer's address (falcon's remote_addr, without building its access_route).
             client = req.scope.get("client")
             self.access.write(client[0] if client and client[0] else "-", req.method, target, status, took * 1000)
@@ -286,7 +287,9 @@ class App(falcon.asgi.App):
 
 
 def create_app(ctx: AppContext) -> falcon.asgi.App:
-    app = App(middleware=[Gate(ctx, AccessLog(ctx.settings))])
+    access_log = AccessLog(ctx.settings)
+    app = App(middleware=[Gate(ctx, access_log)])
+    app.access_log = access_log  # also written by the worker for the requests it refuses itself
     app.req_options.strip_url_path_trailing_slash = True
     app.set_error_serializer(_error_serializer)
     app.add_error_handler(Exception, _unexpected)

@@ -177,6 +177,11 @@ class HTTPProtocol(ASGIProtocol):
     def _send_error_response(self, status, message, extra_headers=()):
         self._refused = True
         super()._send_error_response(status, message, extra_headers)
+        # A request gunicorn refused before the app saw it still leaves its one access line.
+        access = getattr(self.worker.asgi, "access_log", None)
+        if access is not None:
+            peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+            access.write(peer[0] if peer else "-", "-", "(unreadable request)", status, 0.0)
 
     def _will_close(self, request, response_requires_close):
         if self._closing_request is request:

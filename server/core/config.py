@@ -15,6 +15,7 @@ import stat
 from typing import Any, NamedTuple
 
 from server.core import events
+from server.core import errors
 from server.core.errors import ConfigError, shown
 from server.core.values import Boolean, ClockTime, Integer, Number, Text, TimeZone, Token, Value
 
@@ -189,7 +190,7 @@ def merge(current: dict, patch: Any) -> tuple[dict, dict[str, tuple[Any, Any]]]:
     return merged, changes
 
 
-MASK = "***"  # a secret key's value wherever a change or a problem is shown
+MASK = errors.MASK  # a secret key's value wherever a change or a problem is shown
 
 
 def _hidden(value: Any) -> Any:

@@ -2,10 +2,11 @@
 
 import argparse
 import logging
+import re
 import reprlib
 import sys
 from typing import Callable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2  # restarting cannot help: supervisord must not loop on it
@@ -61,6 +62,42 @@ def shown(value) -> str:
     else:
         text = _quote.repr(value)
     return text if len(text) <= QUOTE_MAX else text[: QUOTE_MAX - 3] + "..."
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(text: str) -> str:
+    """Text as one log line shows it: every character that is not printable (newlines, escape
+    sequences, NUL, bidirectional overrides, line separators) as a visible escape, so text a
+    client sent can never start a line of its own or restyle a terminal."""
+    if text.isprintable():  # the common case, in C
+        return text
+    return "".join(char if char.isprintable() else _escape(char) for char in text)
+
+
+MASK = "***"
+
+# Query parameter names that carry a credential, as a careless client sends one (`?token=`,
+# `?api_key=`, `?X-Amz-Signature=`): matched on the decoded, lower-case name's end.
+_CREDENTIAL = re.compile(r"(token|key|pass|passwd|password|secret|signature|sig|auth|authorization|"
+                         r"credential|credentials|session|sessionid|jwt|code)$")
+_MAYBE_CREDENTIAL = re.compile(r"(?i)(token|key|pass|secret|sig|auth|credential|session|jwt|code)[^&=]*=|%|\+")
+
+
+def shown_query(query: str) -> str:
+    """A raw query string as an access line shows it: credential-like parameters as ***, printable."""
+    if not _MAYBE_CREDENTIAL.search(query):
+        return printable(query)
+    pairs = []
+    for pair in query.split("&"):
+        name, equals, _ = pair.partition("=")
+        if equals and _CREDENTIAL.search(unquote_plus(name).strip().lower()):
+            pair = f"{name}={MASK}"
+        pairs.append(pair)
+    return printable("&".join(pairs))
 
 
 def first_line(exc: BaseException) -> str:

@@ -12,6 +12,7 @@ import traceback
 import weakref
 
 from server.core import events
+from server.core.errors import printable
 from server.core.logspool import attach_spool, extras_of
 
 
@@ -25,10 +26,12 @@ class TextFormatter(logging.Formatter):
         self.prefix = f"{instance}/{program}"
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{iso_time(record.created)} {record.levelname:<7} [{self.prefix}] {record.name}: {record.getMessage()}"
+        # What a message quotes may come from a client: one record is one line, whatever it holds.
+        line = (f"{iso_time(record.created)} {record.levelname:<7} [{self.prefix}] {record.name}: "
+                f"{printable(record.getMessage())}")
         extras = extras_of(record)
         if extras:
-            line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+            line += " " + " ".join(f"{printable(str(k))}={printable(str(v))}" for k, v in extras.items())
         if record.exc_info:
             line += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
         return line
@@ -47,7 +50,7 @@ class JsonFormatter(logging.Formatter):
             "program": self.program,
             "pid": record.process,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": printable(record.getMessage()),
         }
         extras = extras_of(record)
         if extras:
