@@ -105,7 +105,11 @@ def in_use(data: str, instance: Instance) -> str:
 
 def test_a_second_start_on_the_data_folder_refuses_at_once_and_changes_nothing(running, tmp_path):
     data = running.env["AYON_DATA_DIR"]
-    assert layout.lock_file(data).read_text() == f"{running.proc.pid} test\n"
+    lock = layout.lock_file(data)
+    assert lock.read_text() == f"{running.proc.pid} test\n"
+    # supervisord holds it, none of its programs: the lock ends with supervisord
+    holders = [p.pid for p in running.tree() if str(lock) in [f.path for f in p.open_files()]]
+    assert holders == [running.proc.pid]
 
     # as it is; then with its own supervisord config elsewhere (which it must not create either)
     assert_refused_unchanged(running, in_use(data, running))
