@@ -7,8 +7,10 @@ execs `python -m procs.supervisord`, which reads them back into its memory
 program forked from it shows a secret, and the one interpreter that imports
 the code (which every program then shares, procs/preload.py) starts at once.
 
-There, `prepare` checks every setting and the AYON_CONFIG_FILE document before
-anything is written or started: a bad one is one `Error:` line and exit 2.
+There, `prepare` takes the data folder's lock (server/core/instancelock.py)
+and checks every setting and the AYON_CONFIG_FILE document before anything
+else is written or started: a bad one, or a data folder or supervisord
+config another running instance has, is one `Error:` line and exit 2.
 Setup alone (a Kubernetes Job or init container) is exec'd with its settings;
 otherwise the supervisord config is written and supervisord runs. With
 arguments (`python -m maintenance`), the entrypoint execs them instead, as
@@ -90,10 +92,25 @@ def prepare():
     from procs import supervisor
     from server.core.logs import setup_logging
 
-    values = validate()
+    from server.core import instancelock
+    from server.core import settings as settings_mod
+    from server.core.errors import AyonError
+
+    values = settings_mod.load()
+    supervisor.check_roles(values)
     if values.roles == ["setup"]:
-        # A Kubernetes Job or init container: setup in the foreground, its exit code is ours.
+        # A Kubernetes Job or init container, beside a running instance or none: it takes no lock.
+        validate()
         os.execv(sys.executable, [sys.executable, "-m", "procs.setup"])
+    # Before anything is written, verify()'s probe files included: a second start on this
+    # folder refuses here, whatever of the running instance's files were removed.
+    held = instancelock.DataFolderLock(values.data_dir, values.instance_id)
+    try:
+        values = validate()
+        instancelock.lock_conf(values.supervisor_conf)
+    except AyonError:
+        held.give_up()
+        raise
     conf = supervisor.write(values, values.supervisor_conf)
     names = ", ".join(p.name for p in supervisor.programs(values))
     # On stdout only, like supervisord's own lines: the logs table holds the programs' records.

@@ -149,19 +149,27 @@ def _program_entries(program: Program, python: str, logs: Path) -> dict:
 
 
 def write(values: settings_mod.Settings, path: str | Path) -> Path:
-    """Write the config (mode 0600) atomically; create the private run folder."""
+    """Write the config (mode 0600) in place; create the private run folder.
+
+    In place, not renamed over: the entrypoint holds a lock on this very file
+    (server/core/instancelock.py), which a new file at the path would not carry.
+    """
     rundir = run_dir(values)
     rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(rundir, 0o700)
     log_dir(values).mkdir(parents=True, exist_ok=True, mode=0o700)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(render(values))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    text = render(values).encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.ftruncate(fd, 0)
+        view = memoryview(text)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
     return path
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from server.core import layout, settings
+from server.core import instancelock, layout, settings
 from server.core.errors import run_main
 from server.core.lifetime import hold
 
@@ -48,16 +48,6 @@ def give_back_terminal(previous: int | None) -> None:
     signal.signal(signal.SIGTTOU, old)
 
 
-def running_supervisord(data_dir: str) -> int | None:
-    """The pid of a supervisord still running on this data folder (another `make run`), if any."""
-    try:
-        pid = int((layout.run_dir(data_dir) / "supervisord.pid").read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except (OSError, ValueError):
-        return None
-    return pid if "procs.supervisord" in cmdline[:3] else None
-
-
 def start_child():
     """In the child, before exec: Ctrl-C reaches it again, and it dies with us (its programs follow it)."""
     parent = os.getpid()
@@ -73,16 +63,20 @@ def main() -> int:
     RUN.mkdir(mode=0o700, exist_ok=True)
     env = dict(os.environ)
     env.pop("AYON_POSTGRES_URL", None)  # the embedded PostgreSQL
+    own = "AYON_DATA_DIR" not in env
     env.setdefault("AYON_DATA_DIR", str(RUN / "data"))
-    env.setdefault("AYON_SUPERVISOR_CONF", str(RUN / "supervisord.conf"))
+    # Keyed to the data folder: a run on another folder must not take this one's config.
+    env.setdefault("AYON_SUPERVISOR_CONF", str(RUN / "supervisord.conf" if own else
+                                               layout.supervisor_conf(env["AYON_DATA_DIR"])))
     env.setdefault("AYON_HTTP_BIND", "127.0.0.1:5000")
     env.setdefault("AYON_EMBEDDED_PG_PORT", "54329")
     env.setdefault("AYON_ADMIN_TOKEN", admin_token())
     env.setdefault("AYON_INSTANCE_ID", "local")
     values = settings.load(env)  # a bad setting is one line and exit 2, before anything starts
-    other = running_supervisord(values.data_dir)
+    # The entrypoint would refuse too (its data folder's lock); this says it in make run's words.
+    other = instancelock.holder(values.data_dir)
     if other:
-        print(f"make run: already running (supervisord pid {other}); stop it first (Ctrl-C there, or kill {other})",
+        print(f"make run: already running on {values.data_dir}: {other}; stop it first (Ctrl-C there)",
               file=sys.stderr, flush=True)
         return 1
     host, _, port = values.http_bind.rpartition(":")

@@ -114,10 +114,24 @@ def test_make_run_survives_a_crash_serves_and_stops_on_ctrl_c(tmp_path):
         assert len(tree_procs) >= 6
 
         # A second make run beside it refuses at once, touching nothing.
+        conf = tree / ".run" / "supervisord.conf"
+        written = conf.read_bytes()
         second = MakeRun(tree, env)
         runs.append(second)
         assert second.wait() != 0  # make says 2 for a failed recipe
-        assert re.search(r"make run: already running \(supervisord pid \d+\)", second.output())
+        assert re.search(r"make run: already running on \S+/\.run/data: 'local' \(supervisord pid \d+\)",
+                         second.output())
+        assert ready()
+
+        # One on another data folder told to share the config refuses too, and leaves the config alone.
+        other = tmp_path / "other"
+        third = MakeRun(tree, {**env, "AYON_DATA_DIR": str(other), "AYON_SUPERVISOR_CONF": str(conf)})
+        runs.append(third)
+        assert third.wait() != 0
+        refusal = f"Error: AYON_SUPERVISOR_CONF='{conf}': the config file of the running instance 'local'"
+        assert refusal in third.output()
+        assert conf.read_bytes() == written and not other.exists()
+        assert "RUNNING" in status(tree)
         assert ready()
 
         started = time.monotonic()

@@ -9,6 +9,16 @@ from typing import Callable
 PACKAGE_FOLDERS = {"addon": "addons", "dependency_package": "dependency_packages"}
 
 
+def lock_file(data_dir: str | Path) -> Path:
+    """Locked by the running instance's supervisord (server/core/instancelock.py); its pid and instance id."""
+    return Path(data_dir) / "instance.lock"
+
+
+def supervisor_conf(data_dir: str | Path) -> Path:
+    """`make run`'s supervisord config for a data folder other than its own (which keeps .run/supervisord.conf)."""
+    return Path(data_dir) / "supervisord.conf"
+
+
 def run_dir(data_dir: str | Path) -> Path:
     """supervisord's socket and pid file, programs' error lines, the metrics of the web workers (0700)."""
     return Path(data_dir) / "run"

@@ -160,7 +160,7 @@ SETTINGS = [
     Setting("AYON_RUN_SETUP", Boolean(), "true", "Run setup: create the database, migrate, seed the configuration."),
     Setting("AYON_RUN_MAINTENANCE", Boolean(), "true", "Run the maintenance daemon (the procedure daily at the configured time)."),
     Setting("AYON_POSTGRES_URL", PostgresUrl(optional=True), "", "PostgreSQL URL; unset runs an embedded PostgreSQL (evaluation only).", secret=True),
-    Setting("AYON_DATA_DIR", Path(plain=True), "/var/lib/ayon", "Local data: log spool, installed addons, embedded PostgreSQL; a folder that can be created and written.", check=check_data_dir),
+    Setting("AYON_DATA_DIR", Path(plain=True), "/var/lib/ayon", "Local data: log spool, installed addons, embedded PostgreSQL; a folder that can be created and written, one instance's at a time.", check=check_data_dir),
     Setting("AYON_INSTANCE_ID", Slug(), _hostname, "This instance's name in heartbeats, logs and install states (up to 63 letters, digits, `-`, `_`, `.`)."),
     Setting("AYON_HTTP_BIND", Bind(), "0.0.0.0:5000", "Address the web server listens on: `HOST:PORT` or `[IPV6]:PORT`, an address of this machine.", check=check_bind, checked_when=lambda v: v.run_server),
     Setting("AYON_SERVER_WORKERS", Integer(1, 64), "2", "Number of gunicorn worker processes (1–64)."),
@@ -172,7 +172,7 @@ SETTINGS = [
     Setting("AYON_SCHEMA_WAIT_TIMEOUT", Integer(1, 86400), "600", "Seconds a program waits for setup to bring the schema up to date (1–86400)."),
     Setting("AYON_DB_POOL_SIZE", Integer(1, 100), "4", "Database connections per process (1–100; PostgreSQL allows 100 in all by default)."),
     Setting("AYON_LOG_SPOOL_MAX", Size("64K", "1T"), "256M", "Size cap of the local log spool (64K–1T); the oldest records are dropped above it."),
-    Setting("AYON_SUPERVISOR_CONF", Path(), "/etc/supervisord.conf", "Where the entrypoint writes the generated supervisord config: a file in a writable folder.", check=check_conf_file, checked_when=lambda v: v.roles != ["setup"]),
+    Setting("AYON_SUPERVISOR_CONF", Path(), "/etc/supervisord.conf", "Where the entrypoint writes the generated supervisord config: a file in a writable folder, one instance's at a time.", check=check_conf_file, checked_when=lambda v: v.roles != ["setup"]),
     Setting("AYON_EMBEDDED_PG_PORT", Integer(1, 65535), "5432", "Port of the embedded PostgreSQL (loopback only; 1–65535)."),
 ]
 
