@@ -10,7 +10,8 @@ answer that changes between the check and the connection cannot lead
 elsewhere. Hosts spelled as numbers are read the way browsers read them
 (2130706433, 0x7f.1 and 0177.1 are 127.0.0.1), without asking DNS. Messages
 show a URL without its user name, password, query and fragment (`shown`: a
-signed URL's or a webhook's query is a credential).
+signed URL's or a webhook's query is a credential); `masked` is the one other
+way, for a URL an administrator reads back whole (AYON_POSTGRES_URL).
 """
 
 import base64
@@ -21,7 +22,7 @@ import re
 import socket
 import ssl
 from dataclasses import dataclass
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from server.core.errors import AyonError
 
@@ -177,6 +178,19 @@ def literal_address(host: str) -> Address | None:
     for index, number in enumerate(numbers[:-1]):
         value += number << (8 * (3 - index))
     return ipaddress.IPv4Address(value)
+
+
+def masked(url: str) -> str:
+    """A URL whole but for its password, in the user part or as a `password` query parameter: ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = parts.query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(name == "password" for name, _ in pairs):
+        query = urlencode([(name, "***" if name == "password" else value) for name, value in pairs], safe="*/,:")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 class Target:
