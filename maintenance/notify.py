@@ -7,6 +7,13 @@ with `on_finish`, one that finished) is POSTed there as JSON, the secret
 where it points, and the URL should be changed to that (a POST that followed
 one could carry the secret to another host).
 
+The receiver must be at a public address unless
+`maintenance.notify.allow_private_urls` is set: the address policy of
+install-from-url (server/core/urls.py). Each attempt resolves the host again,
+checks every address and connects to a checked one, so a name that comes to
+resolve to a private address (DNS rebinding, a changed record) is refused at
+the time of sending, not only when the URL was configured.
+
 Each attempt has `timeout_seconds` in all, from the connection to the
 answer's head; a failed one is tried again up to `retries` times, after 1, 2,
 4 … s (at most BACKOFF_CAP). A stop ends the wait at once and no attempt
@@ -21,17 +28,14 @@ says what to do next. The standard library's http.client is enough for one
 POST without redirects; no dependency is added for it.
 """
 
-import base64
-import functools
 import http.client
 import json
 import socket
 import ssl
 import threading
 import time
-from urllib.parse import quote, unquote, urlsplit
 
-from server.core.errors import shown_url
+from server.core.urls import Policy, Refused, Target, Unreachable, checked_addresses, connection, shown
 
 USER_AGENT = "ayon-maintenance"
 BACKOFF_FIRST = 1.0  # seconds before the second attempt, doubled before each further one
@@ -40,7 +44,7 @@ STOP_GRACE = 2.0  # what an attempt still gets once the daemon is stopping (supe
 POLL = 0.05  # how often a waiting attempt looks at the stop flag
 # Refusals that may pass: request timeout, too early, too many requests. Any other 4xx will not.
 TRANSIENT_4XX = frozenset({408, 425, 429})
-_PATH_SAFE = "/%:@!$&'()*+,;=~-._[]"
+OPT_IN = "maintenance.notify.allow_private_urls"
 
 
 def wanted(section, status: str) -> bool:
@@ -48,9 +52,6 @@ def wanted(section, status: str) -> bool:
     if not section.url:
         return False
     return status in ("failed", "aborted") or (status == "finished" and bool(section.on_finish))
-
-
-shown = shown_url  # see server/core/errors.py
 
 
 class _Failed(Exception):
@@ -63,36 +64,8 @@ class _Failed(Exception):
 
 RECEIVER_DOWN = "check that the receiver is up and reachable from this instance"
 FIX_URL = "check maintenance.notify.url"
-
-
-class _Target:
-    """Where the POST goes: scheme, host, port, request target and the Basic credentials the URL carries."""
-
-    def __init__(self, url: str):
-        parts = urlsplit(url)
-        port = parts.port  # ValueError for a port that is no number or out of range
-        if parts.scheme not in ("http", "https"):
-            raise ValueError("not an http:// or https:// URL")
-        host = unquote(parts.hostname or "")
-        if not host:
-            raise ValueError("the URL names no host")
-        if not host.isascii():
-            host = host.encode("idna").decode("ascii")  # UnicodeError is a ValueError
-        self.https = parts.scheme == "https"
-        self.host, self.port = host, port or (443 if self.https else 80)
-        # As browsers send it: non-ASCII and spaces percent-encoded, existing escapes kept.
-        self.path = quote(parts.path or "/", safe=_PATH_SAFE) + (
-            f"?{quote(parts.query, safe=_PATH_SAFE + '?')}" if parts.query else "")
-        self.credentials = self.password = None
-        if parts.username is not None:
-            self.password = unquote(parts.password or "")
-            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-            self.credentials = base64.b64encode(pair.encode("utf-8")).decode("ascii")
-
-
-@functools.cache
-def _tls() -> ssl.SSLContext:
-    return ssl.create_default_context()  # the system's CAs, loaded once and only when an https URL is used
+PRIVATE = (f"point maintenance.notify.url at a public address, or set {OPT_IN} to true for a receiver on a "
+           "private network")
 
 
 def send(section, body: dict, stop: threading.Event, log) -> bool:
@@ -108,8 +81,8 @@ def send(section, body: dict, stop: threading.Event, log) -> bool:
     event = body.get("event_id") if isinstance(body, dict) else None
     recorded = f"; the run is recorded in event {event}" if event else ""
     try:
-        target = _Target(url)
-    except ValueError:
+        target = Target(url)
+    except Refused:
         log.error("maintenance webhook %s: not a URL a request can be sent to; set maintenance.notify.url to an "
                   "http:// or https:// URL%s", where, recorded)
         return False
@@ -121,11 +94,12 @@ def send(section, body: dict, stop: threading.Event, log) -> bool:
     data = json.dumps(body, default=str).encode("utf-8")
     attempts = 1 + int(section.retries)
     timeout = float(section.timeout_seconds)
+    policy = Policy("the maintenance webhook is sent to", OPT_IN, bool(section.allow_private_urls))
     failure = None
     for attempt in range(1, attempts + 1):
         started = time.monotonic()
         try:
-            status = _attempt(target, data, headers, timeout, stop)
+            status = _attempt(target, policy, data, headers, timeout, stop)
         except _Failed as exc:
             failure = exc
         else:
@@ -159,7 +133,8 @@ def _without(text: str, *secrets) -> str:
     return text
 
 
-def _attempt(target: _Target, data: bytes, headers: dict, timeout: float, stop: threading.Event) -> int:
+def _attempt(target: Target, policy: Policy, data: bytes, headers: dict, timeout: float,
+             stop: threading.Event) -> int:
     """One POST in a thread of its own, so neither a silent receiver nor a blocked connect holds the caller.
 
     Returns the 2xx status; raises _Failed. The attempt ends at `timeout`, or
@@ -171,7 +146,7 @@ def _attempt(target: _Target, data: bytes, headers: dict, timeout: float, stop: 
 
     def post() -> None:
         try:
-            box["answer"] = _post(target, data, headers, timeout, box)
+            box["answer"] = _post(target, policy, data, headers, timeout, box)
         except BaseException as exc:  # handed to the caller
             box["error"] = exc
         finally:
@@ -209,20 +184,28 @@ def _attempt(target: _Target, data: bytes, headers: dict, timeout: float, stop: 
     raise _Failed(said, "the receiver failed; see its logs, and check that it is up")
 
 
-def _post(target: _Target, data: bytes, headers: dict, timeout: float, box: dict) -> tuple[int, str, str | None]:
-    """The POST itself: (status, reason, Location) of the answer's head; the body is not read."""
-    if target.https:
-        connection = http.client.HTTPSConnection(target.host, target.port, timeout=timeout, context=_tls())
-    else:
-        connection = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
-    box["connection"] = connection
-    try:
-        connection.request("POST", target.path, body=data, headers=headers)
-        answer = connection.getresponse()
-        reason = "".join(c for c in (answer.reason or "") if " " <= c <= "~")[:80]
-        return answer.status, reason, answer.getheader("Location")
-    finally:
-        connection.close()
+def _post(target: Target, policy: Policy, data: bytes, headers: dict, timeout: float,
+          box: dict) -> tuple[int, str, str | None]:
+    """The POST itself, to an address checked now: (status, reason, Location) of the answer's head; no body read."""
+    addresses = checked_addresses(target, policy)  # Refused, Unreachable
+    last: OSError | None = None
+    for address in addresses:
+        opened = connection(target, address, timeout, connect_timeout=timeout)
+        box["connection"] = opened
+        try:
+            opened.connect()
+        except OSError as exc:  # this address does not answer: the next one may
+            opened.close()
+            last = exc
+            continue
+        try:
+            opened.request("POST", target.path, body=data, headers=headers)
+            answer = opened.getresponse()
+            reason = "".join(c for c in (answer.reason or "") if " " <= c <= "~")[:80]
+            return answer.status, reason, answer.getheader("Location")
+        finally:
+            opened.close()
+    raise last or OSError("no address to connect to")
 
 
 def _cut(connection) -> None:
@@ -237,6 +220,10 @@ def _cut(connection) -> None:
 
 def _failure(exc: BaseException, timeout: float) -> _Failed:
     """What a failed request says, in words; never the request's headers."""
+    if isinstance(exc, Refused):
+        return _Failed(exc.reason, PRIVATE if OPT_IN in exc.reason else FIX_URL, final=True)
+    if isinstance(exc, Unreachable):
+        return _Failed(exc.reason, FIX_URL + " and this instance's DNS")
     if isinstance(exc, TimeoutError):
         return _Failed(f"no answer within {timeout:g} s (maintenance.notify.timeout_seconds)", RECEIVER_DOWN)
     if isinstance(exc, socket.gaierror):

@@ -21,12 +21,18 @@ import psycopg2
 
 from maintenance import notify, registry, space
 from server.core import config, events, times
-from server.core.db import BROKEN, Database, connect, try_advisory_lock
+from server.core.db import BROKEN, Database, Settings, connect, try_advisory_lock
 from server.core.errors import first_line
 
 LOCK = "ayon.maintenance"
 SHUTDOWN = "interrupted by shutdown"
-ONE_CORE = "-c max_parallel_workers_per_gather=0 -c max_parallel_maintenance_workers=0"
+# One core at most for maintenance: parallel query and index-vacuum workers would take the CPU the API
+# needs (the point of running tasks one after another).
+ONE_CORE = {"max_parallel_workers_per_gather": "0", "max_parallel_maintenance_workers": "0"}
+# PostgreSQL ends a task's statement itself this long after the task's time limit, where the runner cancels
+# it at the limit: so a live runner records the limit, and a dead one (SIGKILL, a lost host) cannot leave
+# the statement running.
+SERVER_GRACE = 1.0
 
 # After a stop request a task gets this long to reach a safe point before its query is cancelled.
 CANCEL_AFTER = 3.0
@@ -70,6 +76,21 @@ def recover_orphans(cur) -> list[str]:
         )
         found += [str(row[0]) for row in cur.fetchall()]
     return found
+
+
+def bounded(deadline: float) -> Settings:
+    """The settings of a task's every transaction: one core, and PostgreSQL's own end of it at `deadline`.
+
+    statement_timeout fires in the backend whether or not the client still lives (a backend
+    notices a dead client only when it writes to it); lock_timeout ends a wait for a lock sooner
+    when a task sets its own, and a transaction left idle ends the session.
+    """
+    def settings() -> dict[str, str]:
+        left = f"{max(1, round((deadline + SERVER_GRACE - time.monotonic()) * 1000))}ms"
+        return {**ONE_CORE, "statement_timeout": left, "lock_timeout": left,
+                "idle_in_transaction_session_timeout": left}
+
+    return settings
 
 
 def task_line(name: str, status: str, duration: float, rows: int | None, note: str = "") -> str:
@@ -180,9 +201,7 @@ class Runner:
         closes = started + window * 60 if window else None
         db_before = _size(cur, space.database_bytes)
         results = []
-        # One core at most for maintenance: parallel query and index-vacuum workers would take
-        # the CPU the API needs (the point of running tasks one after another).
-        pools = [Database(self.url, size=2, application_name=self.app_name, options=ONE_CORE)]
+        pools = [Database(self.url, size=2, application_name=self.app_name)]
         try:
             number = 0
             for task, on, options in steps:
@@ -202,12 +221,13 @@ class Runner:
                 events.update(cur, event_id, description=description)
                 limit = registry.time_limit(doc, task.name)
                 before = _size(cur, space.table_bytes, task.tables) if task.tables else None
-                ctx = registry.Context(pools[-1], options, self._progress(number, len(enabled), task.name),
+                db = pools[-1].with_settings(bounded(time.monotonic() + limit))
+                ctx = registry.Context(db, options, self._progress(number, len(enabled), task.name),
                                        threading.Event(), event_id)
                 result = self._execute(task, ctx, lock_conn, limit)
                 if result.pop("abandoned"):
                     # Its thread may still hold a connection: the next tasks get their own.
-                    pools.append(Database(self.url, size=2, application_name=self.app_name, options=ONE_CORE))
+                    pools.append(Database(self.url, size=2, application_name=self.app_name))
                 after = _size(cur, space.table_bytes, task.tables) if task.tables else None
                 result.update(tables=list(task.tables), bytes_before=before, bytes_after=after)
                 results.append(result)

@@ -9,8 +9,10 @@ import time
 import pytest
 
 from maintenance import notify
-from server.core import config, events
-from tests.apiclient import client, wait_for  # noqa: F401  (fixtures)
+from server.core import config, events, values
+from server.core.errors import ConfigError
+from tests.apiclient import assert_error, client, wait_for  # noqa: F401  (fixtures)
+from tests.test_urlfetch import fake_resolver
 
 SECRET = "s3cret-Token_value!"
 PASSWORD = "pa55-in-url"
@@ -84,7 +86,11 @@ def receiver():
 
 
 def section(**values):
-    """The notify section as the runner reads it: a configuration View, every value through its validator."""
+    """The notify section as the runner reads it: a configuration View, every value through its validator.
+
+    The receivers here are on loopback, so the section opts in to private addresses unless told otherwise.
+    """
+    values.setdefault("allow_private_urls", True)
     doc = config.defaults()
     doc["maintenance"]["notify"].update(values)
     checked, problems = config.usable(doc)
@@ -269,6 +275,167 @@ def test_urls_are_shown_without_credentials(url, expected):
 ])
 def test_which_runs_are_wanted(status, on_finish, url, expected):
     assert notify.wanted(section(url=url, on_finish=on_finish), status) is expected
+
+
+# --- where the webhook may go: the address policy of install-from-url ---
+
+
+OPT_IN_WORDS = ("the maintenance webhook is sent to public addresses only unless the configuration sets "
+                "maintenance.notify.allow_private_urls")
+
+
+@pytest.mark.parametrize("host,why", [
+    ("127.0.0.1", "127.0.0.1 is a loopback address"),
+    ("[::1]", "::1 is a loopback address"),
+    ("169.254.169.254", "169.254.169.254 is a link-local address"),  # cloud metadata
+    ("10.1.2.3", "10.1.2.3 is a private address"),
+    ("192.168.0.10", "192.168.0.10 is a private address"),
+    ("0x7f.1", "0x7f.1 (127.0.0.1) is a loopback address"),  # a number as browsers read it
+    ("[::ffff:10.0.0.1]", "::ffff:10.0.0.1 (::ffff:a00:1) is a private address (10.0.0.1) in IPv6 form"),
+])
+def test_a_non_public_receiver_is_refused_unless_opted_in(receiver, caplog, host, why):
+    hook = receiver()
+    url = hook.url().replace("127.0.0.1", host)
+    started = time.monotonic()
+    assert send(section(url=url, allow_private_urls=False, retries=3)) is False
+    assert time.monotonic() - started < 1  # refused before connecting, and not tried again
+    assert hook.requests == []
+    [line] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert line == (f"maintenance webhook http://{host}:{hook.port}/hook: the run's outcome was not delivered (after "
+                    f"attempt 1 of 4: another would fail the same way; last: {why}; {OPT_IN_WORDS}); point "
+                    "maintenance.notify.url at a public address, or set maintenance.notify.allow_private_urls to true "
+                    "for a receiver on a private network; the run is recorded in event 0b7e4a5c-run")
+
+
+def test_opted_in_the_loopback_receiver_gets_the_post(receiver):
+    hook = receiver()
+    assert send(section(url=hook.url(), allow_private_urls=True)) is True
+    assert len(hook.requests) == 1
+
+
+def test_the_address_is_checked_when_sending_and_the_post_goes_to_it(receiver, caplog, monkeypatch):
+    """A public-looking name is judged by what it resolves to at the time of sending, and connected to there."""
+    hook = receiver()
+    calls: list = []
+    answers = {"hooks.example": ["127.0.0.1"]}
+    monkeypatch.setattr(notify_socket(), "getaddrinfo", fake_resolver(answers, calls))
+    url = f"http://hooks.example:{hook.port}/hook"
+    assert send(section(url=url, allow_private_urls=False)) is False
+    assert hook.requests == [] and calls == ["hooks.example"]
+    assert f"hooks.example (127.0.0.1) is a loopback address; {OPT_IN_WORDS}" in caplog.text
+
+    # Opted in, the POST goes to the address that was checked; Host still names the host. A second
+    # look-up (rebinding to where nothing listens) would fail: there is none.
+    def rebinding(host, *args, **kwargs):
+        found = fake_resolver(answers, calls)(host, *args, **kwargs)
+        answers["hooks.example"] = ["127.0.0.2"]
+        return found
+
+    monkeypatch.setattr(notify_socket(), "getaddrinfo", rebinding)
+    calls.clear()
+    assert send(section(url=url, allow_private_urls=True)) is True
+    assert calls == ["hooks.example"]
+    assert hook.requests[0]["headers"]["Host"] == f"hooks.example:{hook.port}"
+
+
+def notify_socket():
+    import socket
+
+    return socket
+
+
+def test_a_name_that_does_not_resolve_is_tried_again(caplog):
+    assert send(section(url="http://nothing.invalid/hook", retries=1)) is False
+    assert "attempt 1 of 2 failed: cannot resolve nothing.invalid (" in caplog.text
+    assert "attempt 2 of 2 failed: cannot resolve nothing.invalid (" in caplog.text
+
+
+def test_the_opt_in_is_its_own_key():
+    """installer.allow_private_urls does not open the webhook, nor the webhook's key install-from-url."""
+    doc = config.defaults()
+    assert doc["maintenance"]["notify"]["allow_private_urls"] is False
+    assert doc["installer"]["allow_private_urls"] is False
+    assert section(url="http://127.0.0.1/x", allow_private_urls=False).allow_private_urls is False
+
+
+# --- the webhook's header name and URL, in every way a value gets in ---
+
+
+RESERVED_MESSAGE = ("maintenance.notify.header: expected a header name of your own such as X-Ayon-Webhook-Secret, not "
+                    "one the request sets itself or proxies read (Host, Content-Length, Transfer-Encoding, Connection, "
+                    "Upgrade, TE, Trailer, Keep-Alive, Expect, Content-Encoding, Accept-Encoding, Content-Type, "
+                    "User-Agent, Authorization, Proxy-*), got {!r}")
+RESERVED = ["Host", "host", "Content-Length", "Transfer-Encoding", "Connection", "Upgrade", "TE", "Trailer",
+            "Keep-Alive", "Expect", "Proxy-Authorization", "proxy-connection", "Content-Type", "User-Agent",
+            "Authorization"]
+
+
+@pytest.mark.parametrize("name", RESERVED)
+def test_a_reserved_header_name_is_refused(name):
+    with pytest.raises(ConfigError) as caught:
+        config.validate_patch({"maintenance": {"notify": {"header": name}}})
+    assert str(caught.value) == RESERVED_MESSAGE.format(name)
+
+
+def test_every_header_the_sender_sets_is_reserved(receiver):
+    """What the POST carries besides the configured header: none of it can be configured over."""
+    hook = receiver()
+    assert send(section(url=hook.url(userinfo="ops:pw@"), header="X-Token", secret=SECRET)) is True
+    sent = set(hook.requests[0]["headers"]) - {"X-Token"}
+    assert sent == {"Host", "Accept-Encoding", "Content-Length", "Content-Type", "User-Agent", "Authorization"}
+    for name in sent:
+        with pytest.raises(ValueError):
+            config.tree()["maintenance"]["notify"]["header"].kind(name)
+    assert isinstance(config.tree()["maintenance"]["notify"]["header"].kind, values.HeaderName)
+
+
+def test_a_reserved_header_is_refused_by_the_api_and_changes_nothing(client, database):
+    result = client.simulate_patch("/api/config", json={"maintenance": {"notify": {"header": "Transfer-Encoding"}}})
+    assert_error(result, 400, RESERVED_MESSAGE.format("Transfer-Encoding"))
+    assert client.simulate_get("/api/config").json["maintenance"]["notify"]["header"] == "X-Ayon-Webhook-Secret"
+    assert events.query(database, topic=events.CONFIG_CHANGED) == []
+
+
+def test_a_reserved_header_in_the_config_file_is_refused(tmp_path):
+    path = tmp_path / "ayon.yaml"
+    path.write_text("maintenance:\n  notify:\n    header: Content-Length\n")
+    with pytest.raises(ConfigError) as caught:
+        config.load_file(str(path))
+    assert str(caught.value) == f"AYON_CONFIG_FILE {path}: " + RESERVED_MESSAGE.format("Content-Length")
+
+
+def test_a_reserved_header_written_around_the_api_is_never_used(database):
+    """A program reads the stored document through its validators: the default (or its last good value) is used."""
+    database.execute("""INSERT INTO server_config (id, data) VALUES (1, '{"maintenance": {"notify": {"header": "Host"}}}')
+                        ON CONFLICT (id) DO UPDATE SET data = EXCLUDED.data""")
+    with database.transaction() as cur:
+        stored = config.stored(cur)
+        assert stored["maintenance"]["notify"]["header"] == "Host"
+        assert config.get(cur).maintenance.notify.header == "X-Ayon-Webhook-Secret"
+    good = config.defaults()
+    good["maintenance"]["notify"]["header"] = "X-Kept"
+    doc, problems = config.usable(stored, good)
+    assert doc["maintenance"]["notify"]["header"] == "X-Kept"
+    assert [(p.key, p.kept) for p in problems] == [("maintenance.notify.header", "X-Kept")]
+    assert problems[0].error == RESERVED_MESSAGE.format("Host").split(": ", 1)[1]
+
+
+@pytest.mark.parametrize("url,error", [
+    ("ftp://ops:pw@hooks.example/x?sig=1",
+     "expected an http:// or https:// URL, or empty: only http:// and https:// URLs are allowed, got 'ftp://hooks.example/x?…'"),
+    ("http://hooks.example:99999/x", "expected an http:// or https:// URL, or empty: not a valid URL (host or port), "
+                                     "got 'http://…'"),
+    ("http://1.2.3.999/x", "expected an http:// or https:// URL, or empty: '1.2.3.999' is not a valid IPv4 address, "
+                           "got 'http://1.2.3.999/x'"),
+    ("http:///x", "expected an http:// or https:// URL, or empty: the URL names no host, got 'http:///x'"),
+    ("http://hooks.example/a b", "expected an http:// or https:// URL without spaces or control characters"),
+    (42, "expected an http:// or https:// URL, or empty, got 42"),
+])
+def test_a_url_no_request_can_go_to_is_refused_without_its_credentials(url, error):
+    with pytest.raises(ConfigError) as caught:
+        config.validate_patch({"maintenance": {"notify": {"url": url}}})
+    assert str(caught.value) == f"maintenance.notify.url: {error}"
+    assert "pw" not in str(caught.value) and "sig" not in str(caught.value)
 
 
 # --- the secret in the configuration ---

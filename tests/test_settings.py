@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from server.core import settings
+from server.core import settings, urls
 from server.core.errors import ConfigError
 
 SLUG = "expected 1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit"
@@ -199,3 +199,14 @@ def test_verify_checks_only_what_the_roles_use(tmp_path):
         settings.verify(settings.load({**env, "AYON_RUN_MAINTENANCE": "true"}))
     with pytest.raises(ConfigError, match=r"^AYON_HTTP_BIND='192.0.2.1:5000': "):
         settings.verify(settings.load({**env, "AYON_RUN_SERVER": "true", "AYON_SUPERVISOR_CONF": str(tmp_path / "s")}))
+
+
+@pytest.mark.parametrize("url,shown", [
+    ("postgresql://ayon:hunter2@db:5432/ayon?sslmode=require", "postgresql://ayon:***@db:5432/ayon?sslmode=require"),
+    ("postgresql://ayon@db/ayon?password=hunter2&sslmode=require",
+     "postgresql://ayon@db/ayon?password=***&sslmode=require"),
+    ("postgresql://ayon@db/ayon", "postgresql://ayon@db/ayon"),
+])
+def test_the_postgres_url_is_shown_without_its_password(url, shown):
+    """`python -m server.core.settings` shows the URL whole but for the password, wherever the URL carries it."""
+    assert urls.masked(url) == shown

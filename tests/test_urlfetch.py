@@ -15,6 +15,7 @@ import threading
 import pytest
 
 from server import urlfetch
+from server.core import urls
 from server.urlfetch import Refused, literal_address, refusal, shown
 
 
@@ -126,7 +127,7 @@ def no_connections(monkeypatch):
         attempts.append(address)
         raise AssertionError(f"a connection to {address} was attempted")
 
-    monkeypatch.setattr(urlfetch.socket, "create_connection", guard)
+    monkeypatch.setattr(socket, "create_connection", guard)
     return attempts
 
 
@@ -142,7 +143,7 @@ def no_connections(monkeypatch):
     ("http://100.64.1.1/x.zip", "100.64.1.1 is a shared (carrier-grade NAT) address"),
     ("http://%31%32%37.0.0.1/x.zip", "127.0.0.1 is a loopback address"),  # percent-encoded host
     ("HTTP://127.0.0.1/x.zip", "127.0.0.1 is a loopback address"),
-    ("ftp://pkg.example/x.zip", "only http:// and https:// URLs are fetched"),
+    ("ftp://pkg.example/x.zip", "only http:// and https:// URLs are allowed"),
     ("http:///x.zip", "the URL names no host"),
     ("http://pkg.example:99999/x.zip", "not a valid URL"),
     ("http://a b/x.zip", "not a valid name"),
@@ -175,7 +176,7 @@ def fake_resolver(answers: dict, calls: list):
 
 def test_every_resolved_address_is_checked(monkeypatch, no_connections):
     calls = []
-    monkeypatch.setattr(urlfetch.socket, "getaddrinfo",
+    monkeypatch.setattr(socket, "getaddrinfo",
                         fake_resolver({"mixed.example": ["8.8.8.8", "10.0.0.7"]}, calls))
     with pytest.raises(Refused) as refused:
         urlfetch.fetch("https://user:pw@mixed.example/pkg.zip?sig=1", 1000)
@@ -275,7 +276,7 @@ def test_the_connection_goes_to_the_checked_address(monkeypatch, recorder):
         answers["pkg.example"] = ["127.0.0.2"]  # nothing listens there: a second look-up would fail
         return found
 
-    monkeypatch.setattr(urlfetch.socket, "getaddrinfo", rebinding)
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
     assert urlfetch.fetch(f"http://pkg.example:{port}/pkg.zip", 1000, allow_private=True) == b"PK-data"
     assert calls == ["pkg.example"]
     assert seen[0][1]["Host"] == f"pkg.example:{port}"
@@ -287,12 +288,12 @@ def test_redirects_are_checked_hop_by_hop(monkeypatch, recorder):
     assert [path for path, _ in seen] == ["/moved", "/pkg.zip"]
     with pytest.raises(urlfetch.FetchFailed, match=r"/loop: more than 5 redirects"):
         urlfetch.fetch(f"{base}/loop", 1000, allow_private=True)
-    with pytest.raises(Refused, match="only http:// and https:// URLs are fetched"):
+    with pytest.raises(Refused, match="only http:// and https:// URLs are allowed"):
         urlfetch.fetch(f"{base}/to/file:///etc/passwd", 1000, allow_private=True)
 
     # The loopback server stands in for a public one; where it redirects is judged like any URL.
-    real = urlfetch.refusal
-    monkeypatch.setattr(urlfetch, "refusal", lambda a: None if str(a) == "127.0.0.1" else real(a))
+    real = urls.refusal
+    monkeypatch.setattr(urls, "refusal", lambda a: None if str(a) == "127.0.0.1" else real(a))
     seen.clear()
     for target, why in (("http://169.254.169.254/latest/meta-data/", "is a link-local address"),
                         ("http://[::ffff:10.0.0.1]/x", "a private address (10.0.0.1) in IPv6 form"),
@@ -306,7 +307,7 @@ def test_redirects_are_checked_hop_by_hop(monkeypatch, recorder):
 def test_credentials_are_sent_to_their_origin_only_and_never_shown(monkeypatch, recorder):
     base, seen = recorder
     port = base.rsplit(":", 1)[1]
-    monkeypatch.setattr(urlfetch.socket, "getaddrinfo", fake_resolver({"other.example": ["127.0.0.1"]}, []))
+    monkeypatch.setattr(socket, "getaddrinfo", fake_resolver({"other.example": ["127.0.0.1"]}, []))
     url = f"http://alice:s%3Acret@127.0.0.1:{port}"
     assert urlfetch.fetch(f"{url}/pkg.zip", 1000, allow_private=True) == b"PK-data"
     assert seen[-1][1]["Authorization"] == "Basic " + base64.b64encode(b"alice:s:cret").decode()

@@ -17,9 +17,12 @@ from typing import Any, NamedTuple
 from server.core import events
 from server.core import errors
 from server.core.errors import ConfigError, shown
-from server.core.values import Boolean, ClockTime, Integer, Number, Text, TimeZone, Token, Value
+from server.core.values import Boolean, ClockTime, HeaderName, HttpUrl, Integer, Number, TimeZone, Token, Value
 
 Field = Value  # a configuration key: its dotted path, kind, default and help
+
+# The headers the webhook's sender (maintenance/notify.py) sets itself: maintenance.notify.header cannot be one.
+WEBHOOK_SENDS = ("Content-Type", "User-Agent", "Authorization")
 
 FIELDS = [
     Field("maintenance.enabled", Boolean(), True, "The daemon runs the procedure on schedule."),
@@ -31,10 +34,11 @@ FIELDS = [
           "Time limit of one task in minutes (a task's own max_minutes overrides it); its statement is cancelled."),
     Field("maintenance.window_minutes", Number(0, 1440), 0,
           "Minutes after a run starts in which its tasks may start (0: no window); later ones are skipped."),
-    Field("maintenance.notify.url", Text(max_length=2000, pattern=r"(https?://[^\s]+)?",
-                                         what="an http:// or https:// URL, or empty"), "",
+    Field("maintenance.notify.url", HttpUrl(max_length=2000, optional=True), "",
           "Webhook that receives a JSON POST when a run fails (empty: none)."),
-    Field("maintenance.notify.header", Text(max_length=100, pattern=r"[A-Za-z0-9-]{1,100}", what="an HTTP header name"),
+    Field("maintenance.notify.allow_private_urls", Boolean(), False,
+          "The webhook may go to loopback, private, link-local and other non-public addresses."),
+    Field("maintenance.notify.header", HeaderName(sent=WEBHOOK_SENDS),
           "X-Ayon-Webhook-Secret", "Header that carries maintenance.notify.secret."),
     Field("maintenance.notify.secret", Token(0, 512, optional=True), "",
           "Secret sent in maintenance.notify.header (empty: none); never logged.", secret=True),

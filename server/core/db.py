@@ -1,5 +1,6 @@
 """PostgreSQL access for every process: a small pool, transactions, advisory locks."""
 
+import copy
 import hashlib
 import logging
 import re
@@ -54,10 +55,21 @@ class Connection(psycopg2.extensions.connection):
         self.prepared: dict[str, tuple[str, list[str]]] = {}
 
 
-def connect(url: str, application_name: str = "ayon", timeout: int = 5, options: str | None = None):
-    extra = {"options": options} if options else {}
+def connect(url: str, application_name: str = "ayon", timeout: int = 5):
+    # No libpq `options` (`-c name=value` at startup): a pooler such as PgBouncer refuses the connection
+    # ("unsupported startup parameter: options"). Session values are SET inside transactions instead.
     return psycopg2.connect(url, application_name=application_name, connect_timeout=timeout,
-                            connection_factory=Connection, **extra)
+                            connection_factory=Connection)
+
+
+Settings = Callable[[], dict[str, str]]  # PostgreSQL settings by name, computed when a transaction starts
+
+
+def apply_settings(cur, settings: dict[str, str], local: bool = True) -> None:
+    """Set PostgreSQL settings in one round trip: for the transaction (`SET LOCAL`), or for the session."""
+    if settings:
+        calls = ", ".join(["set_config(%s, %s, %s)"] * len(settings))
+        cur.execute(f"SELECT {calls}", [x for name, value in settings.items() for x in (name, value, local)])
 
 
 _NAMED = re.compile(r"%\((\w+)\)s")
@@ -91,9 +103,9 @@ def execute_prepared(conn, cur, sql: str, params: dict) -> None:
 class Database:
     """A thread-safe pool that connects lazily and drops broken connections."""
 
-    def __init__(self, url: str, size: int = 4, application_name: str = "ayon", options: str | None = None):
+    def __init__(self, url: str, size: int = 4, application_name: str = "ayon"):
         self.url = url
-        self.options = options  # session settings for every connection (libpq `options`)
+        self.settings: Settings | None = None  # see with_settings
         self.size = size
         self.application_name = application_name
         self._idle: list = []
@@ -105,7 +117,7 @@ class Database:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
-                return connect(self.url, self.application_name, options=self.options)
+                return connect(self.url, self.application_name)
             if self._alive(conn):
                 return conn
             conn.close()
@@ -148,12 +160,28 @@ class Database:
                     conn.close()
             self._slots.release()
 
+    def with_settings(self, settings: Settings) -> "Database":
+        """The same pool (its connections, its limit) whose transactions each start with `settings()` SET LOCAL.
+
+        SET LOCAL lasts until the transaction ends, so it holds behind a transaction pooler (a session SET
+        could land on another server connection) and never leaks to the next borrower of a connection.
+        """
+        twin = copy.copy(self)  # shares _idle, _lock and _slots
+        twin.settings = settings
+        return twin
+
+    def session_settings(self) -> dict[str, str]:
+        """What `with_settings` would SET now, for a statement that cannot run in a transaction (VACUUM)."""
+        return self.settings() if self.settings else {}
+
     @contextmanager
     def transaction(self) -> Iterator[Any]:
         """A cursor inside one transaction: committed on success, rolled back on error."""
         with self.connection() as conn:
             with conn:
                 with conn.cursor() as cur:
+                    if self.settings:
+                        apply_settings(cur, self.settings(), local=True)
                     yield cur
 
     def fetchall(self, sql: str, params: Any = None) -> list[tuple]:

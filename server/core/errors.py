@@ -6,7 +6,7 @@ import re
 import reprlib
 import sys
 from typing import Callable
-from urllib.parse import unquote_plus, urlsplit, urlunsplit
+from urllib.parse import unquote_plus
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2  # restarting cannot help: supervisord must not loop on it
@@ -124,20 +124,3 @@ def run_main(main: Callable[[], int | None], program: str | None = None) -> None
         sys.exit(EXIT_FAILURE)
     sys.exit(code or 0)
 
-
-def shown_url(url: str) -> str:
-    """A URL as messages and log lines show it: no user name, password, query or fragment.
-
-    When the URL is ambiguous (an unencoded '/' in a password puts the rest of
-    it in the port and the path), only what is surely no credential is shown.
-    """
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises ValueError for a port that is no number)
-        ambiguous = "@" in parts.path
-    except ValueError:
-        ambiguous = True
-    if ambiguous:
-        return f"{url.partition(':')[0][:10]}://…" if "://" in url else "the URL"
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))

@@ -11,8 +11,8 @@ import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
+from server.core import urls
 from server.core.errors import ConfigError, Parser, run_main
 from server.core.values import (
     Bind,
@@ -250,20 +250,11 @@ def describe(values: Settings) -> list[tuple[str, str]]:
         key = key_of(setting.name)
         value = values["postgres_url_raw"] if key == "postgres_url" else values[key]
         if setting.secret and value:
-            shown = mask_url(value) if key == "postgres_url" else "***"
+            shown = urls.masked(value) if key == "postgres_url" else "***"
         else:
             shown = str(value).lower() if isinstance(value, bool) else str(value)
         rows.append((setting.name, shown))
     return rows
-
-
-def mask_url(url: str) -> str:
-    """A PostgreSQL URL with its password replaced by ***."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 def markdown_table() -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from server.core import times
+from server.core import times, urls
 from server.core.errors import shown
 
 # A whole number as text: at most 19 digits, so int() never parses an enormous one.
@@ -170,6 +170,72 @@ class Text(Kind):
         if self.pattern is not None:
             found["pattern"] = f"^(?:{self.pattern})$"
         return found
+
+
+@dataclass(frozen=True)
+class HttpUrl(Kind):
+    """An http:// or https:// URL a request can be sent to (server/core/urls.py `Target`), or empty when `optional`.
+
+    Quoted without credentials and query (`urls.shown`): a webhook's URL often carries its secret.
+    """
+
+    max_length: int = 2000
+    optional: bool = False
+
+    def check(self, value: Any) -> str:
+        expected = "expected an http:// or https:// URL" + (", or empty" if self.optional else "")
+        if not isinstance(value, str):
+            raise Invalid(expected, value if value is None or isinstance(value, (bool, int, float)) else _UNQUOTED)
+        if not value and self.optional:
+            return ""
+        if len(value) > self.max_length:
+            raise Invalid(f"expected at most {self.max_length} characters, got {len(value)}")
+        if not value.isprintable() or any(c.isspace() for c in value):
+            raise Invalid("expected an http:// or https:// URL without spaces or control characters")
+        try:
+            urls.Target(value)
+        except urls.Refused as exc:
+            raise Invalid(f"{expected}: {exc.reason}, got {urls.shown(value)!r}") from None
+        return value
+
+    def from_text(self, raw: str) -> str:
+        return self.check(raw.strip())
+
+    def schema(self) -> dict:
+        return {"type": "string", "maxLength": self.max_length, "pattern": "^(?:https?://[^\\s]+)" +
+                ("?" if self.optional else "") + "$"}
+
+
+# Headers that frame or route the request, or that HTTP/1.1 and proxies read (RFC 9110, 9112): a configured
+# header of that name would change what the request is, or where and how it goes.
+RESERVED_HEADERS = ("Host", "Content-Length", "Transfer-Encoding", "Connection", "Upgrade", "TE", "Trailer",
+                    "Keep-Alive", "Expect", "Content-Encoding", "Accept-Encoding")
+RESERVED_PREFIXES = ("Proxy-",)
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,100}")
+
+
+@dataclass(frozen=True)
+class HeaderName(Kind):
+    """The name of a header a request carries: letters, digits and '-', none the request sets itself.
+
+    `sent` names the headers its sender sets on its own (Content-Type, Authorization...), refused too.
+    """
+
+    sent: tuple[str, ...] = ()
+
+    def check(self, value: Any) -> str:
+        if not isinstance(value, str) or not _HEADER_NAME.fullmatch(value):
+            raise Invalid("expected an HTTP header name (1 to 100 letters, digits or '-')", value)
+        reserved = {name.lower(): name for name in RESERVED_HEADERS + self.sent}
+        lower = value.lower()
+        if lower in reserved or lower.startswith(tuple(p.lower() for p in RESERVED_PREFIXES)):
+            every = ", ".join(RESERVED_HEADERS + self.sent + tuple(p + "*" for p in RESERVED_PREFIXES))
+            raise Invalid(f"expected a header name of your own such as X-Ayon-Webhook-Secret, not one the request "
+                          f"sets itself or proxies read ({every})", value)
+        return value
+
+    def schema(self) -> dict:
+        return {"type": "string", "maxLength": 100, "pattern": "^[A-Za-z0-9-]{1,100}$"}
 
 
 class ClockTime(Kind):
