@@ -7,7 +7,7 @@ import threading
 import falcon.testing
 import pytest
 
-from tests.apiclient import assert_error, client, make_app  # noqa: F401 (fixture)
+from tests.apiclient import assert_error, client, gunicorn, make_app  # noqa: F401 (fixture)
 from tests.test_archive import HOSTILE, make_zip
 
 ZIP = {"Content-Type": "application/zip"}
@@ -190,3 +190,22 @@ def test_served_files_stay_inside_the_addon(database_url, tmp_path):
         assert result.status_code == 404, path
         assert "TOP-SECRET" not in result.text
     assert public.simulate_get("/api/addons").status_code == 401  # the API itself still needs the token
+
+
+def test_concurrent_first_uploads_of_one_version_give_one_201_and_409s(gunicorn):
+    """Ten clients upload the same name and version with different content at once: one wins, every other is told."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.apiclient import AUTH, http
+
+    barrier = threading.Barrier(10)
+
+    def send(body: bytes) -> int:
+        barrier.wait(10)
+        return http(gunicorn.url + "/api/addons", "POST", {**AUTH, **ZIP}, body, timeout=30)[0]
+
+    with ThreadPoolExecutor(10) as pool:
+        for round_ in range(20):
+            bodies = [demo(f"race.{round_}", ("web/index.html", f"<p>{n}</p>")) for n in range(10)]
+            statuses = sorted(pool.map(send, bodies))
+            assert statuses == [201] + [409] * 9, (round_, statuses)

@@ -155,24 +155,29 @@ def store(cur, data: bytes, kind: str) -> dict:
     manifest = validate(data)
     sha256 = archive.sha256_of(data)
     store_blob(cur, sha256, data)
+    # The first upload of a name and version inserts its row; a concurrent one waits on that
+    # insert (a FOR UPDATE alone locks nothing while there is no row yet, and the losers of a
+    # race got UniqueViolation), then finds the winner's row below and is compared with it.
     cur.execute(
-        "SELECT kind, sha256, active FROM packages WHERE name = %s AND version = %s FOR UPDATE",
-        (manifest.name, manifest.version),
+        "INSERT INTO packages (name, version, kind, sha256) VALUES (%s, %s, %s, %s) "
+        "ON CONFLICT (name, version) DO NOTHING",
+        (manifest.name, manifest.version, kind, sha256),
     )
-    row = cur.fetchone()
-    created = True
-    if row is None:
+    created = cur.rowcount == 1
+    if not created:
         cur.execute(
-            "INSERT INTO packages (name, version, kind, sha256) VALUES (%s, %s, %s, %s)",
-            (manifest.name, manifest.version, kind, sha256),
+            "SELECT kind, sha256, active FROM packages WHERE name = %s AND version = %s FOR UPDATE",
+            (manifest.name, manifest.version),
         )
-    elif row[2] and (row[0], row[1]) != (kind, sha256):
-        what = "kind" if row[0] != kind else "content"
-        raise PackageConflict(
-            f"{manifest.name} {manifest.version} already exists with another {what}; "
-            "delete it first or give it a new version"
-        )
-    else:
+        row = cur.fetchone()
+        if row is None:  # deleted (cleanup_packages) between the two statements
+            raise PackageConflict(f"{manifest.name} {manifest.version} changed during the upload; send it again")
+        if row[2] and (row[0], row[1]) != (kind, sha256):
+            what = "kind" if row[0] != kind else "content"
+            raise PackageConflict(
+                f"{manifest.name} {manifest.version} already exists with another {what}; "
+                "delete it first or give it a new version"
+            )
         created = not row[2]
         cur.execute(
             "UPDATE packages SET kind = %s, sha256 = %s, active = true, removed_at = NULL "
