@@ -21,10 +21,13 @@ TAIL_LINES = 60  # of a failed file's output
 
 def run_one(path: Path, logs: Path) -> tuple[bool, float, Path]:
     log = logs / f"{path.stem}.log"
+    # Its own temporary folder, removed with the run's, instead of numbered ones in /tmp/pytest-of-USER.
+    basetemp = logs / path.stem
     started = time.monotonic()
     with open(log, "wb") as out:
         try:
-            code = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(path)],
+            code = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                                   f"--basetemp={basetemp}", str(path)],
                                   cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=FILE_TIMEOUT).returncode
         except subprocess.TimeoutExpired:
             out.write(f"\nkilled after {FILE_TIMEOUT} s\n".encode())
