@@ -17,7 +17,8 @@ from server.core import db, migrations
 from server.core.embedded_pg import SUPERUSER, as_user, close_access, initdb, password, run_as, server_command
 from server.core.lifetime import hold
 
-TEMPLATE = "ayon_test_template"
+# Per session: sessions side by side on one AYON_TEST_POSTGRES_URL (make test-alone) must not drop each other's.
+TEMPLATE = f"ayon_test_template_{os.getpid()}"
 
 
 def free_port() -> int:
@@ -134,6 +135,10 @@ class TestServer:
         return db.with_database(self.server_url, name)
 
     def close(self) -> None:
+        conn = self.admin()
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+        conn.close()
         if self.embedded:
             self.embedded.stop()
         if self.root:
