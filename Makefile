@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv test run readme bench image image-test clean
+.PHONY: venv test test-alone run readme bench image image-test clean
 
 venv: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Every test file on its own, two at a time: one that passes only after another fails here.
+test-alone: venv
+	$(PY) -m scripts.each_test_alone
 
 run: venv
 	@exec $(PY) -m scripts.run_local

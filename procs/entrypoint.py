@@ -64,7 +64,6 @@ def take_settings(argv: list[str]) -> bool:
 
 def validate():
     """Every check that can refuse the instance's configuration, before any side effect; the settings."""
-    import maintenance  # noqa: F401  (declares the tasks' configuration keys, which AYON_CONFIG_FILE may set)
     from procs import supervisor
     from server.core import config
     from server.core import settings as settings_mod

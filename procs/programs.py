@@ -8,7 +8,6 @@ program is a module (a `server.core.program.Daemon` with three lines of
 
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 # gunicorn's graceful_timeout is 20 s (server/gunicorn_conf.py); supervisord must wait longer.
@@ -84,9 +83,3 @@ def markdown_table() -> str:
     lines = ["| program | present when | what it is |", "|---|---|---|"]
     lines += [f"| `{p.name}` | {WHEN[p.when][0]} | {p.help} |" for p in PROGRAMS]
     return "\n".join(lines) + "\n"
-
-
-def names_for(*, server: bool, setup: bool, maintenance: bool, embedded: bool) -> list[str]:
-    """The program names of an instance with these roles, in start order (tests and tools ask this way)."""
-    roles = SimpleNamespace(run_server=server, run_setup=setup, run_maintenance=maintenance, embedded_postgres=embedded)
-    return [p.name for p in programs(roles)]

@@ -4,7 +4,6 @@ import time
 
 import psycopg2
 
-import maintenance  # noqa: F401  (declares the tasks' configuration keys, which the file and the seed use)
 from procs.watchdog import error_file
 from server.core import auth, config, db, embedded_pg, layout, migrations
 from server.core.errors import AyonError, first_line, run_main

@@ -19,8 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # Each program's output file (for `supervisorctl tail`): capped and rotated once.
 LOG_MAX_BYTES = "5MB"
 LOG_BACKUPS = 1
-# supervisord's event listeners, beside the programs.
-LISTENERS = ("console",)
 
 
 def check_roles(values: settings_mod.Settings) -> None:

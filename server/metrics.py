@@ -240,7 +240,7 @@ class DatabaseCollector:
         for (family, status), count in counts.items():  # every pair, zeros included: a fixed set of series
             events.add_metric([family, status], count)
         yield events
-        known = _task_names()  # first: importing maintenance declares the tasks' configuration keys
+        known = _task_names()
         cfg = config.get(cur)
         yield from self._maintenance(cur, cfg, known)
         yield from self._heartbeats(cur, cfg)

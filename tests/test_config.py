@@ -5,7 +5,6 @@ import os
 
 import pytest
 
-import maintenance  # noqa: F401  (declares each task's switch and options)
 from server.core import config, events, times
 from server.core.errors import ConfigError
 

@@ -37,6 +37,8 @@ from server.core.errors import ConfigError
 from tests.apiclient import AUTH, make_app
 from tests.pg import free_port
 
+SETTING = {setting.name: setting for setting in settings.SETTINGS}
+
 # --- configuration documents ---
 
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
@@ -240,7 +242,7 @@ def url_of(options: dict, database: str) -> str:
 def test_a_postgres_url_the_settings_accept_libpq_accepts(options, database):
     url = url_of(options, database)
     try:
-        settings.BY_NAME["AYON_POSTGRES_URL"].parse(url)
+        SETTING["AYON_POSTGRES_URL"].parse(url)
     except settings.ConfigError:
         event("refused")
         return
@@ -298,7 +300,7 @@ BIND = st.one_of(
 @given(bind=BIND)
 def test_a_bind_address_the_settings_accept_gunicorn_binds(bind):
     try:
-        value = settings.BY_NAME["AYON_HTTP_BIND"].parse(bind)
+        value = SETTING["AYON_HTTP_BIND"].parse(bind)
         settings.check_bind(value)
     except (settings.ConfigError, ValueError):
         event("refused")

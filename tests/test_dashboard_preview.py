@@ -6,7 +6,6 @@ import re
 
 import pytest
 
-import maintenance  # noqa: F401  (declares the tasks' configuration keys, read back below)
 from server.core import config
 from tests.test_dashboard_browser import CHROMIUM, TIMEOUT_MS, page, server, sign_in  # noqa: F401
 

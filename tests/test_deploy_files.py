@@ -13,7 +13,6 @@ from packaging.version import Version
 
 from procs import supervisor
 from server.core import config, settings
-from server.core.settings import BY_NAME
 from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
@@ -37,6 +36,7 @@ OFFICIAL_VARIABLES = {"postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGR
 OFFICIAL_COMMANDS = {"postgres": {"pg_isready"}}
 # Variables the user sets when running compose, beside the AYON_* settings.
 COMPOSE_INPUTS = {"POSTGRES_PASSWORD", "HTTP_PORT", "SERVER_1_PORT", "SERVER_2_PORT"}
+BY_NAME = {setting.name: setting for setting in settings.SETTINGS}
 
 
 def run(*argv: str) -> subprocess.CompletedProcess:

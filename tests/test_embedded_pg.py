@@ -9,8 +9,7 @@ import psycopg2
 import pytest
 
 from server.core import db, embedded_pg, migrations
-from server.core.embedded_pg import EmbeddedPostgres
-from tests.pg import free_port
+from tests.pg import EmbeddedPostgres, free_port
 
 
 @pytest.fixture

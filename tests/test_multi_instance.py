@@ -11,11 +11,11 @@ import zipfile
 
 import pytest
 
-from procs.programs import names_for
 from server.core import db, events
 from tests.conftest import ROOT
 from tests.instance import Instance, http_get, poll
 from tests.pg import free_port
+from tests.roles import names_for
 
 TOKEN = "test-token"
 SERVER_PROGRAMS = set(names_for(server=True, setup=False, maintenance=False, embedded=False))

@@ -13,13 +13,12 @@ import psycopg2
 import pytest
 
 from procs import postgres as postgres_program
-from procs.programs import names_for
 from server.core import embedded_pg
-from server.core.embedded_pg import EmbeddedPostgres
 from server.core.errors import AyonError
 from tests.conftest import ROOT
 from tests.instance import Instance, environ, http_get, poll
-from tests.pg import free_port
+from tests.pg import EmbeddedPostgres, free_port
+from tests.roles import names_for
 
 TOKEN = "process-tree-test-token"
 PROGRAMS = set(names_for(server=True, setup=True, maintenance=True, embedded=True))
@@ -176,7 +175,7 @@ def test_a_postgres_of_a_running_instance_is_left_alone(tmp_path):
     # Its parent is a supervisord, as a running instance's is (a script of that name will do).
     script = tmp_path / "supervisord"
     script.write_text("import signal, sys; sys.path.insert(0, sys.argv[2]); from pathlib import Path\n"
-                      "from server.core.embedded_pg import EmbeddedPostgres\n"
+                      "from tests.pg import EmbeddedPostgres\n"
                       "pg = EmbeddedPostgres(Path(sys.argv[1]), int(sys.argv[3])); pg.start()\n"
                       "print(pg.proc.pid, flush=True); signal.pause()  # until stopped\n")
     parent = subprocess.Popen([sys.executable, str(script), str(tmp_path / "data"), str(ROOT), str(free_port())],

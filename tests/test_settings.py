@@ -8,6 +8,8 @@ import pytest
 from server.core import settings, urls
 from server.core.errors import ConfigError
 
+SETTING = {setting.name: setting for setting in settings.SETTINGS}
+
 SLUG = "expected 1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit"
 
 CASES = [
@@ -93,7 +95,7 @@ CASES = [
 
 @pytest.mark.parametrize("name,raw,expected", CASES)
 def test_parse(name, raw, expected):
-    setting = settings.BY_NAME[name]
+    setting = SETTING[name]
     if isinstance(expected, str) and expected.startswith(name + "="):
         with pytest.raises(ConfigError) as caught:
             setting.parse(raw)

@@ -7,9 +7,8 @@ import sys
 import time
 
 from server.core import config, db, embedded_pg
-from server.core.embedded_pg import EmbeddedPostgres
 from tests.conftest import ROOT
-from tests.pg import free_port
+from tests.pg import EmbeddedPostgres, free_port
 
 
 def run_setup(env, timeout=60):

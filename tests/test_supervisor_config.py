@@ -10,9 +10,9 @@ import pytest
 from supervisor.options import ServerOptions
 
 from procs import lifeline, supervisor
-from procs.programs import names_for
 from server.core import settings
 from tests.conftest import ROOT
+from tests.roles import LISTENERS, names_for
 
 EXTERNAL = "postgresql://ayon:secret@db.example:5432/ayon"
 BACKGROUND = ["webactions", "installer"]
@@ -65,7 +65,7 @@ def test_program_set_matches_the_design(server, setup, maintenance, embedded, tm
     path = supervisor.write(values, tmp_path / "supervisord.conf")
     programs, options = parse(path)
     assert set(programs) & CONTRACT == expected_programs(server, setup, maintenance, embedded)
-    assert set(programs) - set(supervisor.LISTENERS) == set(
+    assert set(programs) - set(LISTENERS) == set(
         names_for(server=server, setup=setup, maintenance=maintenance, embedded=embedded))
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "data" / "run").st_mode) == 0o700
@@ -73,7 +73,7 @@ def test_program_set_matches_the_design(server, setup, maintenance, embedded, tm
     server_conf = options.server_configs[0]
     assert server_conf["chmod"] == 0o700 and server_conf["username"] == "ayon" and len(server_conf["password"]) >= 24
     for name, proc in programs.items():
-        if name in supervisor.LISTENERS:
+        if name in LISTENERS:
             continue
         # its own capped file for `supervisorctl tail`, and events for the console listener
         assert proc.stdout_logfile == str(tmp_path / "data" / "logs" / f"{name}.log")
@@ -91,9 +91,9 @@ def test_program_set_matches_the_design(server, setup, maintenance, embedded, tm
     if "server" in programs:
         assert programs["server"].stopwaitsecs > 20  # gunicorn's graceful_timeout
     if "postgres" in programs:
-        assert programs["postgres"].priority < min(p.priority for n, p in programs.items() if n not in ("postgres", *supervisor.LISTENERS))
+        assert programs["postgres"].priority < min(p.priority for n, p in programs.items() if n not in ("postgres", *LISTENERS))
     if "setup" in programs:
-        assert programs["setup"].priority < min(p.priority for n, p in programs.items() if n not in ("postgres", "setup", *supervisor.LISTENERS))
+        assert programs["setup"].priority < min(p.priority for n, p in programs.items() if n not in ("postgres", "setup", *LISTENERS))
 
 
 def supervisor_restart_unexpected():

@@ -11,8 +11,7 @@ from pathlib import Path
 import psutil
 
 from server.core import db, migrations
-from server.core.embedded_pg import EmbeddedPostgres
-from tests.pg import free_port
+from tests.pg import EmbeddedPostgres, free_port
 
 TOPICS = ("server.maintenance", "action.launch", "entity.task.changed", "server.config_changed", "log.message")
 STATUSES = ("finished", "finished", "finished", "failed", "pending")

@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 
 from server.core import db, logspool, migrations
-from server.core.embedded_pg import EmbeddedPostgres
-from tests.pg import free_port
+from tests.pg import EmbeddedPostgres, free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 POLL = 0.02

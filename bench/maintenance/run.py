@@ -22,8 +22,7 @@ from bench.maintenance import data
 from bench.maintenance.probe import Probe, percentile
 from server.core import config, db, events, migrations
 from server.core.db import Database
-from server.core.embedded_pg import EmbeddedPostgres
-from tests.pg import free_port
+from tests.pg import EmbeddedPostgres, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "bench-token"

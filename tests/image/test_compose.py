@@ -23,8 +23,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from procs.programs import names_for
-from procs.supervisor import LISTENERS
 from server.core import settings
 from tests.apiclient import wait_for
 from tests.conftest import ROOT
@@ -40,6 +38,7 @@ from tests.image.podman import (
     supervisor_status,
 )
 from tests.pg import free_port
+from tests.roles import LISTENERS, names_for
 
 COMPOSE_DIR = ROOT / "deploy" / "compose"
 PODMAN_COMPOSE = os.environ.get("PODMAN_COMPOSE") or str(Path(sys.executable).parent / "podman-compose")

@@ -8,7 +8,6 @@ import uuid
 import psycopg2
 import pytest
 
-from procs.programs import names_for
 from tests.image.podman import (
     HARDENED_OPTIONS,
     STOP_GRACE,
@@ -20,6 +19,7 @@ from tests.image.podman import (
     supervisor_status,
 )
 from tests.pg import free_port
+from tests.roles import names_for
 
 IMAGE_USER_ID = "10001"
 # supervisord's event listeners: the watchdog (ends the instance when a program goes FATAL,
