@@ -25,7 +25,6 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import maintenance  # noqa: F401  (declares the tasks' configuration keys)
 from server.api import spec, stream, untrusted
 from server.core import archive, config, layout, packages, values
 from server.core.db import Database
