@@ -12,6 +12,7 @@ import argparse
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,7 +45,8 @@ def run_one(path: Path, logs: Path, env: dict, extra: list[str]) -> tuple[bool, 
     log = logs / f"{path.stem}.log"
     if OWN_POSTGRES.search(path.read_text(errors="replace")):
         env = {k: v for k, v in env.items() if k != "AYON_TEST_POSTGRES_URL" or k in os.environ}
-    basetemp = logs / path.stem  # its own, removed with the run's folder
+    # Its own, short (a supervisord socket path under it must stay within AF_UNIX's 108 bytes).
+    basetemp = Path(tempfile.mkdtemp(prefix="t", dir=logs.parent if len(str(logs)) < 40 else "/tmp")) / "t"
     started = time.monotonic()
     with open(log, "wb") as out:
         try:
@@ -55,6 +57,7 @@ def run_one(path: Path, logs: Path, env: dict, extra: list[str]) -> tuple[bool, 
         except subprocess.TimeoutExpired:
             out.write(f"\nkilled after {FILE_TIMEOUT} s\n".encode())
             code = None
+    shutil.rmtree(basetemp.parent, ignore_errors=True)
     found = counts(log.read_text(errors="replace"))
     if code not in (0, 5) and not found.get("failed") and not found.get("error"):
         found["error"] = found.get("error", 0) + 1  # it ended before its summary: count the file
