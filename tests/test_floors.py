@@ -1,10 +1,16 @@
 """The floors: the core imports nothing above it, wings import the core and each other's public modules only, no circles.
 
+The start-up machine (`supervision/`) imports only the core, and the programs
+(`procs/`) are the roster's programs plus the two documented command names,
+each one import of the start-up machine. docs/architecture.md's diagram shows
+exactly the arrows the imports make and names every module of each wing.
+
 Every import is read from the source (module level and inside functions),
 so an import hidden in a function counts as much as one at the top.
 """
 
 import ast
+import re
 import shutil
 from pathlib import Path
 
@@ -12,10 +18,15 @@ from tests.conftest import ROOT
 
 CORE = "server.core"
 # The wings, each a top-level package or part of one; the first prefix that matches wins.
-WINGS = {CORE: "core", "server": "web", "procs": "programs", "maintenance": "maintenance"}
+WINGS = {CORE: "core", "server": "web", "supervision": "startup", "procs": "programs", "maintenance": "maintenance"}
 # What a wing may import of another: its public modules only.
-PUBLIC = {"maintenance.registry", "maintenance.preview", "procs.logcollector"}
-PACKAGES = ("server", "procs", "maintenance")
+PUBLIC = {"maintenance.registry", "maintenance.preview"}
+# The documented commands (README "Commands") that keep their names in procs/: each is a docstring
+# and one import of the start-up machine's module that does the work.
+COMMANDS = {"procs.entrypoint": "supervision.handover", "procs.supervisor": "supervision.generator"}
+# The start-up machine starts the programs by module name (supervision/roster.py), never by import.
+STARTUP_IMPORTS_ONLY = ("core",)
+PACKAGES = ("server", "supervision", "procs", "maintenance")
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -80,8 +91,16 @@ def violations(root: Path) -> list[str]:
             theirs = wing_of(target)
             if mine == "core" and theirs != "core":
                 problems.append(f"core module {module} imports {target} ({theirs})")
+            elif mine == "startup" and theirs not in ("core", mine):
+                problems.append(f"{module} (startup) imports {target} ({theirs}): the start-up machine imports "
+                                "only the core")
+            elif COMMANDS.get(module) == target:
+                continue
             elif mine != "core" and theirs not in ("core", mine) and target not in PUBLIC:
                 problems.append(f"{module} ({mine}) imports {target}, an internal of {theirs}")
+    for module, target in COMMANDS.items():
+        if module in edges and edges[module] != {target}:
+            problems.append(f"{module} is a documented command name: it imports {target} and nothing else")
     problems += [f"import circle: {' -> '.join(cycle)}" for cycle in cycles(edges)]
     return problems
 
@@ -123,7 +142,27 @@ def test_the_cores_key_providers_are_public_modules_of_a_wing():
 def test_every_module_belongs_to_a_wing_and_the_core_is_not_empty():
     edges = graph(ROOT)
     assert sum(wing_of(m) == "core" for m in edges) >= 10
-    assert {wing_of(m) for m in edges} == {"core", "web", "programs", "maintenance"}
+    assert {wing_of(m) for m in edges} == {"core", "web", "startup", "programs", "maintenance"}
+
+
+def stray_programs(root: Path) -> list[str]:
+    """Modules of procs/ that are neither a program of the roster nor a documented command name."""
+    roster = (root / "supervision" / "roster.py").read_text()
+    declared = set(re.findall(r'Program\("[^"]+", "(procs\.\w+)"', roster))
+    found = {module_name(root, p) for p in (root / "procs").glob("*.py")} - {"procs"}
+    return sorted(found - declared - set(COMMANDS))
+
+
+def test_procs_holds_the_programs_only():
+    assert stray_programs(ROOT) == []
+    for module in COMMANDS:
+        assert len((ROOT / (module.replace(".", "/") + ".py")).read_text().splitlines()) <= 8, module
+
+
+def test_a_module_in_procs_that_is_no_program_is_caught(tmp_path):
+    root = copy_tree(tmp_path)
+    (root / "procs" / "helpers.py").write_text('"""Not a program."""\n')
+    assert stray_programs(root) == ["procs.helpers"]
 
 
 def copy_tree(tmp_path: Path) -> Path:
@@ -148,6 +187,37 @@ def test_a_wing_importing_another_wings_internals_is_caught(tmp_path):
     api = root / "server" / "api" / "maintenance.py"
     api.write_text("from maintenance.runner import Runner\n" + api.read_text())
     assert violations(root) == ["server.api.maintenance (web) imports maintenance.runner, an internal of maintenance"]
+
+
+def test_the_start_up_machine_importing_a_program_is_caught(tmp_path):
+    root = copy_tree(tmp_path)
+    watchdog = root / "supervision" / "watchdog.py"
+    watchdog.write_text(watchdog.read_text() + "\n\ndef _setup():\n    from procs import setup\n")
+    assert violations(root) == ["supervision.watchdog (startup) imports procs.setup (programs): the start-up "
+                                "machine imports only the core"]
+
+
+def test_a_program_importing_the_start_up_machine_is_caught(tmp_path):
+    root = copy_tree(tmp_path)
+    setup = root / "procs" / "setup.py"
+    setup.write_text("from supervision.watchdog import reason_of\n" + setup.read_text())
+    assert violations(root) == ["procs.setup (programs) imports supervision.watchdog, an internal of startup"]
+
+
+def test_a_command_name_doing_more_than_its_one_import_is_caught(tmp_path):
+    root = copy_tree(tmp_path)
+    entrypoint = root / "procs" / "entrypoint.py"
+    entrypoint.write_text(entrypoint.read_text() + "\nfrom supervision import watchdog\n")
+    assert violations(root) == [
+        "procs.entrypoint (programs) imports supervision.watchdog, an internal of startup",
+        "procs.entrypoint is a documented command name: it imports supervision.handover and nothing else"]
+
+
+def test_maintenance_importing_a_program_is_caught(tmp_path):
+    root = copy_tree(tmp_path)
+    cli = root / "maintenance" / "cli.py"
+    cli.write_text("from procs.logcollector import Logcollector\n" + cli.read_text())
+    assert violations(root) == ["maintenance.cli (maintenance) imports procs.logcollector, an internal of programs"]
 
 
 def test_a_circle_is_caught(tmp_path):
