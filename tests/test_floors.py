@@ -225,3 +225,69 @@ def test_a_circle_is_caught(tmp_path):
     (root / "server" / "core" / "values.py").write_text(
         (root / "server" / "core" / "values.py").read_text() + "\nfrom server.core import config\n")
     assert any("import circle" in problem and "server.core.values" in problem for problem in violations(root))
+
+
+# --- docs/architecture.md's diagram, checked against the imports ---
+
+ROOTS = {"core": "server/core", "web": "server", "startup": "supervision", "programs": "procs",
+         "maintenance": "maintenance"}
+
+
+def diagram(text: str) -> tuple[dict[str, str], set[tuple[str, str]], dict[tuple[str, str], str]]:
+    """The Floors diagram: its nodes' labels by id, its solid arrows, its dotted arrows with their labels."""
+    block = text.split("## Floors", 1)[1].split("```mermaid", 1)[1].split("```", 1)[0]
+    nodes = dict(re.findall(r'^\s*(\w+)\["([^"]*)"\]', block, re.M))
+    solid = set(re.findall(r"^\s*(\w+)\s*-->\s*(\w+)\s*$", block, re.M))
+    dotted = {(a, b): label for a, label, b in re.findall(r'^\s*(\w+)\s*-\.\s*"([^"]*)"\s*\.->\s*(\w+)\s*$',
+                                                           block, re.M)}
+    return nodes, solid, dotted
+
+
+def diagram_problems(root: Path, text: str) -> list[str]:
+    from server.core import config
+
+    nodes, solid, dotted = diagram(text)
+    problems = [f"the diagram has no node {wing}" for wing in ROOTS if wing not in nodes]
+    edges = graph(root)
+    real: dict[tuple[str, str], set[str]] = {}
+    for module, targets in edges.items():
+        for target in targets:
+            if wing_of(module) != wing_of(target):
+                real.setdefault((wing_of(module), wing_of(target)), set()).add(target)
+    for wing in (w for w in ROOTS if w != "core"):
+        if ((wing, "core") in real) != ((wing, "core") in solid):
+            problems.append(f"{wing} --> core: {'drawn, but no import' if (wing, 'core') in solid else 'missing'}")
+    named = {(a, b): set(re.findall(r"\b[a-z_]+\.[a-z_.]+\b", label)) for (a, b), label in dotted.items()}
+    wanted = {pair: targets for pair, targets in real.items() if pair[1] != "core"}
+    wanted[("core", wing_of(config.PROVIDERS[0]))] = set(config.PROVIDERS)
+    for pair in sorted(set(named) | set(wanted)):
+        if named.get(pair) != wanted.get(pair):
+            problems.append(f"{pair[0]} -.-> {pair[1]}: the diagram names {sorted(named.get(pair, ()))}, "
+                            f"the imports are {sorted(wanted.get(pair, ()))}")
+    for pair in solid - {(w, "core") for w in ROOTS}:
+        problems.append(f"{pair[0]} --> {pair[1]}: only imports of the core are solid arrows")
+    for wing, folder in ROOTS.items():
+        units = set()
+        for module in (m for m in edges if wing_of(m) == wing):
+            rest = module.split(".")[len(folder.split("/")):]
+            if rest and rest[0] not in ("__main__",):
+                units.add(rest[0] + "/" if len(rest) > 1 or (root / folder / rest[0] / "__init__.py").is_file() else rest[0])
+        shown = set(re.findall(r"\w+/?", nodes.get(wing, "")))
+        problems += [f"the diagram's {wing} does not name {unit}" for unit in sorted(units - shown)]
+    return problems
+
+
+def test_the_architecture_diagram_is_the_imports():
+    assert diagram_problems(ROOT, (ROOT / "docs" / "architecture.md").read_text()) == []
+
+
+def test_a_diagram_out_of_date_is_caught(tmp_path):
+    root = copy_tree(tmp_path)
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    (root / "server" / "newthing.py").write_text('"""A new module of the web wing."""\n')
+    cli = root / "maintenance" / "cli.py"
+    cli.write_text(cli.read_text() + "\nfrom supervision import roster\n")
+    assert diagram_problems(root, text) == [
+        "maintenance -.-> startup: the diagram names [], the imports are ['supervision.roster']",
+        "the diagram's web does not name newthing"]
+    assert "programs --> core: missing" in diagram_problems(root, text.replace("    programs --> core\n", ""))
