@@ -42,6 +42,7 @@ RUN groupadd --gid 10001 ayon \
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY --chown=root:root server/ server/
+COPY --chown=root:root supervision/ supervision/
 COPY --chown=root:root procs/ procs/
 COPY --chown=root:root maintenance/ maintenance/
 COPY --chown=root:root conf/ conf/
@@ -56,7 +57,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     AYON_DATA_DIR=/var/lib/ayon \
     AYON_SUPERVISOR_CONF=/etc/supervisor/supervisord.conf
 
-RUN python -m compileall -q server procs maintenance
+RUN python -m compileall -q server supervision procs maintenance
 
 USER 10001:10001
 VOLUME ["/var/lib/ayon"]

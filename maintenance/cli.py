@@ -1,7 +1,7 @@
 """`python -m maintenance`: run the procedure once, preview it, list its tasks, or run the daemon.
 
 A one-shot run or dry run delivers its log records to PostgreSQL before it
-exits (procs/logcollector.py `deliver_now`), so cron and CronJob runs are in
+exits (server/core/collector.py `deliver_now`, the log collector's engine), so cron and CronJob runs are in
 `/api/logs` like the daemon's.
 """
 
@@ -12,8 +12,8 @@ import threading
 
 from maintenance import preview, registry, space
 from maintenance.runner import Runner
-from procs.logcollector import deliver_now
 from server.core import config, migrations
+from server.core.collector import deliver_now
 from server.core.errors import Parser, UsageError, run_main
 from server.core.program import open_database, start
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from server.core import archive, events, layout, packages
 from server.core.program import Daemon
 
-LOCK_FILE = ".installer.lock"
 BACKOFF_BASE = 10  # seconds before the first retry, doubled each attempt
 BACKOFF_MAX = 3600
 UNHEALTHY_RETRY = 5.0  # seconds between ticks while PostgreSQL is unreachable
@@ -71,7 +70,7 @@ class Installer(Daemon):
 
     def _lock_data_dir(self) -> None:
         """One installer per data folder: a second one waits (a restart overlapping the old process)."""
-        self.lock_fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        self.lock_fd = os.open(layout.installer_lock(self.root), os.O_RDWR | os.O_CREAT, 0o644)
         layout.wait_for_lock(self.lock_fd, self.stop, lambda: self.log.info(
             "another installer uses %s; waiting for it to stop", self.root), every=1.0)
 

@@ -18,7 +18,6 @@ from typing import Callable
 
 import psutil
 
-from procs.watchdog import error_file
 from server.core import embedded_pg, layout
 from server.core.errors import AyonError, run_main
 from server.core.lifetime import hold
@@ -32,7 +31,7 @@ def main() -> int:
     log.warning(
         "embedded PostgreSQL is meant for evaluation only: set AYON_POSTGRES_URL to use a managed PostgreSQL"
     )
-    error = error_file(layout.run_dir(values.data_dir), "postgres")
+    error = layout.error_file(values.data_dir, "postgres")
     error.unlink(missing_ok=True)
     try:
         argv = prepare(values, log)

@@ -4,7 +4,6 @@ import time
 
 import psycopg2
 
-from procs.watchdog import error_file
 from server.core import auth, config, db, embedded_pg, layout, migrations
 from server.core.errors import AyonError, first_line, run_main
 from server.core.program import open_database, start
@@ -12,7 +11,7 @@ from server.core.program import open_database, start
 
 def main() -> int:
     values, log = start("setup")
-    error = error_file(layout.run_dir(values.data_dir), "setup")
+    error = layout.error_file(values.data_dir, "setup")
     error.unlink(missing_ok=True)
     try:
         return run(values, log)

@@ -1,12 +1,12 @@
-"""Regenerate the README's tables from their declarations: settings (server.core.settings), programs (procs.programs)."""
+"""Regenerate the README's tables from their declarations: settings (server.core.settings), programs (supervision.roster)."""
 
 from pathlib import Path
 
-from procs import programs
 from server.core import settings
+from supervision import roster
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-TABLES = {"settings-table": settings.markdown_table, "program-table": programs.markdown_table}
+TABLES = {"settings-table": settings.markdown_table, "program-table": roster.markdown_table}
 
 
 def render(text: str) -> str:

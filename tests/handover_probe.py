@@ -1,12 +1,12 @@
-"""Run by test_entrypoint_handover: what `procs.entrypoint.hand_over` gives the process it execs."""
+"""Run by test_entrypoint_handover: what `supervision.handover.hand_over` gives the process it execs."""
 
 import json
 import os
 import sys
 
-from procs import entrypoint
+from supervision import prepare
 
-taken = entrypoint.take_settings(sys.argv[1:])
+taken = prepare.take_settings(sys.argv[1:])
 print(json.dumps({
     "taken": taken,
     "settings": {k.hex(): v.hex() for k, v in os.environb.items() if k.startswith(b"AYON_")},

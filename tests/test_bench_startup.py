@@ -21,8 +21,8 @@ def test_bench_startup_once():
                    "PSS of the process tree \\(MiB\\)"):
         assert re.search(rf"^{figure} +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M), out
     # Every program of the tree is in the per-process list.
-    for program in ("gunicorn: master", "gunicorn: worker", "procs.supervisord", "procs.logcollector",
-                    "procs.installer", "procs.webactions", "maintenance --daemon", "procs.console"):
+    for program in ("gunicorn: master", "gunicorn: worker", "supervision.supervisord", "procs.logcollector",
+                    "procs.installer", "procs.webactions", "maintenance --daemon", "supervision.console"):
         assert program in out, out
     assert re.search(r"^ready in [\d.]+ s: target <= 1 s (met|MISSED)$", out, re.M), out
     assert re.search(r"^PSS \d+ MiB: target <= 120 MiB (met|MISSED)$", out, re.M), out

@@ -29,11 +29,11 @@ from supervisor.options import ServerOptions
 from maintenance.registry import plan
 from maintenance.runner import Runner
 from maintenance.scheduler import slot_of
-from procs import supervisor
 from procs.installer import Installer
 from procs.webactions import Webactions
 from server.core import config, db, settings, times, values, webactions
 from server.core.errors import ConfigError
+from supervision import generator
 from tests.apiclient import AUTH, make_app
 from tests.pg import free_port
 
@@ -279,10 +279,10 @@ def test_settings_the_entrypoint_accepts_make_a_config_supervisord_reads(folder,
         event("refused")
         return
     event("accepted")
-    conf = supervisor.write(values, values.supervisor_conf)
+    conf = generator.write(values, values.supervisor_conf)
     options = ServerOptions()
     options.realize(["-c", str(conf)])
-    rundir = str(supervisor.run_dir(values))
+    rundir = str(generator.run_dir(values))
     assert options.pidfile == os.path.join(rundir, "supervisord.pid")
     assert options.identifier == f"ayon-{values.instance_id}"
 

@@ -1,8 +1,8 @@
-"""procs.console: every program's output on one stdout, whole lines, each naming its program."""
+"""supervision.console: every program's output on one stdout, whole lines, each naming its program."""
 
 import json
 
-from procs.console import Console, raw_bytes
+from supervision.console import Console, raw_bytes
 
 
 def console(json_format=False):

@@ -11,7 +11,7 @@ import yaml
 from kubernetes_validate import utils as kubernetes_validate
 from packaging.version import Version
 
-from procs import supervisor
+from supervision import generator
 from server.core import config, settings
 from tests.conftest import ROOT
 
@@ -200,7 +200,7 @@ def maintenance_mechanisms(found: dict[str, dict]) -> list[str]:
                 runs = argv[:3] == ["python", "-m", "maintenance"]
             else:
                 values = container_settings(container, found)
-                runs = values.roles != ["setup"] and "maintenance" in [p.name for p in supervisor.programs(values)]
+                runs = values.roles != ["setup"] and "maintenance" in [p.name for p in generator.programs(values)]
             if runs:
                 mechanisms.append(key)
     return mechanisms

@@ -6,7 +6,7 @@ import sys
 
 from tests.conftest import ROOT
 
-HAND_OVER = "from procs import entrypoint; entrypoint.hand_over('tests.handover_probe')"
+HAND_OVER = "from supervision import handover; handover.hand_over('tests.handover_probe')"
 
 
 def handed(env: dict) -> dict:
@@ -49,12 +49,12 @@ def test_a_process_started_without_the_file_takes_nothing():
 
 def test_every_setting_is_one_the_entrypoint_hands_over():
     """The hand-over takes AYON_* variables: a setting named otherwise would stay in supervisord's environment."""
-    from procs import entrypoint
+    from supervision import handover
     from server.core import settings
 
     assert settings.SETTINGS
     for setting in settings.SETTINGS:
-        assert setting.name.encode().startswith(entrypoint.PREFIX), setting.name
+        assert setting.name.encode().startswith(handover.PREFIX), setting.name
 
 
 def test_a_command_the_entrypoint_cannot_run_is_one_line(tmp_path):
@@ -70,7 +70,7 @@ def test_a_command_the_entrypoint_cannot_run_is_one_line(tmp_path):
 
 
 def test_settings_that_cannot_be_taken_are_one_line_and_start_nothing(tmp_path):
-    """procs.supervisord started by hand with a bad descriptor or file: exit 2 with one line, nothing written."""
+    """supervision.supervisord started by hand with a bad descriptor or file: exit 2 with one line, nothing written."""
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
     good = b"AYON_DATA_DIR=" + str(tmp_path / "data").encode() + b"\0AYON_SUPERVISOR_CONF=" + \
         str(tmp_path / "supervisord.conf").encode()
@@ -81,13 +81,13 @@ def test_settings_that_cannot_be_taken_are_one_line_and_start_nothing(tmp_path):
         (["--settings-fd", "0"], good + b"\0=value", "--settings-fd 0: the settings handed over are not"),
     ]
     for argv, stdin, expected in cases:
-        out = subprocess.run([sys.executable, "-m", "procs.supervisord", *argv], env=env, cwd=ROOT, input=stdin,
+        out = subprocess.run([sys.executable, "-m", "supervision.supervisord", *argv], env=env, cwd=ROOT, input=stdin,
                              capture_output=True, timeout=30)
         assert out.returncode == 2, out.stderr.decode()
         assert out.stderr.decode().startswith(f"Error: {expected}") and out.stderr.count(b"\n") == 1, out.stderr
     assert list(tmp_path.iterdir()) == []
     # Empty entries (a trailing NUL) are nothing: the settings before them still count.
-    out = subprocess.run([sys.executable, "-m", "procs.supervisord", "--settings-fd", "0"], env=env, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "supervision.supervisord", "--settings-fd", "0"], env=env, cwd=ROOT,
                          input=good + b"\0AYON_RUN_SERVER=perhaps\0\0", capture_output=True, timeout=30)
     assert out.returncode == 2
     assert out.stderr.decode() == "Error: AYON_RUN_SERVER='perhaps': expected one of true/false/1/0/yes/no/on/off\n"

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from procs import entrypoint
+from supervision import prepare
 from tests.conftest import ROOT
 from tests.pg import free_port
 
@@ -259,7 +259,7 @@ def test_the_base_environment_passes(base, tmp_path, monkeypatch):
     for key, value in env.items():
         if key.startswith("AYON_"):
             monkeypatch.setenv(key, value)
-    values = entrypoint.validate()
+    values = prepare.validate()
     assert values.roles == ["server", "setup", "maintenance"]
     assert list(tmp_path.iterdir()) == [good]  # validation wrote nothing
 
@@ -275,7 +275,7 @@ def test_relative_paths_reach_the_programs_resolved(base, tmp_path, monkeypatch)
         if key.startswith("AYON_"):
             monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)
-    entrypoint.validate()
+    prepare.validate()
     assert os.environ["AYON_DATA_DIR"] == str(tmp_path / "data")
     assert os.environ["AYON_SUPERVISOR_CONF"] == str(tmp_path / "etc" / "supervisord.conf")
     assert os.environ["AYON_CONFIG_FILE"] == str(tmp_path / "ayon.yaml")

@@ -1,4 +1,4 @@
-"""procs.lifeline: a program that dies with its parent, with its own secrets only."""
+"""supervision.lifeline: a program that dies with its parent, with its own secrets only."""
 
 import os
 import signal
@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from procs import lifeline
+from supervision import lifeline
 from tests.conftest import ROOT
 from tests.instance import poll
 
@@ -25,7 +25,7 @@ def alive(pid: int) -> bool:
 def test_execs_in_place_with_its_secrets_decoded():
     env = {**os.environ, lifeline.SECRETS_VAR: lifeline.encode({"AYON_ADMIN_TOKEN": 'to"k%en,;#'}),
            lifeline.PARENT_VAR: str(os.getpid())}
-    proc = subprocess.Popen([sys.executable, "-m", "procs.lifeline", "TERM", sys.executable, "-c", SHOW_ENV],
+    proc = subprocess.Popen([sys.executable, "-m", "supervision.lifeline", "TERM", sys.executable, "-c", SHOW_ENV],
                             env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     out, _ = proc.communicate(timeout=30)
     pid, shown = out.split(" ", 1)
@@ -41,7 +41,7 @@ def test_the_program_dies_when_its_parent_is_killed(tmp_path):
     parent_code = textwrap.dedent(f"""
         import os, signal, subprocess, sys
         env = dict(os.environ, {lifeline.PARENT_VAR}=str(os.getpid()))
-        child = subprocess.Popen([sys.executable, "-m", "procs.lifeline", "TERM", "sleep", "600"], env=env)
+        child = subprocess.Popen([sys.executable, "-m", "supervision.lifeline", "TERM", "sleep", "600"], env=env)
         open({str(pid_file)!r}, "w").write(str(child.pid))
         signal.pause()  # until killed
     """)
@@ -59,13 +59,13 @@ def test_the_program_dies_when_its_parent_is_killed(tmp_path):
 
 def test_a_parent_already_gone_means_no_start():
     env = {**os.environ, lifeline.PARENT_VAR: "1" if os.getpid() != 1 else "2"}
-    proc = subprocess.run([sys.executable, "-m", "procs.lifeline", "TERM", "echo", "started"], env=env, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "supervision.lifeline", "TERM", "echo", "started"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == -signal.SIGTERM and proc.stdout == ""
 
 
 def test_a_bad_signal_is_one_error_line():
-    proc = subprocess.run([sys.executable, "-m", "procs.lifeline", "NOPE", "true"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "supervision.lifeline", "NOPE", "true"], cwd=ROOT,
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and proc.stderr == "Error: unknown signal 'NOPE'\n"
 

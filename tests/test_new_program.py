@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 
-from procs import programs
+from supervision import roster
 from tests.conftest import ROOT
 from tests.instance import Instance, poll
 
@@ -37,10 +37,10 @@ DECLARATION = '    Program("hello", "procs.hello", "long-running", "says hello")
 
 def tree_with_new_program(tmp_path):
     tree = tmp_path / "tree"
-    for package in ("server", "procs", "maintenance"):
+    for package in ("server", "supervision", "procs", "maintenance"):
         shutil.copytree(ROOT / package, tree / package, ignore=shutil.ignore_patterns("__pycache__"))
     (tree / "procs" / "hello.py").write_text(MODULE)
-    declared = tree / "procs" / "programs.py"
+    declared = tree / "supervision" / "roster.py"
     text = declared.read_text()
     # One line, appended to the list where programs are declared.
     end = text.index("\n]\n", text.index("PROGRAMS = ["))
@@ -52,8 +52,8 @@ def test_a_new_program_is_one_module_and_one_line(tmp_path, env, database):
     tree = tree_with_new_program(tmp_path)
     changed = {p.relative_to(tree) for p in tree.rglob("*.py")
                if not (ROOT / p.relative_to(tree)).exists() or (ROOT / p.relative_to(tree)).read_text() != p.read_text()}
-    assert changed == {tree.joinpath("procs/hello.py").relative_to(tree), tree.joinpath("procs/programs.py").relative_to(tree)}
-    assert "hello" not in [p.name for p in programs.PROGRAMS]
+    assert changed == {tree.joinpath("procs/hello.py").relative_to(tree), tree.joinpath("supervision/roster.py").relative_to(tree)}
+    assert "hello" not in [p.name for p in roster.PROGRAMS]
 
     roles = dict(env, AYON_RUN_SERVER="false", AYON_RUN_SETUP="false", AYON_RUN_MAINTENANCE="true",
                  PYTHONPATH=str(tree))

@@ -1,7 +1,7 @@
-"""Programs forked from a preloaded supervisord (procs/preload.py) start as `python -m` would start them.
+"""Programs forked from a preloaded supervisord (supervision/preload.py) start as `python -m` would start them.
 
 Each case runs the same probe program twice, from a real fork of a process that
-preloaded it and through the real `procs.lifeline` exec, and compares what the
+preloaded it and through the real `supervision.lifeline` exec, and compares what the
 two saw and how they ended.
 """
 
@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from procs import lifeline, preload, supervisor
+from supervision import generator, lifeline, preload
 from server.core import settings
 from tests.conftest import ROOT
 from tests.test_supervisor_config import environ
@@ -23,7 +23,7 @@ SECRET = {"PROBE_SECRET": "probe-secret"}
 # Plays supervisord: handlers of its own on its signals, the program's environment handed to the fork.
 PARENT = r"""
 import json, os, signal, sys
-from procs import lifeline, preload
+from supervision import lifeline, preload
 argv, env = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 env[lifeline.PARENT_VAR] = str(os.getpid())
 found = {tuple(argv): preload.parse(argv)}
@@ -50,7 +50,7 @@ print(json.dumps({"failed": failed, "status": status}))
 def command(*args: str) -> list[str]:
     """The probe as the supervisord config writes a program's command."""
     py = sys.executable
-    return [py, "-m", "procs.lifeline", "TERM", py, "-m", "tests.preload_probe", *args]
+    return [py, "-m", "supervision.lifeline", "TERM", py, "-m", "tests.preload_probe", *args]
 
 
 def environment() -> dict:
@@ -127,7 +127,7 @@ def test_the_forked_program_ends_as_the_execed_one_does(args, status, stdout, st
 def test_every_program_of_every_role_is_forked_and_shown_as_its_command(tmp_path):
     """From the generated config itself: a program added later is covered unchanged."""
     values = settings.load(environ(True, True, True, True, tmp_path))
-    conf = supervisor.write(values, tmp_path / "supervisord.conf")
+    conf = generator.write(values, tmp_path / "supervisord.conf")
     found = preload.commands(str(conf))
     text = conf.read_text()
     sections = [line for line in text.splitlines() if line.startswith(("[program:", "[eventlistener:"))]
@@ -138,13 +138,13 @@ def test_every_program_of_every_role_is_forked_and_shown_as_its_command(tmp_path
 
 
 @pytest.mark.parametrize("argv", [
-    ["/usr/bin/python3", "-m", "procs.lifeline", "TERM", "/usr/bin/python3", "-m", "procs.webactions"],
-    [sys.executable, "-m", "procs.lifeline", "TERM", "/bin/sh", "-c", "exit 0"],
-    [sys.executable, "-m", "procs.lifeline", "NOSUCH", sys.executable, "-m", "procs.webactions"],
-    [sys.executable, "-m", "procs.lifeline", "TERM", sys.executable, "-m", "-c", "print(1)"],
-    [sys.executable, "-m", "procs.lifeline", "TERM", sys.executable, "-c", "print(1)"],
+    ["/usr/bin/python3", "-m", "supervision.lifeline", "TERM", "/usr/bin/python3", "-m", "procs.webactions"],
+    [sys.executable, "-m", "supervision.lifeline", "TERM", "/bin/sh", "-c", "exit 0"],
+    [sys.executable, "-m", "supervision.lifeline", "NOSUCH", sys.executable, "-m", "procs.webactions"],
+    [sys.executable, "-m", "supervision.lifeline", "TERM", sys.executable, "-m", "-c", "print(1)"],
+    [sys.executable, "-m", "supervision.lifeline", "TERM", sys.executable, "-c", "print(1)"],
     [sys.executable, "-m", "procs.webactions"],
-    [sys.executable, "-m", "procs.lifeline", "TERM", sys.executable, "-m"],
+    [sys.executable, "-m", "supervision.lifeline", "TERM", sys.executable, "-m"],
 ], ids=["other-python", "not-python", "bad-signal", "dash-module", "dash-c", "no-lifeline", "no-module"])
 def test_any_other_command_is_left_to_exec(argv):
     assert preload.parse(argv) is None
@@ -153,10 +153,10 @@ def test_any_other_command_is_left_to_exec(argv):
 def test_preloading_every_program_starts_no_thread_and_keeps_supervisord_signals(tmp_path):
     """Imports run inside supervisord: none may start a thread (fork would lose it), take a signal or retitle it."""
     values = settings.load(environ(True, True, True, True, tmp_path))
-    conf = supervisor.write(values, tmp_path / "supervisord.conf")
+    conf = generator.write(values, tmp_path / "supervisord.conf")
     check = r"""
 import json, signal, sys, threading
-from procs import preload
+from supervision import preload
 before = {s: signal.getsignal(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)}
 cmdline = open("/proc/self/cmdline", "rb").read()
 found = preload.commands(sys.argv[1])
@@ -173,14 +173,14 @@ print(json.dumps({"modules": sorted({c.module for c in found.values()}), "failed
     seen = json.loads(out.stdout)
     assert seen["failed"] == {} and seen["threads"] == 1 and seen["signals"] == []
     assert seen["preloaded"] == sorted(set(seen["modules"]) - preload.NOT_PRELOADED)
-    assert {"gunicorn", "procs.webactions", "maintenance", "procs.console"} <= set(seen["modules"])
+    assert {"gunicorn", "procs.webactions", "maintenance", "supervision.console"} <= set(seen["modules"])
 
 
 def test_a_module_that_cannot_be_preloaded_fails_in_its_program_with_its_own_error(tmp_path):
     broken = tmp_path / "brokenprobe.py"
     broken.write_text("import no_such_module_anywhere\n")
     py = sys.executable
-    argv = [py, "-m", "procs.lifeline", "TERM", py, "-m", "brokenprobe"]
+    argv = [py, "-m", "supervision.lifeline", "TERM", py, "-m", "brokenprobe"]
     env = {**environment(), "PYTHONPATH": f"{tmp_path}:{ROOT}"}
     out = subprocess.run([sys.executable, "-c", PARENT, json.dumps(argv), json.dumps(env)],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False)

@@ -81,7 +81,7 @@ def test_secrets_only_where_needed_and_nothing_survives_kill_9(embedded_env, tmp
     data = Path(instance.env["AYON_DATA_DIR"])
     port = int(embedded_env["AYON_EMBEDDED_PG_PORT"])
 
-    # No secret in any environment /proc shows: the programs forked from supervisord (procs/preload.py)
+    # No secret in any environment /proc shows: the programs forked from supervisord (supervision/preload.py)
     # hold theirs in memory only, and the server answers with its token.
     names = instance.programs_by_pid()
     assert sorted(set(names.values())) == sorted(PROGRAMS - {"setup"} | {"console"})
@@ -93,7 +93,7 @@ def test_secrets_only_where_needed_and_nothing_survives_kill_9(embedded_env, tmp
         assert superuser not in env and owner not in env, name
         if name == "postgres":
             assert b"AYON_PROGRAM_SECRETS" not in env and b"AYON_POSTGRES_URL" not in env
-    # supervisord's own: the entrypoint handed it every setting in memory (procs/entrypoint.py), and
+    # supervisord's own: the entrypoint handed it every setting in memory (supervision/handover.py), and
     # nothing of the tree still holds the file they came in.
     assert TOKEN.encode() not in environ(instance.proc.pid) and b"AYON_" not in environ(instance.proc.pid)
     for pid in [instance.proc.pid, *names]:

@@ -9,7 +9,7 @@ import sys
 import pytest
 from supervisor.options import ServerOptions
 
-from procs import lifeline, supervisor
+from supervision import generator, lifeline
 from server.core import settings
 from tests.conftest import ROOT
 from tests.roles import LISTENERS, names_for
@@ -62,7 +62,7 @@ COMBOS = [c for c in itertools.product([True, False], repeat=3) if any(c) and c 
 @pytest.mark.parametrize("server,setup,maintenance", COMBOS)
 def test_program_set_matches_the_design(server, setup, maintenance, embedded, tmp_path):
     values = settings.load(environ(server, setup, maintenance, embedded, tmp_path))
-    path = supervisor.write(values, tmp_path / "supervisord.conf")
+    path = generator.write(values, tmp_path / "supervisord.conf")
     programs, options = parse(path)
     assert set(programs) & CONTRACT == expected_programs(server, setup, maintenance, embedded)
     assert set(programs) - set(LISTENERS) == set(
@@ -79,7 +79,7 @@ def test_program_set_matches_the_design(server, setup, maintenance, embedded, tm
         assert proc.stdout_logfile == str(tmp_path / "data" / "logs" / f"{name}.log")
         assert proc.stdout_logfile_maxbytes == 5 * 1024 * 1024 and proc.stdout_logfile_backups == 1
         assert proc.stdout_events_enabled and proc.redirect_stderr
-        assert proc.command.startswith(f"{sys.executable} -m procs.lifeline ")
+        assert proc.command.startswith(f"{sys.executable} -m supervision.lifeline ")
         assert proc.stopasgroup and proc.killasgroup
         assert proc.environment["PYTHONUNBUFFERED"] == "1"
         assert proc.autorestart is (False if name == "setup" else supervisor_restart_unexpected())
@@ -104,7 +104,7 @@ def supervisor_restart_unexpected():
 
 def test_setup_alone_runs_in_the_foreground(tmp_path):
     values = settings.load(environ(False, True, False, False, tmp_path))
-    assert supervisor.programs(values) == []
+    assert generator.programs(values) == []
     out = run("procs.supervisor", "--programs", env=environ(False, True, False, False, tmp_path))
     assert out.returncode == 0 and out.stdout == "setup\n"
 
@@ -143,7 +143,7 @@ def test_each_program_gets_only_its_secrets(embedded, tmp_path):
     if not embedded:
         env["AYON_POSTGRES_URL"] = url
     values = settings.load(env)
-    programs, _ = parse(supervisor.write(values, tmp_path / "supervisord.conf"))
+    programs, _ = parse(generator.write(values, tmp_path / "supervisord.conf"))
     token = {"AYON_ADMIN_TOKEN": env["AYON_ADMIN_TOKEN"]}
     database = {} if embedded else {"AYON_POSTGRES_URL": url}
     expected = {name: database for name in ("logcollector", "webactions", "installer", "maintenance")}

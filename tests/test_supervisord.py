@@ -39,7 +39,7 @@ def test_all_roles_run_restart_and_stop_cleanly(env, tmp_path, instances):
     assert status.returncode == 0, status.stdout
 
     # No secret in any environment /proc shows, supervisord's included: the programs, forked from it
-    # (procs/preload.py), hold theirs in memory only. Which program is given which secret is the
+    # (supervision/preload.py), hold theirs in memory only. Which program is given which secret is the
     # config's (test_supervisor_config.py); here the server answers with its token.
     token, password = env["AYON_ADMIN_TOKEN"].encode(), urlsplit(env["AYON_POSTGRES_URL"]).password.encode()
     by_pid = instance.programs_by_pid(" child")
@@ -165,7 +165,7 @@ def test_supervisords_first_poll_does_not_wait_and_the_others_wait_briefly():
     """supervisord starts its programs after its first poll: that one returns at once, later ones within 0.1 s."""
     from supervisor import poller
 
-    from procs import supervisord
+    from supervision import patches
 
     real = poller.Poller(options=None)
     asked = []
@@ -177,10 +177,10 @@ def test_supervisords_first_poll_does_not_wait_and_the_others_wait_briefly():
     read, write = os.pipe()
     try:
         real.register_readable(read)
-        shortened = supervisord.short_polls(poll)
+        shortened = patches.short_polls(poll)
         for timeout in (30, 30, 0.05, 30):
             assert shortened(real, timeout) == ([], [])
-        assert asked == [0, supervisord.POLL_SECONDS, 0.05, supervisord.POLL_SECONDS]
+        assert asked == [0, patches.POLL_SECONDS, 0.05, patches.POLL_SECONDS]
         os.write(write, b"x")  # what is ready still ends a poll at once
         assert shortened(real, 30) == ([read], [])
     finally:

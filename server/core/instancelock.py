@@ -1,7 +1,7 @@
 """One instance per data folder and per supervisord config: flocks that live as long as supervisord.
 
 A start takes its data folder's lock before it writes anything, and its
-config file's before it writes that (procs/entrypoint.py `prepare`); a
+config file's before it writes that (supervision/prepare.py `prepare`); a
 second start on either refuses at once, naming the running instance, and
 writes nothing. A flock belongs to the file, not to its path: a relative
 spelling, a symlink or a bind mount of the same folder meets the same lock,

@@ -24,6 +24,21 @@ def run_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / "run"
 
 
+def error_file(data_dir: str | Path, program: str) -> Path:
+    """Where `program` leaves the one line saying why it cannot run; the watchdog repeats it."""
+    return run_dir(data_dir) / f"{program}.error"
+
+
+def error_files(data_dir: str | Path) -> list[Path]:
+    """Every program's error line left in the run folder."""
+    return sorted(run_dir(data_dir).glob("*.error"))
+
+
+def setup_done(data_dir: str | Path) -> Path:
+    """Touched by the watchdog when setup exited 0 (and left the process table); read by the health check."""
+    return run_dir(data_dir) / "setup.done"
+
+
 def metrics_dir(data_dir: str | Path) -> Path:
     return run_dir(data_dir) / "metrics"
 
@@ -36,6 +51,11 @@ def logs_dir(data_dir: str | Path) -> Path:
 def spool_dir(data_dir: str | Path) -> Path:
     """Log records on their way to the log collector."""
     return Path(data_dir) / "spool"
+
+
+def collector_lock(data_dir: str | Path) -> Path:
+    """Held by the one log collector of a spool (or a one-shot run delivering its own records)."""
+    return spool_dir(data_dir) / ".collector.lock"
 
 
 def secrets_dir(data_dir: str | Path) -> Path:
@@ -57,6 +77,11 @@ def package_dir(data_dir: str | Path, kind: str, name: str = "", version: str = 
 def staging_dir(data_dir: str | Path) -> Path:
     """Where the installer unpacks before renaming into place."""
     return Path(data_dir) / ".installing"
+
+
+def installer_lock(data_dir: str | Path) -> Path:
+    """Held by the one installer of a data folder."""
+    return Path(data_dir) / ".installer.lock"
 
 
 def wait_for_lock(fd: int, stop: threading.Event, say: Callable[[], None], every: float = 0.5) -> bool:

@@ -7,7 +7,7 @@ import signal
 PR_SET_PDEATHSIG = 1
 
 try:
-    # Looked up once: a process forked from this one (procs/preload.py) shares it instead of building its own.
+    # Looked up once: a process forked from this one (supervision/preload.py) shares it instead of building its own.
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
 except AttributeError:  # not Linux
     _prctl = None

@@ -47,7 +47,7 @@ class Daemon:
     config_keys: tuple[str, ...] = ()
 
     def __init__(self, settings: settings_mod.Settings | None = None, log: logging.Logger | None = None):
-        # A one-shot program borrowing a daemon's pass (procs/logcollector.py `deliver_now`) passes its own.
+        # Given by a caller that has its own (a test); else read from the environment.
         self.settings, self.log = (settings, log) if settings is not None else start(self.program)
         self.db = open_database(self.settings, self.program)
         self.stop = threading.Event()

@@ -33,7 +33,7 @@ def running(**roles: bool) -> dict[str, str]:
     """Every program of these roles RUNNING (a finished setup has left the table)."""
     return {name: "RUNNING" for name in names_for(**roles) if name != "setup"}
 # Whose environment, as /proc shows it, holds the token: nobody's. The server has it in memory only
-# (forked from supervisord, procs/preload.py), and it answers with it.
+# (forked from supervisord, supervision/preload.py), and it answers with it.
 ENVIRON_CHECK = """
 import json, os, urllib.request
 bind = os.environ.get("AYON_HTTP_BIND", "0.0.0.0:5000").replace("0.0.0.0", "127.0.0.1")

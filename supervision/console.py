@@ -8,7 +8,7 @@ show every program. A line that does not name its program already (gunicorn's
 own lines, tracebacks' continuation lines) gets `[instance/program] ` in
 front, or is wrapped in a JSON record with AYON_LOG_FORMAT=json.
 
-`python -m procs.console INSTANCE FORMAT`
+`python -m supervision.console INSTANCE FORMAT`
 """
 
 import ast
@@ -21,16 +21,14 @@ import signal
 import sys
 import time
 
+from supervisor import childutils
+
 # A partial line (no newline yet) waits this long for its end before it is written anyway.
 PARTIAL_SECONDS = 1.0
 UNDECODABLE = "Undecodable: "
 # supervisord reads our output in whatever pieces the pipe holds and puts its own lines
 # between them: whole lines in writes of at most PIPE_BUF bytes arrive in one piece.
 ATOMIC_WRITE = 4096
-
-
-def parse(header_line: str) -> dict:
-    return dict(token.split(":", 1) for token in header_line.split() if ":" in token)
 
 
 def write_lines(fd: int, lines: list[str]) -> None:
@@ -89,8 +87,7 @@ class Console:
                 self.out([self.named(name, rest)])
 
     def event(self, name: str, body: str) -> None:
-        first, _, data = body.partition("\n")
-        payload = parse(first)
+        payload, data = childutils.eventdata(body if "\n" in body else body + "\n")
         program = payload.get("processname", "?")
         if name.startswith("PROCESS_LOG"):
             self.output(program, raw_bytes(data))
@@ -124,16 +121,12 @@ def main() -> None:
     # supervisord stops the listeners last, with SIGTERM: that is a normal end.
     signal.signal(signal.SIGTERM, stop)
     while True:
-        stdout.write("READY\n")
-        stdout.flush()
-        line = stdin.readline()
-        if not line:
+        try:
+            header, body = childutils.listener.wait(stdin, stdout)
+        except KeyError:  # end of input (no `len` header): supervisord has gone
             stop(None, None)
-        header = parse(line)
-        body = stdin.read(int(header.get("len", 0)))
-        console.event(header.get("eventname", ""), body)
-        stdout.write("RESULT 2\nOK")
-        stdout.flush()
+        console.event(header["eventname"], body)
+        childutils.listener.ok(stdout)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Every program of an instance, declared once: one line each.
+"""The roster: every program of an instance, declared once, one line each (the programs are in procs/).
 
 The supervisord config generator, `--programs`, the health check, the
 README's program table and the tests read this list. A new background

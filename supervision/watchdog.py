@@ -2,14 +2,14 @@
 
 A program going FATAL (it could not start) or setup exiting with an error
 stops supervisord: the container exits non-zero and the orchestrator
-restarts it. The reason is handed to `procs.supervisord`, which says it as
+restarts it. The reason is handed to `supervision.supervisord`, which says it as
 the instance's last line and exits with 1. A program that knows why it
-cannot start leaves that in `<program>.error` in the run folder, and the
+cannot start leaves that in `run/<program>.error` (`layout.error_file`), and the
 reason says it.
 
 A setup that finished (exit 0) is removed from supervisord's process table,
 so `supervisorctl status` shows only what runs and exits 0 when all of it
-does; `setup.done` in the run folder tells the health check it finished.
+does; `run/setup.done` (`layout.setup_done`) tells the health check it finished.
 
 It is supervisord itself (`Watched`), subscribed to its own process state
 events: no event can be dropped on the way, no process of its own has to
@@ -19,33 +19,26 @@ stay alive, and taking setup out of the table needs no RPC credentials.
 import sys
 from pathlib import Path
 
-SETUP_DONE = "setup.done"
+from supervisor.childutils import get_headers
+
+from server.core import layout
 
 
-def error_file(rundir: Path, program: str) -> Path:
-    """Where `program` leaves the one line saying why it cannot run."""
-    return rundir / f"{program}.error"
-
-
-def parse(header_line: str) -> dict:
-    return dict(token.split(":", 1) for token in header_line.split())
-
-
-def reason_of(rundir: Path, program: str) -> str | None:
+def reason_of(data_dir: str | Path, program: str) -> str | None:
     try:
-        return error_file(rundir, program).read_text().strip() or None
+        return layout.error_file(data_dir, program).read_text().strip() or None
     except OSError:
         return None
 
 
-def verdict(event: str, payload: dict, rundir: Path) -> str | None:
+def verdict(event: str, payload: dict, data_dir: str | Path) -> str | None:
     """Why this event must end the instance, or None."""
     name = payload.get("processname", "?")
     if event == "PROCESS_STATE_FATAL":
-        reason = reason_of(rundir, name)
+        reason = reason_of(data_dir, name)
         return f"program {name} could not be started (FATAL)" + (f": {reason}" if reason else "")
     if event == "PROCESS_STATE_EXITED" and name == "setup" and payload.get("expected") == "0":
-        return f"setup failed: {reason_of(rundir, name) or 'see its error above'}"
+        return f"setup failed: {reason_of(data_dir, name) or 'see its error above'}"
     if event == "PROCESS_STATE_EXITED" and name != "setup" and payload.get("expected") == "1":
         # Long-running programs exit by themselves only with 2: restarting cannot help.
         return f"program {name} cannot run: it exited with status 2 (bad configuration or schema), see its error above"
@@ -56,7 +49,7 @@ def finished_setup(payload: dict) -> bool:
     return payload.get("processname") == "setup" and payload.get("expected") == "1"
 
 
-def supervisor_class(rundir: Path, reasons: list[str]):
+def supervisor_class(data_dir: str | Path, reasons: list[str]):
     """supervisord's Supervisor, watching its own programs' state changes; why it stopped goes to `reasons`."""
     from supervisor import events
     from supervisor.states import SupervisorStates
@@ -77,10 +70,10 @@ def supervisor_class(rundir: Path, reasons: list[str]):
             # Called from inside the process's state change: nothing here may raise into supervisord.
             try:
                 name = events.getEventNameByType(type(event))
-                payload = parse(event.payload())
-                reason = verdict(name, payload, rundir)
+                payload = get_headers(event.payload())
+                reason = verdict(name, payload, data_dir)
                 if name == "PROCESS_STATE_EXITED" and finished_setup(payload):
-                    (rundir / SETUP_DONE).touch()
+                    layout.setup_done(data_dir).touch()
                     self.finished.append(payload.get("groupname") or payload["processname"])
             except Exception as exc:  # noqa: BLE001
                 reason = f"the watchdog could not judge a {type(event).__name__}: {exc}"

@@ -1,8 +1,8 @@
-"""Start a program that dies with its parent: `python -m procs.lifeline SIGNAL COMMAND [ARG ...]`.
+"""Start a program that dies with its parent: `python -m supervision.lifeline SIGNAL COMMAND [ARG ...]`.
 
 Every program's command in the supervisord config starts with this; for
 the Python programs, supervisord does the same steps in a fork of itself
-instead (procs/preload.py). It asks the kernel to send
+instead (supervision/preload.py). It asks the kernel to send
 SIGNAL to the program when supervisord dies, however it dies (kill -9
 included), so no program outlives it with parent 1; then it execs COMMAND
 in its own place (same pid). Variables meant for this program alone (its
@@ -18,8 +18,9 @@ import sys
 
 from server.core.lifetime import hold
 
+MODULE = "supervision.lifeline"
 SECRETS_VAR = "AYON_PROGRAM_SECRETS"
-# Set by procs.supervisord: the parent a program must still have once its lifeline holds.
+# Set by supervision.supervisord: the parent a program must still have once its lifeline holds.
 PARENT_VAR = "AYON_SUPERVISORD_PID"
 
 
@@ -52,7 +53,7 @@ def signal_named(name: str) -> signal.Signals:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) < 2:
-        print("usage: python -m procs.lifeline SIGNAL COMMAND [ARG ...]", file=sys.stderr)
+        print(f"usage: python -m {MODULE} SIGNAL COMMAND [ARG ...]", file=sys.stderr)
         sys.exit(2)
     try:
         signum = signal_named(args[0])

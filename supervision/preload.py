@@ -1,12 +1,12 @@
 """supervisord's Python programs, forked from it instead of exec'd: their imports are loaded once.
 
-Every program's command is `python -m procs.lifeline SIGNAL python -m MODULE
-ARG ...` (procs/supervisor.py). Run as written, each program is an interpreter
+Every program's command is `python -m supervision.lifeline SIGNAL python -m MODULE
+ARG ...` (supervision/generator.py). Run as written, each program is an interpreter
 of its own that imports psycopg2 and the core afresh: 15 to 19 MiB PSS each,
-most of it the same pages in every one. procs.supervisord therefore imports,
+most of it the same pages in every one. supervision.supervisord therefore imports,
 before supervisord starts anything, what each such program's module imports
 (`preload`), and supervisord's fork becomes the program where exec would have
-started it (`become`): the same environment with its secrets decoded, the same
+started it (`become`, through supervision/patches.py): the same environment with its secrets decoded, the same
 parent-death signal, signal dispositions as a fresh interpreter has them,
 `sys.argv`, stdio on the descriptors supervisord set up, the command line `ps`
 shows, and the program's exit code. The imported pages stay shared between
@@ -39,7 +39,7 @@ from typing import NamedTuple, NoReturn
 
 from setproctitle import setproctitle
 
-from procs import lifeline
+from supervision import lifeline, patches
 from server.core.errors import first_line
 from server.core.lifetime import hold
 
@@ -61,7 +61,7 @@ class Command(NamedTuple):
 
 def parse(argv: list[str], python: str = sys.executable) -> Command | None:
     """The program a lifeline command starts, when it is one of ours this interpreter can fork."""
-    if len(argv) < 7 or argv[:3] != [python, "-m", "procs.lifeline"] or argv[4:6] != [python, "-m"]:
+    if len(argv) < 7 or argv[:3] != [python, "-m", lifeline.MODULE] or argv[4:6] != [python, "-m"]:
         return None
     module = argv[6]
     if module.startswith("-"):
@@ -138,28 +138,18 @@ def preload(found: dict[tuple[str, ...], Command]) -> dict[str, str]:
 
 def install(conf: str) -> dict[tuple[str, ...], Command]:
     """Preload the config's programs and have supervisord fork them; the forked commands."""
-    from supervisor.options import ServerOptions
-
     found = commands(conf)
     for name, why in preload(found).items():
         print(f"supervisord: could not preload {name} ({why}); the program that imports it will say why",
               file=sys.stderr, flush=True)
-    execve = ServerOptions.execve
 
-    def fork(self):
-        # Output still buffered here would otherwise be written once more by every child.
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        return os.fork()
-
-    def exec_or_become(self, filename, argv, env):
+    def become_program(filename, argv, env) -> bool:
         command = found.get(tuple(argv)) if filename == sys.executable else None
         if command is None:
-            return execve(self, filename, argv, env)
+            return False
         become(command, env)
 
-    ServerOptions.fork = fork
-    ServerOptions.execve = exec_or_become
+    patches.fork_programs(become_program)
     return found
 
 

@@ -11,10 +11,10 @@ import sys
 import urllib.error
 import urllib.request
 
-from procs import supervisor
-from procs.watchdog import SETUP_DONE
+from server.core import layout
 from server.core import settings as settings_mod
 from server.core.errors import ConfigError, first_line
+from supervision import generator
 
 HTTP_TIMEOUT = 5
 
@@ -65,16 +65,16 @@ def ready_problem(bind: str) -> str | None:
 def main() -> int:
     try:
         values = settings_mod.load()
-        supervisor.check_roles(values)
+        generator.check_roles(values)
     except ConfigError as exc:
         print(f"unhealthy: {exc}")
         return 1
     if values.roles == ["setup"]:
         # Setup alone runs in the foreground: the container's exit code is its verdict.
         return 0
-    expected = [p.name for p in supervisor.programs(values)]
+    expected = [p.name for p in generator.programs(values)]
     try:
-        setup_done = (supervisor.run_dir(values) / SETUP_DONE).exists()
+        setup_done = layout.setup_done(values.data_dir).exists()
         problems = program_problems(expected, program_states(values.supervisor_conf), setup_done)
     except Exception as exc:  # the socket is missing, refused, or the config unreadable
         problems = [f"supervisord does not answer: {first_line(exc)}"]
