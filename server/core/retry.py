@@ -73,6 +73,7 @@ class Retry:
     def __init__(self, what: str, *, first: float = 0.5, factor: float = 2.0, cap: float = 30.0,
                  jitter: float = 0.1, timeout: float | None = None, attempts: int | None = None,
                  stop: threading.Event | Callable[[], bool] | None = None, log: logging.Logger | None = None,
+                 outage: Outage | None = None,
                  say: Callable[[str], None] | None = None, say_every: float = 5.0,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
                  rand: Callable[[], float] = random.random):
@@ -80,7 +81,8 @@ class Retry:
         self.timeout, self.attempts, self.stop = timeout, attempts, stop
         self.say, self.say_every = say, say_every
         self.clock, self.sleep, self.rand = clock, sleep, rand
-        self.outage = Outage(log, what, clock) if log is not None else None
+        # An outage of its own (with `log`), or the caller's, which may have begun before this loop.
+        self.outage = outage if outage is not None or log is None else Outage(log, what, clock)
         self.started = clock()
         self.failures = 0
         self.next_say = self.started
