@@ -35,6 +35,7 @@ import ssl
 import threading
 import time
 
+from server.core import retry
 from server.core.urls import Policy, Refused, Target, Unreachable, checked_addresses, connection, shown
 
 USER_AGENT = "ayon-maintenance"
@@ -96,6 +97,7 @@ def send(section, body: dict, stop: threading.Event, log) -> bool:
     timeout = float(section.timeout_seconds)
     policy = Policy("the maintenance webhook is sent to", OPT_IN, bool(section.allow_private_urls))
     failure = None
+    backoff = retry.Retry(f"maintenance webhook {where}", first=BACKOFF_FIRST, cap=BACKOFF_CAP, jitter=0, stop=stop)
     for attempt in range(1, attempts + 1):
         started = time.monotonic()
         try:
@@ -108,10 +110,10 @@ def send(section, body: dict, stop: threading.Event, log) -> bool:
             return True
         reason = _without(failure.reason, secret, target.password, target.credentials)
         again = not failure.final and attempt < attempts and not stop.is_set()
-        delay = min(BACKOFF_FIRST * 2 ** (attempt - 1), BACKOFF_CAP)
+        delay = backoff.delay(attempt)
         log.warning("maintenance webhook %s: attempt %d of %d failed: %s%s", where, attempt, attempts, reason,
                     f"; trying again in {delay:g} s" if again else "")
-        if again and not stop.wait(delay):
+        if again and backoff.pause(delay):
             continue
         if failure.final and attempt < attempts:
             ended = f"after attempt {attempt} of {attempts}: another would fail the same way"

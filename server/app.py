@@ -275,9 +275,15 @@ async def _unexpected(req, resp, exc, params):
 
 
 class App(falcon.asgi.App):
-    """falcon's ASGI app, answering HEAD wherever a resource answers GET."""
+    """falcon's ASGI app, answering HEAD wherever a resource answers GET, and naming its resources by route."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # URI template -> resource, for the OpenAPI document: falcon.inspect names a resource's class only.
+        self.resources: dict[str, object] = {}
 
     def add_route(self, uri_template, resource, **kwargs):
+        self.resources[uri_template] = resource
         suffix = "_" + kwargs["suffix"] if kwargs.get("suffix") else ""
         get = getattr(resource, "on_get" + suffix, None)
         if get is not None and not hasattr(resource, "on_head" + suffix):

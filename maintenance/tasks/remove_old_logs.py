@@ -12,6 +12,7 @@ from psycopg2 import sql
 
 from maintenance import space
 from maintenance.registry import Option
+from server.core import retry
 from server.core.values import Integer
 
 DESCRIPTION = "remove log records older than {retention_days} days"
@@ -41,18 +42,20 @@ def _partitions(cur) -> list[tuple[str, datetime.date, float]]:
 
 
 def _drop(ctx, name: str) -> None:
-    for attempt in range(1, LOCK_ATTEMPTS + 1):
+    def detach() -> None:
+        with ctx.db.transaction() as cur:
+            cur.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            cur.execute(sql.SQL("ALTER TABLE logs DETACH PARTITION {}").format(sql.Identifier(name)))
+            cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+
+    ctx.check_stop()
+    try:
+        retry.Retry(f"the lock on logs to detach {name}", first=0.5, factor=1, jitter=0, attempts=LOCK_ATTEMPTS,
+                    stop=ctx.stop, say=ctx.progress, say_every=0).call(
+            detach, retry_on=(psycopg2.errors.LockNotAvailable,))
+    except retry.GaveUp:
         ctx.check_stop()
-        try:
-            with ctx.db.transaction() as cur:
-                cur.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-                cur.execute(sql.SQL("ALTER TABLE logs DETACH PARTITION {}").format(sql.Identifier(name)))
-                cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
-            return
-        except psycopg2.errors.LockNotAvailable:
-            ctx.progress(f"{name}: logs is busy, retrying ({attempt}/{LOCK_ATTEMPTS})")
-            ctx.stop.wait(0.5)
-    raise RuntimeError(f"could not lock logs to detach {name} after {LOCK_ATTEMPTS} attempts")
+        raise RuntimeError(f"could not lock logs to detach {name} after {LOCK_ATTEMPTS} attempts") from None
 
 
 def _old(ctx) -> tuple[datetime.datetime, list[str]]:

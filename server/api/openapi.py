@@ -11,6 +11,8 @@ decides it), and the error responses (400, 404 on paths with parameters,
 import json
 import re
 
+import falcon.inspect
+
 from server.api.common import JSON_TYPES, is_public
 from server.api.spec import Reply, Shape, Upload, operation
 from server.core import VERSION
@@ -42,29 +44,28 @@ DOCUMENTED = ("GET", "PUT", "POST", "DELETE", "PATCH")  # HEAD is answered where
 
 
 def _walk(app):
-    """(node, {method: responder}) of every routed resource, for the methods it answers itself."""
+    """(URI template, resource, {method: responder}) of every routed resource, for the methods it answers itself.
+
+    The routes and their responders' names come from falcon.inspect (public);
+    the resource objects, whose responders carry their specs, from what
+    `server.app.App.add_route` recorded: inspect only names their classes.
+    """
     found = []
-
-    def visit(nodes):
-        for node in nodes:
-            if node.resource is not None:
-                own = {method: responder for method, responder in node.method_map.items()
-                       if getattr(responder, "__self__", None) is node.resource}
-                found.append((node, own))
-            visit(node.children)
-
-    visit(app._router._roots)
-    return sorted(found, key=lambda item: item[0].uri_template)
+    for route in falcon.inspect.inspect_routes(app):
+        resource = app.resources[route.path]
+        own = {info.method: getattr(resource, info.function_name) for info in route.methods if not info.internal}
+        found.append((route.path, resource, own))
+    return sorted(found, key=lambda item: item[0])
 
 
 def routes(app) -> list[tuple[str, object, tuple[str, ...]]]:
     """Every route of the app from its router: (URI template, resource, methods it answers itself)."""
-    return [(node.uri_template, node.resource, tuple(sorted(own))) for node, own in _walk(app)]
+    return [(template, resource, tuple(sorted(own))) for template, resource, own in _walk(app)]
 
 
 def responders(app) -> list[tuple[str, str, object]]:
     """Every (URI template, method, responder) the app's router holds, for the methods resources answer themselves."""
-    return [(node.uri_template, method, own[method]) for node, own in _walk(app) for method in sorted(own)]
+    return [(template, method, own[method]) for template, _, own in _walk(app) for method in sorted(own)]
 
 
 def _resolve(value, shapes: dict):
@@ -139,12 +140,12 @@ def build(app) -> dict:
     """The whole document, from the app's routes and their responders' declarations."""
     paths: dict = {}
     shapes: dict = {}
-    for node, own in _walk(app):
-        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", node.uri_template)  # {path:path} is {path} in OpenAPI
+    for template, resource, own in _walk(app):
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", template)  # {path:path} is {path} in OpenAPI
         for method in DOCUMENTED:
             spec = getattr(own.get(method), "spec", None)
             if spec is not None:
-                paths.setdefault(path, {})[method.lower()] = describe(path, method, node.resource, spec, shapes)
+                paths.setdefault(path, {})[method.lower()] = describe(path, method, resource, spec, shapes)
     return {
         "openapi": "3.1.0",
         "info": {"title": "AYON server API", "version": VERSION,

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import collections
 import datetime
-import json
 import logging
 import time
 
@@ -22,9 +21,8 @@ from falcon.asgi import SSEvent
 from server.api.events import TOPIC_FILTER
 from server.api.pages import cursor_time, cursor_uuid, decode_cursor, like_escape
 from server.api.spec import Header, Query, Reply, operation
-from server.core import events, times
-from server.core.db import BROKEN, connect
-from server.core.errors import first_line
+from server.core import events, retry, times
+from server.core.db import BROKEN
 from server.core.values import AnyText, ListOf
 
 log = logging.getLogger("ayon.stream")
@@ -34,7 +32,6 @@ RETRY_MS = 3000
 QUEUE_SIZE = 1000
 REPLAY_PAGE = 500
 REPLAY_PAGES = 20
-RECONNECT_DELAYS = (0.5, 1, 2, 5)
 RESYNC = object()  # queued to a stream when notifications may have been missed
 
 _worker = None  # the gunicorn worker, when running under one (see server/gunicorn_conf.py)
@@ -67,7 +64,8 @@ class Broker:
     def __init__(self, ctx):
         self.ctx = ctx
         self.queues: set[asyncio.Queue] = set()
-        self.conn = None
+        self.listener: events.Listener | None = None
+        self.outage = retry.Outage(log, "event stream: LISTEN")
         self.fd = -1
         self.connecting: asyncio.Task | None = None
         self.ready = asyncio.Event()
@@ -75,7 +73,7 @@ class Broker:
     async def subscribe(self) -> asyncio.Queue:
         queue: asyncio.Queue = asyncio.Queue(QUEUE_SIZE)
         self.queues.add(queue)
-        if self.conn is None and self.connecting is None:
+        if self.listener is None and self.connecting is None:
             self.connecting = asyncio.get_running_loop().create_task(self._connect())
         # A stream starts once LISTEN is active, so nothing committed after its replay is missed.
         await asyncio.wait_for(self.ready.wait(), timeout=10)
@@ -84,42 +82,25 @@ class Broker:
     def unsubscribe(self, queue: asyncio.Queue) -> None:
         self.queues.discard(queue)
 
-    def _listen(self):
-        conn = connect(self.ctx.db.url, "ayon-stream")
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f"LISTEN {events.CHANNEL}")
-        return conn
-
     async def _connect(self) -> None:
-        attempt = 0
-        while True:
-            try:
-                self.conn = await self.ctx.run(self._listen)
-                break
-            except BROKEN as exc:
-                delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
-                if attempt == 0:
-                    log.warning("event stream: cannot LISTEN, retrying: %s", first_line(exc))
-                attempt += 1
-                await asyncio.sleep(delay)
-        self.fd = self.conn.fileno()  # kept: a dead connection can no longer tell its socket
+        # Spread out: every worker of every instance reconnects after the same outage.
+        self.listener = await retry.Retry("event stream: LISTEN", first=0.5, cap=5, outage=self.outage).acall(
+            lambda: self.ctx.run(events.Listener, self.ctx.db.url, (events.CHANNEL,), "ayon-stream"),
+            retry_on=BROKEN)
+        self.fd = self.listener.fileno()  # kept: a dead connection can no longer tell its socket
         asyncio.get_running_loop().add_reader(self.fd, self._readable)
         self.connecting = None
-        if attempt:
-            log.info("event stream: LISTEN restored")
         self.ready.set()
         self._broadcast(RESYNC)  # whatever happened while not listening is replayed
 
     def _readable(self) -> None:
         try:
-            self.conn.poll()
+            found = self.listener.received()
         except BROKEN:
             self._lost()
             return
-        while self.conn.notifies:
-            note = self.conn.notifies.pop(0)
-            self._broadcast(note.payload)
+        for _, payload in found:
+            self._broadcast(payload)
 
     def _broadcast(self, item) -> None:
         for queue in list(self.queues):
@@ -132,25 +113,25 @@ class Broker:
                 queue.put_nowait(RESYNC)
 
     def _lost(self) -> None:
-        log.warning("event stream: LISTEN connection lost; reconnecting")
+        self.outage.failed("the connection was lost")
         loop = asyncio.get_running_loop()
         loop.remove_reader(self.fd)
         try:
-            self.conn.close()
+            self.listener.close()
         except BROKEN:
             pass
-        self.conn = None
+        self.listener = None
         self.ready.clear()
         self.connecting = loop.create_task(self._connect())
 
     def close(self) -> None:
-        if self.conn is not None:
+        if self.listener is not None:
             try:
                 asyncio.get_running_loop().remove_reader(self.fd)
             except RuntimeError:
                 pass  # no loop running any more: nothing watches the socket
-            self.conn.close()
-            self.conn = None
+            self.listener.close()
+            self.listener = None
 
 
 REPLAY_SQL = """
@@ -243,9 +224,9 @@ def _remember(sent: collections.OrderedDict, key) -> None:
         sent.popitem(last=False)
 
 
-def _decode(payload: str):
+def _decode(doc):
+    """The event a notification's payload (JSON decoded by the listener) names; None when it is malformed."""
     try:
-        doc = json.loads(payload)
         updated_at = datetime.datetime.fromisoformat(doc["updated_at"])
         return str(doc["id"]), doc["topic"], doc["status"], doc.get("description") or "", updated_at
     except (ValueError, KeyError, TypeError):

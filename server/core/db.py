@@ -6,7 +6,6 @@ import logging
 import re
 import select
 import threading
-import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -17,6 +16,7 @@ import psycopg2.extensions
 import psycopg2.extras
 from psycopg2 import sql
 
+from server.core import retry
 from server.core.errors import DatabaseUnavailable, first_line
 
 log = logging.getLogger("ayon.db")
@@ -236,28 +236,24 @@ _SERVER_PREFIX = re.compile(r"^connection to server (at|on) .*? failed: ")
 
 def wait_for_postgres(url: str, timeout: float, say: Callable[[str], None], every: float = 3.0) -> None:
     """Poll until the server at `url` accepts connections; a progress line every few seconds."""
-    start = time.monotonic()
-    next_say = start
     where = host_port(url)
     server_url = with_database(url, "postgres")
-    while True:
+
+    def answer() -> None:
         try:
             connect(server_url, "ayon-wait", timeout=max(1, min(3, int(timeout)))).close()
-            return
         except psycopg2.OperationalError as exc:
             # The line already names the server: what is left says why (Connection refused, FATAL: ...).
-            reason = _SERVER_PREFIX.sub("", first_line(exc))
-        now = time.monotonic()
-        waited = now - start
-        if waited >= timeout:
-            raise DatabaseUnavailable(
-                f"PostgreSQL at {where} did not answer within {int(timeout)} s ({reason}); "
-                "check AYON_POSTGRES_URL and that the server is running"
-            )
-        if now >= next_say:
-            say(f"waiting for PostgreSQL at {where} ({int(waited)}/{int(timeout)} s): {reason}")
-            next_say = now + every
-        time.sleep(min(0.5, max(0.05, timeout - waited)))
+            raise retry.NotYet(_SERVER_PREFIX.sub("", first_line(exc))) from None
+
+    try:
+        retry.Retry(f"PostgreSQL at {where}", first=0.5, factor=1, jitter=0, timeout=timeout,
+                    say=say, say_every=every).call(answer)
+    except retry.GaveUp as exc:
+        raise DatabaseUnavailable(
+            f"PostgreSQL at {where} did not answer within {int(timeout)} s ({exc.reason}); "
+            "check AYON_POSTGRES_URL and that the server is running"
+        ) from None
 
 
 def create_database_if_missing(url: str) -> bool:

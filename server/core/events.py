@@ -186,7 +186,13 @@ def query(
 
 
 class Listener:
-    """A dedicated autocommit connection that LISTENs on channels."""
+    """A dedicated autocommit connection that LISTENs on channels: the one LISTEN of every process.
+
+    A program's loop blocks in `wait`; the web worker's event loop watches
+    `fileno()` (add_reader) and takes what arrived with `received`
+    (server/api/stream.py). A lost connection raises one of `db.BROKEN` from
+    either: the caller reconnects, and assumes it missed notifications meanwhile.
+    """
 
     def __init__(self, url: str, channels: tuple[str, ...] = (CHANNEL,), application_name: str = "ayon-listen"):
         self.conn = dbmod.connect(url, application_name)
@@ -195,14 +201,18 @@ class Listener:
             for channel in channels:
                 cur.execute(f"LISTEN {channel}")
 
+    def fileno(self) -> int:
+        return self.conn.fileno()
+
     def wait(self, timeout: float) -> list[tuple[str, Any]]:
         """Notifications received within `timeout` seconds, as (channel, payload decoded when JSON)."""
         if not self.conn.notifies:
-            ready, _, _ = select.select([self.conn], [], [], timeout)
-            if ready:
-                self.conn.poll()
-            else:
-                self.conn.poll()  # also surfaces a dead connection as an error
+            select.select([self.conn], [], [], timeout)
+        return self.received()
+
+    def received(self) -> list[tuple[str, Any]]:
+        """The notifications that arrived, without blocking (the poll also surfaces a dead connection)."""
+        self.conn.poll()
         found = []
         while self.conn.notifies:
             note = self.conn.notifies.pop(0)

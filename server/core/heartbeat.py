@@ -16,7 +16,7 @@ import psycopg2.errors
 
 from server.core import VERSION
 from server.core.db import BROKEN, Database
-from server.core.errors import first_line
+from server.core.retry import Outage
 
 log = logging.getLogger("ayon.heartbeat")
 
@@ -49,7 +49,7 @@ class Heartbeat(threading.Thread):
         super().__init__(name=f"heartbeat-{program}", daemon=True)
         self.db, self.instance_id, self.program, self.stop, self.info = db, instance_id, program, stop, info
         self.pid, self.when = pid, when
-        self.failing = False
+        self.outage = Outage(log, "heartbeat")
         self.waiting_for_schema = False
 
     def beat_once(self) -> None:
@@ -57,18 +57,15 @@ class Heartbeat(threading.Thread):
         try:
             beat(self.db, self.instance_id, self.program, self.info() if callable(self.info) else self.info,
                  self.pid)
-            if self.failing:
-                log.info("heartbeat restored")
-            self.failing = self.waiting_for_schema = False
+            self.outage.ok()
+            self.waiting_for_schema = False
         except psycopg2.errors.UndefinedTable:
             # A program that does not wait for setup (the web server) may start before the schema exists.
             if not self.waiting_for_schema:
                 log.info("heartbeat waits for the schema (no instances table yet)")
             self.waiting_for_schema = True
         except BROKEN as exc:
-            if not self.failing:
-                log.warning("heartbeat failed, will retry: %s", first_line(exc))
-            self.failing = True
+            self.outage.failed(exc)
         except Exception:
             log.exception("heartbeat failed")
 

@@ -2,7 +2,6 @@
 
 import asyncio
 import atexit
-import datetime
 import json
 import logging
 import os
@@ -13,11 +12,22 @@ import weakref
 
 from server.core import events
 from server.core.errors import printable
+from server.core.times import rfc3339_ms
 from server.core.logspool import attach_spool, extras_of
 
 
-def iso_time(created: float) -> str:
-    return datetime.datetime.fromtimestamp(created, datetime.timezone.utc).isoformat(timespec="milliseconds")
+def json_line(ts: str, level: str, instance: str, program: str, logger: str, message: str, pid: int | None = None,
+              extras: dict | None = None, exc: str | None = None) -> str:
+    """The one JSON log line (AYON_LOG_FORMAT=json) of every writer: records, access lines, programs' output."""
+    doc = {"ts": ts, "level": level, "instance": instance, "program": program}
+    if pid is not None:
+        doc["pid"] = pid
+    doc["logger"], doc["message"] = logger, message
+    if extras:
+        doc["extras"] = extras
+    if exc:
+        doc["exc"] = exc
+    return json.dumps(doc, default=str)
 
 
 class TextFormatter(logging.Formatter):
@@ -27,7 +37,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         # What a message quotes may come from a client: one record is one line, whatever it holds.
-        line = (f"{iso_time(record.created)} {record.levelname:<7} [{self.prefix}] {record.name}: "
+        line = (f"{rfc3339_ms(record.created)} {record.levelname:<7} [{self.prefix}] {record.name}: "
                 f"{printable(record.getMessage())}")
         extras = extras_of(record)
         if extras:
@@ -43,21 +53,9 @@ class JsonFormatter(logging.Formatter):
         self.instance, self.program = instance, program
 
     def format(self, record: logging.LogRecord) -> str:
-        doc = {
-            "ts": iso_time(record.created),
-            "level": record.levelname,
-            "instance": self.instance,
-            "program": self.program,
-            "pid": record.process,
-            "logger": record.name,
-            "message": printable(record.getMessage()),
-        }
-        extras = extras_of(record)
-        if extras:
-            doc["extras"] = extras
-        if record.exc_info:
-            doc["exc"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
-        return json.dumps(doc, default=str)
+        exc = "".join(traceback.format_exception(*record.exc_info)).rstrip() if record.exc_info else None
+        return json_line(rfc3339_ms(record.created), record.levelname, self.instance, self.program, record.name,
+                         printable(record.getMessage()), record.process, extras_of(record), exc)
 
 
 # Flushed at exit: the last lines, when a worker ends before their flush is due.
@@ -100,13 +98,12 @@ class AccessLog:
         # The timestamp's text up to the second changes once a second: render it once.
         second = int(now)
         if second != self._second:
-            self._second, self._stamp = second, iso_time(second)[:19]
-        return f"{self._stamp}.{int((now - second) * 1000):03d}+00:00"
+            self._second, self._stamp = second, rfc3339_ms(second)[:19]
+        return f"{self._stamp}.{int((now - second) * 1000):03d}Z"
 
     def _json_line(self, now: float, client: str, method: str, target: str, status: int, ms: float) -> str:
-        return json.dumps({"ts": self._stamp_of(now), "level": "INFO", "instance": self.instance,
-                           "program": self.program, "pid": os.getpid(), "logger": "access",
-                           "message": f'{client} "{method} {target}" {status} {ms:.1f}ms'}) + "\n"
+        return json_line(self._stamp_of(now), "INFO", self.instance, self.program, "access",
+                         f'{client} "{method} {target}" {status} {ms:.1f}ms', os.getpid()) + "\n"
 
     def _text(self, noted: list[tuple]) -> str:
         if self.json:

@@ -3,6 +3,7 @@
 import hashlib
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Callable
 
 import psycopg2
 
-from server.core import db
+from server.core import db, retry
 from server.core.errors import DatabaseUnavailable, SchemaError, first_line
 
 log = logging.getLogger("ayon.migrations")
@@ -137,29 +138,25 @@ def status(database: "db.Database", directory: Path = MIGRATIONS_DIR) -> SchemaS
 
 
 def wait_until_current(
-    database: "db.Database", timeout: float, say: Callable[[str], None], stop: Callable[[], bool] = lambda: False
+    database: "db.Database", timeout: float, say: Callable[[str], None],
+    stop: threading.Event | Callable[[], bool] | None = None,
 ) -> SchemaStatus:
     """Block until setup has brought the schema up to date (or time runs out)."""
-    start = time.monotonic()
-    next_say = start
-    while True:
-        try:
-            current = status(database)
-            if current.current:
-                return current
-            reason = current.reason
-            if "does not know" in reason or "was edited" in reason:
-                raise SchemaError(reason)
-        except db.BROKEN as exc:
-            reason = first_line(exc)
-        waited = time.monotonic() - start
-        if waited >= timeout:
-            raise DatabaseUnavailable(
-                f"the database schema is not current after {int(timeout)} s ({reason}); is setup running?"
-            )
-        if stop():
-            raise DatabaseUnavailable("stopped while waiting for the schema")
-        if time.monotonic() >= next_say:
-            say(f"waiting for setup to bring the schema up to date ({int(waited)}/{int(timeout)} s): {reason}")
-            next_say = time.monotonic() + 5
-        time.sleep(0.5)
+
+    def current() -> SchemaStatus:
+        found = status(database)
+        if not found.current:
+            if "does not know" in found.reason or "was edited" in found.reason:
+                raise SchemaError(found.reason)
+            raise retry.NotYet(found.reason)
+        return found
+
+    try:
+        return retry.Retry("setup to bring the schema up to date", first=0.5, factor=1, jitter=0, timeout=timeout,
+                           stop=stop, say=say, say_every=5).call(current, retry_on=db.BROKEN)
+    except retry.GaveUp as exc:
+        if exc.stopped:
+            raise DatabaseUnavailable("stopped while waiting for the schema") from None
+        raise DatabaseUnavailable(
+            f"the database schema is not current after {int(timeout)} s ({exc.reason}); is setup running?"
+        ) from None

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Any
 
-from server.core import config, events, migrations
+from server.core import config, events, migrations, retry
 from server.core import settings as settings_mod
 from server.core.db import BROKEN, Database
 from server.core.errors import AyonError, first_line, run_main
@@ -55,7 +55,7 @@ class Daemon:
         self.good_config = config.defaults()  # the last configuration this program could use
         self.rejected: dict[str, object] = {}  # key -> the refused stored value, reported once
         self.listener = None
-        self.listen_failing = False
+        self.listening = retry.Outage(self.log, "listening for notifications")
         self.last_tick = time.monotonic()
 
     # --- what a program implements ---
@@ -157,9 +157,7 @@ class Daemon:
             return False
 
     def _listen_failed(self, exc: BaseException) -> None:
-        if not self.listen_failing:
-            self.log.warning("listening for notifications failed, will retry: %s", first_line(exc))
-        self.listen_failing = True
+        self.listening.failed(exc)
         if self.listener is not None:
             self.listener.close()
         self.listener = None
@@ -170,9 +168,7 @@ class Daemon:
             if not self._start_listening():
                 self.stop.wait(timeout)
                 return False
-            if self.listen_failing:
-                self.log.info("listening again on %s", ", ".join(self._channels()))
-                self.listen_failing = False
+            self.listening.ok()
             self.refresh_config()  # a change may have been missed while not listening
             return True
         try:
@@ -201,7 +197,7 @@ class Daemon:
             signal.signal(signum, self._on_signal)
         try:
             migrations.wait_until_current(
-                self.db, self.settings.schema_wait_timeout, self.log.info, stop=self.stop.is_set
+                self.db, self.settings.schema_wait_timeout, self.log.info, stop=self.stop
             )
         except AyonError as exc:
             if self.stop.is_set():

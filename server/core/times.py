@@ -42,5 +42,10 @@ def rfc3339(moment: datetime.datetime | None) -> str | None:
     return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def rfc3339_ms(ts: float) -> str:
+    """A log line's time (a Unix time): RFC 3339 in UTC with `Z` as the API writes times, to the millisecond."""
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:23] + "Z"
+
+
 def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)

@@ -1,0 +1,45 @@
+"""The libraries' private internals the project patches, pinned: a new version fails here, by name, first.
+
+Each test names the version whose internals the module was written against
+(requirements.txt pins it). When one fails, read the library's new source for
+what the module uses, adjust the module, then the version named here
+(docs/architecture.md, "Private internals", says what each patch buys).
+"""
+
+import re
+from importlib.metadata import version
+from pathlib import Path
+
+import gunicorn
+from gunicorn.asgi.protocol import ASGIProtocol, BodyReceiver
+from gunicorn.workers.gasgi import ASGIWorker
+
+from server import metrics, worker
+
+REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
+
+
+def pinned(name: str) -> str:
+    found = re.search(rf"^{re.escape(name)}==(\S+)$", REQUIREMENTS.read_text(), re.MULTILINE)
+    return found.group(1) if found else "(not pinned)"
+
+
+def test_server_worker_was_written_against_gunicorn_27_0_1():
+    assert (pinned("gunicorn"), gunicorn.__version__) == ("27.0.1", "27.0.1")
+    # The private methods server/worker.py overrides: each must still be gunicorn's.
+    overridden = {ASGIProtocol: ("_start_http1", "_on_headers_complete", "_send_error_response", "_will_close",
+                                 "_close_transport"),
+                  ASGIWorker: ("_setup_event_loop",)}
+    for base, names in overridden.items():
+        for name in names:
+            assert callable(getattr(base, name, None)), f"{base.__name__}.{name}"
+            assert name in vars(worker.HTTPProtocol if base is ASGIProtocol else worker.BalancedASGIWorker)
+    assert issubclass(worker.TimedBodyReceiver, BodyReceiver)
+
+
+def test_server_metrics_was_written_against_prometheus_client_0_26_0():
+    assert (pinned("prometheus-client"), version("prometheus-client")) == ("0.26.0", "0.26.0")
+    # metrics._Pending writes a histogram's sum and buckets, and reads its bounds, directly.
+    child = metrics.LATENCY.labels("GET", "/pinned")
+    assert hasattr(child._sum, "inc") and all(hasattr(b, "inc") for b in child._buckets)
+    assert metrics._BOUNDS == tuple(metrics.LATENCY._upper_bounds) and metrics._BOUNDS[-1] == float("inf")
