@@ -216,8 +216,11 @@ def test_runs_chart_running_run_and_schedule_at_both_widths(server, browser, dat
         marks = page.locator("#history-chart .run")
         expect(marks).to_have_count(3)
         # The chart scales to the runs there are: they spread over its width, not slivers in a corner.
-        chart = page.locator("#history-chart svg").bounding_box()
-        bars = [mark.locator(".bar").first.bounding_box() for mark in marks.all()]
+        chart, bars = page.evaluate("""() => {
+          const box = (node) => { const r = node.getBoundingClientRect(); return { x: r.x, width: r.width }; };
+          return [box(document.querySelector("#history-chart svg")),
+                  [...document.querySelectorAll("#history-chart .run")].map((run) => box(run.querySelector(".bar")))];
+        }""")
         assert bars[0]["x"] - chart["x"] < chart["width"] / 4
         assert bars[-1]["x"] - chart["x"] > chart["width"] * 3 / 4
         assert min(bar["width"] for bar in bars) >= 20

@@ -271,7 +271,9 @@ function tickRun() {
 // A newer state of a run the chart shows replaces it there, and in the details when it is the chosen one.
 function refreshHistoryRun(event) {
   const index = state.history.findIndex((run) => run.id === event.id);
-  if (index < 0 || state.history[index].updated_at > event.updated_at) return;
+  const drawn = index < 0 ? null : state.history[index];
+  if (!drawn || drawn.updated_at > event.updated_at) return;
+  if (drawn.updated_at === event.updated_at && JSON.stringify(drawn) === JSON.stringify(event)) return;
   state.history[index] = event;
   drawHistory();
   if (state.selected === event.id) showRunDetail(event);
