@@ -79,13 +79,13 @@ def signed_in(browser, server, width: int):  # noqa: F811
     return page
 
 
-def keep_screenshot(page, name: str, locator=None) -> None:
-    """A picture of what was checked, kept after the run."""
+def keep_screenshot(page, name: str, locator=None, full_page=True) -> None:
+    """A picture of what was checked, kept after the run: the whole page, one part, or the window."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}-{page.viewport_size['width']}.png"
     page.mouse.move(0, 0)  # no hover band in the picture
     if locator is None:
-        page.screenshot(path=str(path), full_page=True)
+        page.screenshot(path=str(path), full_page=full_page)
     else:
         locator.screenshot(path=str(path))
     assert path.stat().st_size > 10_000
@@ -151,8 +151,8 @@ def test_logs_page_and_filter_at_both_widths(server, browser, database):  # noqa
         assert program_box["x"] + program_box["width"] <= cell_box["x"] + cell_box["width"]
         assert len({round(box["y"]) for box in (cell_box, program_box)}) <= 2 and program_box["height"] < 24
         assert_at_a_glance(page)
-        page.locator("#logs").scroll_into_view_if_needed()
-        keep_screenshot(page, "logs", page.locator("#logs"))
+        page.locator("#logs h2").evaluate("heading => heading.scrollIntoView()")
+        keep_screenshot(page, "logs", full_page=False)  # the filters and the newest records
 
         # Program and level: the failed runs, at ERROR.
         form = page.locator("#logs-filter")
