@@ -17,6 +17,8 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 20_000
+# Where the dashboard tests keep their screenshots after the run (git-ignored).
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason=f"{CHROMIUM} is missing (Debian: apt-get install chromium)")
@@ -127,8 +129,9 @@ def test_dashboard_follows_a_maintenance_run_live(server, page, database, tmp_pa
     expect(page.locator("#run-tasks tbody tr")).to_have_count(3)
     expect(page.locator("#events tbody")).to_contain_text("3 tasks finished in 0.3 s")
     assert page.evaluate("window.notReloaded") is True, "the page reloaded"
-    page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
-    assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "live-run-1280.png"), full_page=True)
+    assert (SCREENSHOTS / "live-run-1280.png").stat().st_size > 10_000
 
 
 def test_configuration_is_edited_and_a_bad_value_named(server, page, database):

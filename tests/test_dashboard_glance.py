@@ -12,13 +12,11 @@ import re
 import pytest
 
 from server.core import config, values
-from tests.conftest import ROOT
-from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, server, sign_in  # noqa: F401
+from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, TIMEOUT_MS, server, sign_in  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason=f"{CHROMIUM} is missing (Debian: apt-get install chromium)")
 
-SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 WIDTHS = (1280, 1920)
 MIB = 1024 * 1024
 LONG_INSTANCE = "render-farm-node-0042-with-a-very-long-instance-identifier-x1"
