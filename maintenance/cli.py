@@ -62,7 +62,8 @@ def run_once(settings, log, names: list[str] | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     _database(settings, log).close()
-    run = Runner(settings.postgres_url, log.info, stop, tty=sys.stdout.isatty(), instance=settings.instance_id)
+    run = Runner(settings.postgres_url, log.info, stop, tty=sys.stdout.isatty(), instance=settings.instance_id,
+                 fail=log.error)
     outcome = run.run(names=names, trigger="manual")
     (log.info if outcome.exit_code == 0 else log.error)("%s", outcome.message)
     log.info("logs: %s", deliver_now(settings, log))

@@ -99,12 +99,13 @@ def task_line(name: str, status: str, duration: float, rows: int | None, note: s
 
 
 class Runner:
-    """Runs the procedure once per `run()` call; `out` receives one line per task."""
+    """Runs the procedure once per `run()` call; `out` receives one line per task, `fail` a failed task's."""
 
     def __init__(self, url: str, out: Callable[[str], None], stop: threading.Event, tty: bool = False,
-                 read_config: Callable = config.get, instance: str = ""):
+                 read_config: Callable = config.get, instance: str = "", fail: Callable[[str], None] | None = None):
         self.url = url
         self.out = out
+        self.fail = fail or out  # a log's error level, so a level filter finds failed runs
         self.stop = stop
         self.tty = tty
         self.read_config = read_config  # the daemon's keeps its last good values
@@ -218,7 +219,8 @@ class Runner:
                     continue
                 number += 1
                 description = f"task {number}/{len(enabled)}: {task.name} — {task.describe(options)}"
-                events.update(cur, event_id, description=description)
+                # The tasks ended so far: the dashboard shows a running run's rows from them.
+                events.update(cur, event_id, description=description, summary={"tasks": results})
                 limit = registry.time_limit(doc, task.name)
                 before = _size(cur, space.table_bytes, task.tables) if task.tables else None
                 db = pools[-1].with_settings(bounded(time.monotonic() + limit))
@@ -231,8 +233,8 @@ class Runner:
                 after = _size(cur, space.table_bytes, task.tables) if task.tables else None
                 result.update(tables=list(task.tables), bytes_before=before, bytes_after=after)
                 results.append(result)
-                self.out(task_line(task.name, result["status"], result["duration_s"], result["rows"],
-                                   result["error"] or ""))
+                (self.fail if result["status"] == "failed" else self.out)(
+                    task_line(task.name, result["status"], result["duration_s"], result["rows"], result["error"] or ""))
         finally:
             for pool in pools:
                 with contextlib.suppress(Exception):

@@ -45,7 +45,8 @@ class MaintenanceDaemon(Daemon):
     catch_up_at = 0.0  # monotonic time of the next look for a missed day
 
     def prepare(self) -> None:
-        self.runner = Runner(self.settings.postgres_url, self.log.info, self.stop, read_config=self.usable_config)
+        self.runner = Runner(self.settings.postgres_url, self.log.info, self.stop, read_config=self.usable_config,
+                             fail=self.log.error)
         for orphan in self.runner.recover():
             self.log.warning("marked the interrupted run %s failed", orphan)
 
@@ -97,7 +98,7 @@ class MaintenanceDaemon(Daemon):
         if outcome.status == "busy" and not kwargs.get("slot"):
             self.log.debug("%s", outcome.message)  # a request waits for the lock: polled every second
         else:
-            self.log.info("%s", outcome.message)
+            (self.log.error if outcome.status in ("failed", "aborted") else self.log.info)("%s", outcome.message)
 
     # --- the loop ---
 

@@ -9,7 +9,7 @@ import pytest
 
 from server.core import events
 from tests.apiclient import wait_for
-from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, server, sign_in  # noqa: F401
+from tests.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, TIMEOUT_MS, server, sign_in  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
                                 reason=f"{CHROMIUM} is missing (Debian: apt-get install chromium)")
@@ -225,7 +225,8 @@ def test_run_history_details_times_and_figures(server, prague_page, database, tm
 
     assert problems == []
 
-    screenshot = tmp_path / "dashboard.png"
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    screenshot = SCREENSHOTS / "history-34-runs-1280.png"
     page.mouse.move(0, 0)  # no hover band in the picture
     page.screenshot(path=str(screenshot), full_page=True)
     assert screenshot.stat().st_size > 20_000

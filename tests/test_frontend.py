@@ -9,6 +9,7 @@ from server.api import frontend
 from server.api.common import AppContext
 from server.app import create_app
 from server.core import settings as settings_mod
+from server.core import values
 from server.core.db import Database
 
 
@@ -79,10 +80,20 @@ def test_only_known_file_types_are_loaded(tmp_path):
     (tmp_path / "notes.txt").write_text("private")
     (tmp_path / ".env").write_text("SECRET=1")
     assets = frontend.load_assets(tmp_path)
-    assert set(assets) == {"index.html", "a.js"}
+    assert set(assets) == {"index.html", "a.js", "timezones.json"}
     page = assets["index.html"].body.decode()
     # Only existing assets get a version; a link to a missing one is left as written.
     assert f'src="/static/a.js?v={assets["a.js"].etag}"' in page and 'href="/static/a.css"' in page
+
+
+def test_time_zone_names_are_the_ones_the_configuration_accepts(client):
+    resp = client.simulate_get("/static/timezones.json")
+    assert resp.status_code == 200 and resp.headers["Content-Type"] == "application/json"
+    names = resp.json
+    assert names == sorted(values.time_zones())
+    assert "UTC" in names and "Europe/Prague" in names and "localtime" not in names
+    for name in names:
+        values.TimeZone().check(name)
 
 
 def test_page_scripts_never_build_html_from_data():

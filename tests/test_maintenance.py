@@ -200,7 +200,10 @@ def test_failing_task_is_isolated(env, database, tmp_path):
     """, order=15)
     result = run_cli(env, extra=extra)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert re.search(r"ayon\.maintenance: broken +failed +[\d.]+ s +0 rows  disk on fire$", result.stdout, re.M)
+    # At ERROR, so a level=error filter of the logs finds the failed task and the failed run.
+    assert re.search(r" ERROR +\[[^]]+\] ayon\.maintenance: broken +failed +[\d.]+ s +0 rows  disk on fire$",
+                     result.stdout, re.M)
+    assert re.search(r" ERROR +\[[^]]+\] [\w.]+: maintenance failed: 1 of 7 tasks failed", result.stdout, re.M)
     [run] = runs(database)
     assert run["status"] == "failed"
     assert run["description"] == "1 of 7 tasks failed: broken"

@@ -1,5 +1,7 @@
 """The dashboard: GET / and GET /static/{name}, from the files in server/static.
 
+/static/timezones.json is made here: the time zone names the configuration accepts.
+
 The files are read once per worker into memory and looked up by exact name, so
 no request path can reach a file outside the folder. Each asset gets an ETag;
 the page links its assets with `?v=<etag>` so a browser can keep a versioned
@@ -7,6 +9,7 @@ asset for a year and only revalidates the page itself.
 """
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +17,12 @@ from pathlib import Path
 import falcon
 
 from server.api.spec import PathParam, Query, Reply, operation
-from server.core.values import AnyText
+from server.core.values import AnyText, time_zones
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 PAGE = "index.html"
+# The time zone names the configuration accepts, for the dashboard's picker: the validator's own list.
+TIME_ZONES = "timezones.json"
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -72,6 +77,7 @@ def load_assets(folder: Path = STATIC_DIR) -> dict[str, Asset]:
 
         page = re.sub(r'((?:src|href)=")/static/([\w.-]+)"', versioned, assets[PAGE].body.decode())
         assets[PAGE] = _asset(PAGE, page.encode())
+    assets[TIME_ZONES] = _asset(TIME_ZONES, json.dumps(sorted(time_zones())).encode())
     return assets
 
 

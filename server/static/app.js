@@ -9,7 +9,7 @@ const $ = (selector, root) => (root || document).querySelector(selector);
 
 const state = {
   token: localStorage.getItem(TOKEN_KEY), stream: null, eventsCursor: null, config: null, run: null,
-  history: [], selected: null, pinned: false, drawnWidth: 0,
+  history: [], selected: null, pinned: false, drawnWidth: 0, logsCursor: null, logsShown: 0, clock: null,
 };
 
 class ApiError extends Error {
@@ -186,7 +186,7 @@ async function signIn(token) {
   $("#sign-out").hidden = false;
   showError("");
   startStream();
-  await Promise.all([loadMaintenance(), loadInstances(), loadEvents(), loadLogs()].map((p) => p.catch(reportError)));
+  await Promise.all([loadMaintenance(), loadInstances(), loadEvents(), loadLogs(false)].map((p) => p.catch(reportError)));
 }
 
 function reportError(err) {
@@ -207,9 +207,10 @@ function showRun(event) {
   state.run = event;
   const status = event ? event.status : "none";
   const label = $("#run-status");
-  const interrupted = event && outcome(event) === "interrupted";
-  label.dataset.status = interrupted ? "interrupted" : status;
-  label.textContent = event ? (interrupted ? "interrupted" : status) : "none yet";
+  // One word for a run's state wherever it shows: the card's, the chart's, the details' (running, not in_progress).
+  const kind = event ? outcome(event) : "none";
+  label.dataset.status = kind === "interrupted" || kind === "running" ? kind : status;
+  label.textContent = event ? OUTCOME_TEXT[kind] : "none yet";
   $("#run-when").textContent = event ? `started ${when(event.created_at)}` : "";
   const bar = $("#run-bar");
   const step = $("#run-step");
@@ -217,8 +218,10 @@ function showRun(event) {
     bar.value = 0;
     step.textContent = "No maintenance run recorded.";
     $("#run-summary").textContent = "";
+    tickRun();
     return;
   }
+  refreshHistoryRun(event);
   const progress = parseStep(event.description);
   if (status === "finished") {
     bar.max = 1;
@@ -232,7 +235,48 @@ function showRun(event) {
   }
   const text = event.description || "";
   step.textContent = progress ? `Task ${progress.index} of ${progress.total}: ${text.replace(/^task\s+\d+\s*\/\s*\d+:\s*/i, "")}` : text;
-  $("#run-summary").textContent = summarize(event.summary);
+  $("#run-summary").textContent = ENDED.includes(status) ? summarize(event.summary) : "";
+  tickRun();
+}
+
+function elapsedOf(run) {
+  const started = Date.parse(run && run.created_at);
+  return isNaN(started) ? null : Math.max(0, Math.round((Date.now() - started) / 1000));
+}
+
+// While a run is on: its elapsed time (ticking every second) and the rows its ended tasks removed.
+function tickRun() {
+  const run = state.run;
+  const running = !!run && outcome(run) === "running";
+  $("#run-progress").hidden = !running;
+  if (!running) {
+    clearInterval(state.clock);
+    state.clock = null;
+    return;
+  }
+  const ended = tasksOf(run) || [];
+  const progress = parseStep(run.description);
+  const done = ended.filter((t) => t.status !== "skipped").length;
+  $("#run-elapsed").textContent = `running for ${seconds(elapsedOf(run))}`;
+  $("#run-rows").textContent = `${count(runRows(run) || 0)} rows removed so far` +
+    (progress ? ` (${done} of ${progress.total} tasks ended)` : "");
+  if (!state.clock) state.clock = setInterval(tickRun, 1000);
+  const detail = $("#run-detail");
+  if (!detail.hidden && state.selected === run.id) {
+    const fact = $('#detail-facts [data-fact="Duration"] dd');
+    if (fact) fact.textContent = `${seconds(elapsedOf(run))} so far`;
+  }
+}
+
+// A newer state of a run the chart shows replaces it there, and in the details when it is the chosen one.
+function refreshHistoryRun(event) {
+  const index = state.history.findIndex((run) => run.id === event.id);
+  const drawn = index < 0 ? null : state.history[index];
+  if (!drawn || drawn.updated_at > event.updated_at) return;
+  if (drawn.updated_at === event.updated_at && JSON.stringify(drawn) === JSON.stringify(event)) return;
+  state.history[index] = event;
+  drawHistory();
+  if (state.selected === event.id) showRunDetail(event);
 }
 
 function summarize(summary) {
@@ -270,14 +314,15 @@ async function loadMaintenance() {
 
 const HISTORY_RUNS = 30;
 const SVG_NS = "http://www.w3.org/2000/svg";
-const OUTCOME_TEXT = { finished: "finished", failed: "failed", interrupted: "interrupted", running: "running" };
+const OUTCOME_TEXT = { finished: "finished", failed: "failed", interrupted: "interrupted", running: "running",
+  queued: "queued" };
 
 // A run that was aborted by a shutdown, or found dead and failed later, was interrupted.
 function outcome(run) {
   if (run.status === "finished") return "finished";
   if (run.status === "aborted") return "interrupted";
   if (run.status === "failed") return /^interrupted: /.test(run.description || "") ? "interrupted" : "failed";
-  return "running";
+  return run.status === "pending" ? "queued" : "running";
 }
 
 function summaryOf(run) {
@@ -348,10 +393,15 @@ function rowsTick(value) {
 }
 
 const PANELS = [
-  { title: "Duration", top: 42, height: 84, value: runDuration, minutes: true, tick: secondsTick },
-  { title: "Rows removed", top: 160, height: 64, value: runRows, minutes: false, tick: rowsTick },
+  { title: "Duration", top: 42, height: 84, value: runDuration, minutes: true, tick: secondsTick,
+    empty: "no run has ended yet" },
+  { title: "Rows removed", top: 160, height: 64, value: runRows, minutes: false, tick: rowsTick,
+    empty: "nothing removed" },
 ];
-const CHART = { height: 252, left: 64, right: 8, markerY: 14, labelY: 244 };
+// Each run's label is two lines, its date and its time, so runs of one day are told apart.
+const CHART = { height: 266, left: 64, right: 8, markerY: 14, labelY: 244, lineHeight: 13 };
+// The widest a bar gets when only a few runs are drawn.
+const MAX_BAR = 40;
 
 function drawHistory() {
   const box = $("#history-chart");
@@ -369,9 +419,10 @@ function drawHistory() {
     return;
   }
   const width = Math.max(320, box.clientWidth || 800);
-  const slots = Math.max(HISTORY_RUNS, runs.length);
+  // As many slots as runs: a new install's few runs spread over the chart, not slivers in a corner.
+  const slots = runs.length;
   const step = (width - CHART.left - CHART.right) / slots;
-  const barWidth = Math.max(2, Math.min(24, step * 0.6));
+  const barWidth = Math.max(2, Math.min(MAX_BAR, step * 0.6));
   const chart = svgNode("svg", {
     width, height: CHART.height, viewBox: `0 0 ${width} ${CHART.height}`, class: "history",
     role: "group", "aria-label": `The last ${runs.length} maintenance runs: duration and rows removed`,
@@ -380,6 +431,15 @@ function drawHistory() {
     const values = runs.map(panel.value).filter(known);
     panel.max = niceMax(Math.max(0, ...values), panel.minutes);
     svgText(chart, 0, panel.top - 12, panel.title, "panel-title");
+    // No scale to read when every value is zero or missing: the panel says so instead of a 0–1 axis.
+    panel.isEmpty = !values.some((value) => value > 0);
+    if (panel.isEmpty) {
+      const y = panel.top + panel.height;
+      svgNode("line", { x1: CHART.left, x2: width - CHART.right, y1: y, y2: y, class: "axis" }, chart);
+      svgText(chart, (CHART.left + width - CHART.right) / 2, panel.top + panel.height / 2 + 4, panel.empty,
+              "empty", "middle").dataset.panel = panel.title;
+      continue;
+    }
     for (const fraction of [0, 0.5, 1]) {
       const y = panel.top + panel.height * (1 - fraction);
       svgNode("line", { x1: CHART.left, x2: width - CHART.right, y1: y, y2: y, class: fraction ? "grid" : "axis" }, chart);
@@ -401,7 +461,7 @@ function drawHistory() {
     svgNode("rect", { x: x - step / 2, y: 0, width: step, height: CHART.labelY - 12, class: "hit" }, group);
     for (const panel of PANELS) {
       const value = panel.value(run);
-      if (value === null) continue;
+      if (value === null || panel.isEmpty) continue;
       const height = Math.max(1, (value / panel.max) * panel.height);
       svgNode("rect", {
         x: x - barWidth / 2, y: panel.top + panel.height - height, width: barWidth, height, class: "bar",
@@ -410,8 +470,12 @@ function drawHistory() {
     drawMarker(group, kind, x, CHART.markerY);
     if ((runs.length - 1 - index) % every === 0) {
       const date = new Date(run.created_at);
-      const text = isNaN(date) ? "" : `${pad(date.getMonth() + 1)}-${pad(date.getDate())}`;
-      svgText(group, x, CHART.labelY, text, "date", "middle");
+      if (!isNaN(date)) {
+        const label = svgText(group, x, CHART.labelY, `${pad(date.getMonth() + 1)}-${pad(date.getDate())}`, "date",
+                              "middle");
+        const time = svgNode("tspan", { x, dy: CHART.lineHeight }, label);
+        time.textContent = `${pad(date.getHours())}:${pad(date.getMinutes())}`;
+      }
     }
   });
   box.appendChild(chart);
@@ -472,13 +536,14 @@ function showRunDetail(run) {
   started.dateTime = run.created_at || "";
   started.title = run.created_at || "";
   started.textContent = when(run.created_at);
-  badge($("#detail-status"), kind === "interrupted" ? "interrupted" : run.status, OUTCOME_TEXT[kind]);
+  const running = kind === "running" || kind === "queued";
+  badge($("#detail-status"), ["interrupted", "running", "queued"].includes(kind) ? kind : run.status, OUTCOME_TEXT[kind]);
   $("#detail-description").textContent = run.description || "";
   const facts = $("#detail-facts");
   facts.textContent = "";
   fact(facts, "Trigger", payload.trigger || DASH);
-  fact(facts, "Duration", seconds(runDuration(run)));
-  fact(facts, "Rows removed", count(runRows(run)));
+  fact(facts, "Duration", running ? `${seconds(elapsedOf(run))} so far` : seconds(runDuration(run)));
+  fact(facts, "Rows removed", running ? `${count(runRows(run) || 0)} so far` : count(runRows(run)));
   fact(facts, "Database", beforeAfter(summary.db_bytes_before, summary.db_bytes_after));
   const windowMinutes = summary.window_minutes;
   fact(facts, "Window", known(windowMinutes) ? (windowMinutes ? `${windowMinutes} min` : "none") : DASH);
@@ -487,6 +552,7 @@ function showRunDetail(run) {
   const rows = $("#run-tasks tbody");
   rows.textContent = "";
   const tasks = tasksOf(run) || [];
+  let kept = false; // a size that did not shrink: the note under the table says why
   for (const task of tasks) {
     const row = rows.insertRow();
     row.dataset.task = task.name || "";
@@ -504,13 +570,31 @@ function showRunDetail(run) {
     cell(row, count(task.rows), "num");
     const size = cell(row, beforeAfter(task.bytes_before, task.bytes_after), "num");
     if (Array.isArray(task.tables) && task.tables.length) size.title = `tables: ${task.tables.join(", ")}`;
+    if (known(task.bytes_before) && known(task.bytes_after) && task.bytes_after >= task.bytes_before) {
+      kept = true;
+      const why = document.createElement("span");
+      why.className = "why muted";
+      why.textContent = task.name === "vacuum" ? "plain VACUUM: space reusable, files keep their size"
+        : "space freed inside the files, for new rows";
+      size.appendChild(why);
+    }
     const took = cell(row, seconds(task.duration_s), "num");
     if (known(task.time_limit_s)) took.title = `time limit ${seconds(task.time_limit_s)}${task.timed_out ? ", reached" : ""}`;
   }
-  if (!tasks.length) {
-    const text = ENDED.includes(run.status) ? "This run recorded no tasks." : "No task has ended yet.";
-    cell(rows.insertRow(), text, "muted").colSpan = 5;
+  if (running) {
+    // The task on now, from the run's description ("task 2/6: name — …"), after those that ended.
+    const progress = parseStep(run.description);
+    const name = /^task\s+\d+\s*\/\s*\d+:\s*(\S+)/i.exec(run.description || "");
+    const row = rows.insertRow();
+    row.dataset.status = "running";
+    row.dataset.task = name ? name[1] : "";
+    cell(row, name ? name[1] : "starting", "mono nowrap");
+    badge(row.insertCell(), "running", progress ? `running, task ${progress.index} of ${progress.total}` : "starting");
+    for (let i = 0; i < 3; i += 1) cell(row, DASH, "num");
+  } else if (!tasks.length) {
+    cell(rows.insertRow(), "This run recorded no tasks.", "muted").colSpan = 5;
   }
+  $("#size-note").hidden = !kept;
 }
 
 async function runNow() {
@@ -602,6 +686,8 @@ async function loadInstances() {
     figuresCell(row, p.info);
   }
   if (!found.length) cell(rows.insertRow(), "No instance has sent a heartbeat yet.").colSpan = 6;
+  suggest("#log-programs", found.map((p) => p.program));
+  suggest("#log-instances", found.map((p) => p.instance_id));
 }
 
 // --- configuration ---
@@ -613,7 +699,7 @@ async function loadConfig() {
   const m = (state.config && state.config.maintenance) || {};
   $("#cfg-enabled").checked = !!m.enabled;
   $("#cfg-time").value = m.time || "";
-  $("#cfg-timezone").value = m.timezone || "";
+  await fillZones(m.timezone || "UTC");
   const box = $("#cfg-tasks");
   for (const old of box.querySelectorAll(".task")) old.remove();
   for (const task of (overview && overview.tasks) || []) {
@@ -643,6 +729,23 @@ async function loadConfig() {
   }
   $("#config-doc").textContent = JSON.stringify(state.config, null, 2);
   schedulePreview(0);
+}
+
+let zoneNames = null;
+
+// The picker offers only the names the configuration accepts (the server's list), the saved one selected.
+async function fillZones(current) {
+  if (!zoneNames) {
+    zoneNames = await fetch("/static/timezones.json").then((r) => r.json()).catch(() => null);
+  }
+  const names = Array.isArray(zoneNames) && zoneNames.length ? zoneNames.slice() : [current];
+  if (!names.includes(current)) names.unshift(current);
+  const select = $("#cfg-timezone");
+  if (select.options.length !== names.length) {
+    select.textContent = "";
+    for (const name of names) select.appendChild(new Option(name, name));
+  }
+  select.value = current;
 }
 
 // The form's task switches and options as {task: {option: value}}; a number field's text as typed
@@ -709,8 +812,8 @@ async function saveConfig(event) {
   const patch = {
     maintenance: {
       enabled: $("#cfg-enabled").checked,
-      time: $("#cfg-time").value,
-      timezone: $("#cfg-timezone").value.trim(),
+      time: $("#cfg-time").value.trim(),
+      timezone: $("#cfg-timezone").value,
       tasks: formTasks(),
     },
   };
@@ -749,7 +852,7 @@ async function loadEvents(more) {
     timeCell(row, e.created_at);
     cell(row, e.topic, "mono");
     badge(row.insertCell(), e.status);
-    cell(row, e.description);
+    cell(row, e.description, "text");
     cell(row, e.sender);
   }
   if (!rows.rows.length) cell(rows.insertRow(), "No event matches.").colSpan = 5;
@@ -757,22 +860,69 @@ async function loadEvents(more) {
   $("#events-more").hidden = !state.eventsCursor;
 }
 
-async function loadLogs() {
+const LOGS_PAGE = 100;
+
+function logQuery() {
   const form = $("#logs-filter");
-  const params = new URLSearchParams({ limit: "100" });
-  if (form.level.value) params.set("level", form.level.value);
-  if (form.text.value.trim()) params.set("text", form.text.value.trim());
+  const params = new URLSearchParams({ limit: String(LOGS_PAGE) });
+  for (const name of ["program", "instance", "level", "text"]) {
+    const value = form[name].value.trim();
+    if (value) params.set(name, value);
+  }
+  return params;
+}
+
+// "instance/program" on one line; an extreme instance id is cut short (whole on hover), never the program.
+function sourceCell(row, instance, program) {
+  const td = row.insertCell();
+  td.className = "mono source";
+  td.title = `instance ${instance}, program ${program}`;
+  const id = document.createElement("span");
+  id.className = "instance";
+  id.textContent = instance;
+  const name = document.createElement("span");
+  name.className = "program";
+  name.textContent = program;
+  td.append(id, "/", name);
+  return td;
+}
+
+// One page of records, newest first; `more` appends the next older page (the API's cursor).
+async function loadLogs(more) {
+  const params = logQuery();
+  if (more && state.logsCursor) params.set("cursor", state.logsCursor);
   const body = await api(`/api/logs?${params}`);
   const rows = $("#logs tbody");
-  rows.textContent = "";
+  if (!more) {
+    rows.textContent = "";
+    state.logsShown = 0;
+  }
   for (const r of body.logs) {
     const row = rows.insertRow();
+    row.dataset.level = r.level;
     timeCell(row, r.ts);
-    cell(row, r.level, `level-${r.level}`);
-    cell(row, `${r.instance}/${r.program}`, "mono");
-    cell(row, r.message);
+    cell(row, r.level, `level level-${String(r.level).toLowerCase()}`);
+    sourceCell(row, r.instance, r.program);
+    cell(row, r.exc ? `${r.message}\n${r.exc.split("\n").pop()}` : r.message, "text");
   }
-  if (!body.logs.length) cell(rows.insertRow(), "No log record matches.").colSpan = 4;
+  state.logsShown += body.logs.length;
+  if (!rows.rows.length) cell(rows.insertRow(), "No log record matches.").colSpan = 4;
+  state.logsCursor = body.next_cursor || null;
+  $("#logs-more").hidden = !state.logsCursor;
+  $("#logs-count").textContent = state.logsShown
+    ? `${count(state.logsShown)} records, newest first${state.logsCursor ? "; older ones on request" : "; no older one"}`
+    : "";
+}
+
+// The filters' suggestions: the programs and instances that sent a heartbeat.
+function suggest(list, values) {
+  const box = $(list);
+  box.textContent = "";
+  for (const value of [...new Set(values)].sort()) {
+    const option = document.createElement("option");
+    option.value = value;
+    box.appendChild(option);
+  }
 }
 
 // --- live updates ---
@@ -802,11 +952,10 @@ function onMaintenanceChange(change) {
     historyRefresh = setTimeout(() => loadMaintenance().catch(reportError), 300);
   }
   if (current && current.id === change.id && !ENDED.includes(change.status)) {
-    // The notification has no created_at or summary: keep those of the known run.
+    // The notification has no created_at or summary: keep those of the known run until the whole event is read.
     newerRun(Object.assign({}, current, change));
-    return;
   }
-  // A new run, or the end of one (its summary is only in the table): read the whole event.
+  // The whole event: a new run, a step of one (its tasks ended so far), its end (its summary).
   api(`/api/events/${change.id}`).then(newerRun, reportError);
 }
 
@@ -873,7 +1022,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#cfg-tasks").addEventListener("input", () => schedulePreview(300));
   $("#events-filter").addEventListener("submit", guarded(async (e) => { e.preventDefault(); await loadEvents(false); }));
   $("#events-more").addEventListener("click", guarded(() => loadEvents(true)));
-  $("#logs-filter").addEventListener("submit", guarded(async (e) => { e.preventDefault(); await loadLogs(); }));
+  $("#logs-filter").addEventListener("submit", guarded(async (e) => { e.preventDefault(); await loadLogs(false); }));
+  $("#logs-more").addEventListener("click", guarded(() => loadLogs(true)));
   $("#history-chart").addEventListener("click", onHistoryClick);
   $("#history-chart").addEventListener("keydown", onHistoryKey);
   // The chart is drawn to its box's width: drawn again when that changes.
