@@ -85,7 +85,7 @@ class Broker:
         self.queues.discard(queue)
 
     def _listen(self):
-        conn = connect(self.ctx.db.url, "ayon-stream")
+        conn = connect(self.ctx.settings.session_url, "ayon-stream")  # LISTEN needs a session
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute(f"LISTEN {events.CHANNEL}")
