@@ -40,7 +40,8 @@ def check_session_url(values: settings_mod.Settings, log: logging.Logger) -> Non
     """Refuse (ConfigError, exit 2) a session URL on which LISTEN would stay silent; unreachable, it is left
     to the LISTEN retries."""
     try:
-        check_listen(values.session_url, "AYON_POSTGRES_SESSION_URL" if values.pooled else "AYON_POSTGRES_URL")
+        check_listen(values.session_url,
+                     "AYON_POSTGRES_SESSION_URL" if values["postgres_session_url"] else "AYON_POSTGRES_URL")
     except BROKEN as exc:
         log.warning("could not check that LISTEN works: %s", first_line(exc))
 
