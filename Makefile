@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: venv test test-alone run readme bench image image-test clean
+.PHONY: venv test run readme bench image image-test clean
 
 venv: $(STAMP)
 
@@ -16,12 +16,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# Every test file in a pytest of its own, two at a time, on one PostgreSQL: a file that passes
+# only after another one fails here (scripts/each_test_alone.py). PYTEST_ARGS go to each.
 test: venv
-	$(PY) -m pytest $(PYTEST_ARGS)
-
-# Every test file on its own, two at a time: one that passes only after another fails here.
-test-alone: venv
-	$(PY) -m scripts.each_test_alone
+	PYTEST_ARGS="$(PYTEST_ARGS)" $(PY) -m scripts.each_test_alone $(TEST_FILES)
 
 run: venv
 	@exec $(PY) -m scripts.run_local

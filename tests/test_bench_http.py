@@ -13,6 +13,8 @@ from bench.http import db_ceiling, run
 from server.api.events import EventList, list_query
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.serial  # it measures requests per second (make test runs it alone)
+
 STACKS = ("ayon", "falcon-ceiling", "db-ceiling", "fastapi-default", "fastapi-tuned")
 
 

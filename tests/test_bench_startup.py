@@ -4,7 +4,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.serial  # it measures the start and the memory (make test runs it alone)
 
 
 def test_bench_startup_once():

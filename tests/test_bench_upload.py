@@ -4,7 +4,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.serial  # it measures an upload's time (make test runs it alone)
 
 
 def test_bench_upload_small(pg):

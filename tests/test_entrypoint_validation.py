@@ -18,6 +18,8 @@ from procs import entrypoint
 from tests.conftest import ROOT
 from tests.pg import free_port
 
+pytestmark = pytest.mark.serial  # each refusal must come within 2 s (make test runs it alone)
+
 URL = "postgresql://ayon@db.example/ayon"
 SLUG = "expected 1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit"
 PATH_CHARS = "expected a path without spaces, quotes, backslashes, '%' or ';'"

@@ -19,6 +19,8 @@ from server.core import layout
 from tests.conftest import ROOT
 from tests.instance import Instance, http_get, poll
 
+pytestmark = pytest.mark.serial  # a refusal must come within 1 s (make test runs it alone)
+
 ALL = {"setup", "server", "webactions", "installer", "logcollector", "maintenance"}
 DEADLINE = 1.0
 

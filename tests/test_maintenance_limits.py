@@ -9,6 +9,8 @@ import pytest
 from tests.apiclient import wait_for
 from tests.test_maintenance import run_cli, set_config, start_cli, write_task
 
+pytestmark = pytest.mark.serial  # a backend must end within its limit (make test runs it alone)
+
 LIMIT_S = 3.0  # maintenance.max_minutes 0.05
 GRACE_S = 1.0  # maintenance/runner.py SERVER_GRACE: PostgreSQL ends the statement this long after the limit
 MARGIN_S = 1.5  # for the backend to end once its statement is cancelled, and for the polling

@@ -17,6 +17,8 @@ from tests.apiclient import AUTH, gunicorn  # noqa: F401 (fixture)
 from tests.apiclient import http as request
 from tests.test_archive import make_zip
 
+pytestmark = pytest.mark.serial  # it measures the workers' memory (make test runs it alone)
+
 LEVELS = 8
 MAX_ANSWER = 4096
 MAX_GROWTH = 20 * 1024 * 1024

@@ -13,6 +13,8 @@ import pytest
 from server.worker import BalancedASGIWorker
 from tests.apiclient import TOKEN, Gunicorn, gunicorn, http, running_gunicorn, wait_for  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.serial  # it measures timeouts to a tenth of a second (make test runs it alone)
+
 
 class QuickWorker(BalancedASGIWorker):
     """The server's worker with timeouts and bounds small enough for a test."""
