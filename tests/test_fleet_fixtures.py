@@ -24,7 +24,8 @@ def test_standby_streams_and_promotes(standby, pg):
     primary = db.connect(pg.server_url, "ayon-test")
     primary.autocommit = True
     with primary.cursor() as cur:
-        cur.execute("CREATE TABLE IF NOT EXISTS standby_probe (n int)")
+        cur.execute("DROP TABLE IF EXISTS standby_probe")
+        cur.execute("CREATE TABLE standby_probe (n int)")
         cur.execute("INSERT INTO standby_probe VALUES (1)")
         cur.execute("SELECT pg_current_wal_lsn()")
         [lsn] = cur.fetchone()
@@ -33,7 +34,8 @@ def test_standby_streams_and_promotes(standby, pg):
         conn = db.connect(db.with_database(standby.url, "postgres"), "ayon-test")
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,))
+                cur.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn "
+                            "AND to_regclass('standby_probe') IS NOT NULL", (lsn,))
                 return cur.fetchone()[0]
         finally:
             conn.close()
