@@ -21,7 +21,7 @@ import psycopg2
 
 from maintenance import notify, registry, space
 from server.core import config, events, times
-from server.core.db import BROKEN, Database, Settings, connect, try_advisory_lock
+from server.core.db import BROKEN, Database, Settings, connect, held_lock
 from server.core.errors import first_line
 
 LOCK = "ayon.maintenance"
@@ -129,17 +129,27 @@ class Runner:
                 return str(row[0]) if row else None
             time.sleep(0.1)
 
+    # The fleet-wide lock is a transaction-level advisory lock held by an open transaction on a connection
+    # of its own (db.held_lock): it ends with the run or its process, whatever a pooler does with
+    # sessions. The run's own statements go on a second, autocommit connection, so each event change
+    # is visible (and NOTIFYed) at once.
+
+    def _connect(self):
+        conn = connect(self.url, "ayon-maintenance")
+        conn.autocommit = True
+        return conn
+
     def recover(self) -> list[str]:
         """When no run holds the lock, mark orphaned in_progress runs failed; returns their ids."""
-        conn = connect(self.url, "ayon-maintenance-lock")
-        conn.autocommit = True
-        try:
-            if not try_advisory_lock(conn, LOCK):
+        with held_lock(self.url, LOCK, "ayon-maintenance-lock") as taken:
+            if not taken:
                 return []
-            with conn.cursor() as cur:
-                return recover_orphans(cur)
-        finally:
-            conn.close()  # closing the session releases the lock
+            conn = self._connect()
+            try:
+                with conn.cursor() as cur:
+                    return recover_orphans(cur)
+            finally:
+                conn.close()
 
     def run(
         self,
@@ -149,12 +159,15 @@ class Runner:
         request_id: str | None = None,
     ) -> Outcome:
         """Take the fleet-wide lock and run the tasks; without the lock, say who holds it."""
-        conn = connect(self.url, "ayon-maintenance-lock")
-        conn.autocommit = True
+        if self.stop.is_set():
+            return Outcome("skipped", "stopped before the run started")
+        with held_lock(self.url, LOCK, "ayon-maintenance-lock") as taken:
+            return self._run_holding(taken, names, trigger, slot, request_id)
+
+    def _run_holding(self, taken: bool, names, trigger, slot, request_id) -> Outcome:
+        conn = self._connect()
         try:
-            if self.stop.is_set():
-                return Outcome("skipped", "stopped before the run started")
-            if not try_advisory_lock(conn, LOCK):
+            if not taken:
                 holder = self._holder_event(conn) or "starting"
                 return Outcome("busy", f"another maintenance run is in progress (event {holder})", holder)
             with conn.cursor() as cur:
@@ -178,7 +191,7 @@ class Runner:
     # --- the run itself ---
 
     def _run_locked(self, lock_conn, doc, names, trigger, slot, request_id) -> Outcome:
-        # The lock connection is autocommit: each event change is visible (and NOTIFYed) at once.
+        # `lock_conn` is the run's autocommit connection (the lock itself is held on another).
         with lock_conn.cursor() as cur:
             return self._run_steps(cur, lock_conn, doc, names, trigger, slot, request_id)
 

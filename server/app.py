@@ -346,5 +346,6 @@ def get_app() -> falcon.asgi.App:
     from server.core.program import start
 
     settings, _ = start("server")
-    ctx = AppContext(settings=settings, db=Database(settings.postgres_url, settings.db_pool_size, "ayon-server"))
+    ctx = AppContext(settings=settings, db=Database(settings.postgres_url, settings.db_pool_size, "ayon-server",
+                                                    prepare=not settings.pooled))
     return create_app(ctx)

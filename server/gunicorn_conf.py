@@ -53,7 +53,19 @@ def _share_imports() -> None:
 
 
 def on_starting(server):
+    import logging
+    import sys
+
+    from server.core.errors import ConfigError
+    from server.core.program import check_session_url
     from server.metrics import prepare_multiprocess_dir
+
+    try:
+        # The event stream LISTENs: a URL on which it would stay silent is refused before any worker starts.
+        check_session_url(_settings, logging.getLogger("ayon.server"))
+    except ConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
 
     prepare_multiprocess_dir(_metrics_dir)
     _share_imports()

@@ -26,7 +26,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 def make_app(database_url: str, **settings: str):
     values = load({"AYON_POSTGRES_URL": database_url, "AYON_ADMIN_TOKEN": TOKEN, "AYON_INSTANCE_ID": "test",
                    **settings})
-    return create_app(AppContext(settings=values, db=Database(database_url, size=4, application_name="ayon-test")))
+    return create_app(AppContext(settings=values, db=Database(database_url, size=4, application_name="ayon-test",
+                                                              prepare=not values.pooled)))
 
 
 @pytest.fixture

@@ -61,3 +61,31 @@ def env(tmp_path, database_url):
         PYTHONUNBUFFERED="1",
     )
     return values
+
+
+@pytest.fixture(scope="session", params=["transaction", "session"])
+def bouncer(request, pg):
+    """A real PgBouncer in front of the session's PostgreSQL, in each pool mode (tests/fleet.py)."""
+    from tests.fleet import PgBouncer
+
+    bouncer = PgBouncer(pg.server_url, request.param).start()
+    yield bouncer
+    bouncer.stop()
+
+
+@pytest.fixture
+def pooled_url(bouncer, database_url):
+    """This test's database through the pooler."""
+    return bouncer.url(database_url)
+
+
+@pytest.fixture
+def standby(pg):
+    """A streaming standby of the embedded primary (tests/fleet.py Standby); stopped at the end."""
+    from tests.fleet import Standby
+
+    if pg.embedded is None:
+        pytest.skip("a standby needs the embedded PostgreSQL (AYON_TEST_POSTGRES_URL is set)")
+    standby = Standby(pg.embedded).start()
+    yield standby
+    standby.stop()

@@ -85,7 +85,7 @@ class Broker:
     async def _connect(self) -> None:
         # Spread out: every worker of every instance reconnects after the same outage.
         self.listener = await retry.Retry("event stream: LISTEN", first=0.5, cap=5, outage=self.outage).acall(
-            lambda: self.ctx.run(events.Listener, self.ctx.db.url, (events.CHANNEL,), "ayon-stream"),
+            lambda: self.ctx.run(events.Listener, self.ctx.settings.session_url, (events.CHANNEL,), "ayon-stream"),
             retry_on=BROKEN)
         self.fd = self.listener.fileno()  # kept: a dead connection can no longer tell its socket
         asyncio.get_running_loop().add_reader(self.fd, self._readable)

@@ -8,7 +8,9 @@ psycopg2's asynchronous mode allows. Everything else (transactions, locks,
 LISTEN) stays on the thread pool of server/core/db.py.
 
 Statements are prepared once per connection (PREPARE/EXECUTE, like
-db.execute_prepared). A statement whose plan does not depend on its
+db.execute_prepared), unless AYON_POSTGRES_URL may go through a transaction
+pooler (`prepare=False`): there a name PREPAREd on one server connection
+collides with, or is missing on, the next (docs/architecture.md). A statement whose plan does not depend on its
 parameters' values can ask for PostgreSQL's generic plan: planning the
 events page afresh on every call was more than half of PostgreSQL's time
 for it. Connections run in UTC, so times in the JSON PostgreSQL renders are
@@ -70,9 +72,11 @@ class AsyncReader:
     Create it on the loop that will use it (a gunicorn worker's, after the fork).
     """
 
-    def __init__(self, url: str, size: int, application_name: str = "ayon"):
+    def __init__(self, url: str, size: int, application_name: str = "ayon", prepare: bool = True):
         self.url = url
         self.application_name = application_name
+        # False: plain statements, the time zone SET LOCAL in each (a transaction pooler keeps no session).
+        self.prepare = prepare
         # None stands for a connection still to open: a failure puts one back, so no waiter starves.
         self._idle: asyncio.LifoQueue = asyncio.LifoQueue()
         for _ in range(size):
@@ -106,7 +110,7 @@ class AsyncReader:
             try:
                 if conn is None:
                     conn = await self._open()
-                text = await self._execute(conn, sql, params, generic)
+                text = await self._run(conn, sql, params, generic)
             except BROKEN:
                 if conn is None or not conn.raw.closed:
                     raise
@@ -114,7 +118,7 @@ class AsyncReader:
                 # the statement is read-only, so it runs once more on a fresh connection.
                 conn = None
                 conn = await self._open()
-                text = await self._execute(conn, sql, params, generic)
+                text = await self._run(conn, sql, params, generic)
         except BaseException:
             # A failed or cancelled statement leaves the session in an unknown state: start afresh.
             if conn is not None:
@@ -123,6 +127,21 @@ class AsyncReader:
             raise
         self._idle.put_nowait(conn)
         return text
+
+    def _run(self, conn: _Conn, sql: str, params: dict | None, generic: bool):
+        return self._execute(conn, sql, params, generic) if self.prepare else self._plain(conn, sql, params)
+
+    @staticmethod
+    async def _plain(conn: _Conn, sql: str, params: dict | None) -> str | None:
+        # One round trip, one implicit transaction: the pooler keeps it on one server connection.
+        cur = conn.raw.cursor()
+        if params:
+            cur.execute("SET LOCAL TimeZone = 'UTC'; " + sql, params)
+        else:
+            cur.execute("SET LOCAL TimeZone = 'UTC'; " + sql.replace("%%", "%"))
+        await wait(conn.raw)
+        row = cur.fetchone()
+        return row[0] if row else None
 
     @staticmethod
     async def _execute(conn: _Conn, sql: str, params: dict | None, generic: bool) -> str | None:

@@ -1,9 +1,10 @@
-"""PostgreSQL access for every process: a small pool, transactions, advisory locks."""
+"""PostgreSQL access for every process: a small pool, transactions, advisory locks, the LISTEN check."""
 
 import copy
 import hashlib
 import logging
 import re
+import secrets
 import select
 import threading
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ import psycopg2.extras
 from psycopg2 import sql
 
 from server.core import retry
-from server.core.errors import DatabaseUnavailable, first_line
+from server.core.errors import ConfigError, DatabaseUnavailable, first_line
 
 log = logging.getLogger("ayon.db")
 
@@ -53,6 +54,7 @@ class Connection(psycopg2.extensions.connection):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.prepared: dict[str, tuple[str, list[str]]] = {}
+        self.plain = False  # True: never PREPARE (a transaction pooler may be in the path, see Database)
 
 
 def connect(url: str, application_name: str = "ayon", timeout: int = 5):
@@ -86,7 +88,13 @@ def execute_prepared(conn, cur, sql: str, params: dict) -> None:
 
     PostgreSQL then plans it once per connection instead of on every call: for
     the API's page queries planning was about 40 % of the statement's time.
+    On a connection marked `plain` it is sent as a plain statement: a
+    prepared statement's name lives in one server session, which a
+    transaction pooler does not keep for us.
     """
+    if conn.plain:
+        cur.execute(sql, params)
+        return
     found = conn.prepared.get(sql)
     if found is None:
         body, names = positional(sql)
@@ -103,8 +111,9 @@ def execute_prepared(conn, cur, sql: str, params: dict) -> None:
 class Database:
     """A thread-safe pool that connects lazily and drops broken connections."""
 
-    def __init__(self, url: str, size: int = 4, application_name: str = "ayon"):
+    def __init__(self, url: str, size: int = 4, application_name: str = "ayon", prepare: bool = True):
         self.url = url
+        self.prepare = prepare  # False: plain statements only (AYON_POSTGRES_URL goes through a transaction pooler)
         self.settings: Settings | None = None  # see with_settings
         self.size = size
         self.application_name = application_name
@@ -117,7 +126,9 @@ class Database:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
-                return connect(self.url, self.application_name)
+                conn = connect(self.url, self.application_name)
+                conn.plain = not self.prepare
+                return conn
             if self._alive(conn):
                 return conn
             conn.close()
@@ -207,28 +218,87 @@ class Database:
 
 
 @contextmanager
-def advisory_lock(conn, name: str) -> Iterator[None]:
-    """Hold a session-level advisory lock on `conn` for the block (waits for it)."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_lock(%s)", (lock_key(name),))
-    conn.commit() if not conn.autocommit else None
+def held_lock(url: str, name: str, application_name: str, wait: bool = False) -> Iterator[bool]:
+    """A transaction-level advisory lock, held by an open transaction on a connection of its own for the block.
+
+    Yields whether it was taken (always, with `wait`). The lock ends with that
+    transaction: at the block's end, or when the process dies and its
+    connection closes. Through a pooler too: a transaction pins its server
+    connection, and PgBouncer closes a server connection whose client left
+    mid-transaction. A session lock (pg_advisory_lock) instead stays with
+    whichever pooled server connection took it, after its taker is gone.
+    """
+    conn = connect(url, application_name)
     try:
-        yield
+        with conn.cursor() as cur:
+            # The transaction idles while the holder works: a server-wide idle timeout must not end it.
+            cur.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+            if wait:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(name),))
+                taken = True
+            else:
+                cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (lock_key(name),))
+                taken = cur.fetchone()[0]
+        yield taken
     finally:
-        if not conn.closed:
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s)", (lock_key(name),))
-            conn.commit() if not conn.autocommit else None
+        conn.close()  # ends the transaction, and with it the lock
 
 
 def try_advisory_lock(conn, name: str) -> bool:
-    """Take a session-level advisory lock if free; True when taken."""
+    """Take a session-level advisory lock if free; True when taken.
+
+    Only on a direct or session-pooled connection: through a transaction pooler it outlives its taker
+    (use held_lock).
+    """
     with conn.cursor() as cur:
         cur.execute("SELECT pg_try_advisory_lock(%s)", (lock_key(name),))
         taken = cur.fetchone()[0]
     if not conn.autocommit:
         conn.commit()
     return taken
+
+
+def notifications_arrive(url: str, timeout: float = 5.0) -> bool:
+    """Whether a NOTIFY reaches a LISTEN on `url` within `timeout` s: False through a transaction pooler.
+
+    There LISTEN registers on whichever server connection ran it, which goes
+    back to the pool; nothing ever reaches the client. A random channel keeps
+    concurrent checks apart.
+    """
+    channel = f"ayon_check_{secrets.token_hex(8)}"
+    listener = connect(url, "ayon-listen-check")
+    sender = None
+    try:
+        listener.autocommit = True
+        with listener.cursor() as cur:
+            cur.execute(f"LISTEN {channel}")
+        sender = connect(url, "ayon-listen-check")
+        sender.autocommit = True
+        with sender.cursor() as cur:
+            cur.execute("SELECT pg_notify(%s, 'check')", (channel,))
+        deadline = time.monotonic() + timeout
+        while True:
+            listener.poll()
+            if any(n.channel == channel for n in listener.notifies):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            select.select([listener.fileno()], [], [], min(left, 0.5))
+    finally:
+        listener.close()
+        if sender is not None:
+            sender.close()
+
+
+def check_listen(url: str, setting: str, timeout: float = 5.0) -> None:
+    """Refuse a URL on which LISTEN would stay silent (ConfigError, exit 2), naming the setting to fix."""
+    if not notifications_arrive(url, timeout):
+        raise ConfigError(
+            f"{setting}: LISTEN/NOTIFY does not work through {host_port(url)} (a notification did not arrive "
+            f"within {timeout:g} s; a transaction pooler such as PgBouncer's pool_mode=transaction drops it); "
+            "set AYON_POSTGRES_SESSION_URL to a direct or session-pooled URL of the same database"
+        )
 
 
 _SERVER_PREFIX = re.compile(r"^connection to server (at|on) .*? failed: ")

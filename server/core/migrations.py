@@ -91,7 +91,9 @@ def migrate(url: str, say: Callable[[str], None] = log.info, directory: Path = M
     known = load(directory)
     conn = db.connect(url, "ayon-migrate")
     try:
-        with db.advisory_lock(conn, LOCK):
+        # A transaction-level lock on a connection of its own: it never outlives this process, also
+        # through a transaction pooler (db.held_lock), while each file commits on `conn`.
+        with db.held_lock(url, LOCK, "ayon-migrate-lock", wait=True):
             with conn, conn.cursor() as cur:
                 cur.execute(TRACKING_TABLE)
                 pending = _check(_applied(cur), known)

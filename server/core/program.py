@@ -16,7 +16,7 @@ from typing import Any
 
 from server.core import config, events, migrations, retry
 from server.core import settings as settings_mod
-from server.core.db import BROKEN, Database
+from server.core.db import BROKEN, Database, check_listen
 from server.core.errors import AyonError, first_line, run_main
 from server.core.heartbeat import Heartbeat
 from server.core.logs import setup_logging
@@ -34,6 +34,16 @@ def start(program: str, spool: bool = True) -> tuple[settings_mod.Settings, logg
 
 def open_database(values: settings_mod.Settings, program: str) -> Database:
     return Database(values.postgres_url, size=values.db_pool_size, application_name=f"ayon-{program}")
+
+
+def check_session_url(values: settings_mod.Settings, log: logging.Logger) -> None:
+    """Refuse (ConfigError, exit 2) a session URL on which LISTEN would stay silent; unreachable, it is left
+    to the LISTEN retries."""
+    try:
+        check_listen(values.session_url,
+                     "AYON_POSTGRES_SESSION_URL" if values["postgres_session_url"] else "AYON_POSTGRES_URL")
+    except BROKEN as exc:
+        log.warning("could not check that LISTEN works: %s", first_line(exc))
 
 
 class Daemon:
@@ -149,7 +159,7 @@ class Daemon:
     def _start_listening(self) -> bool:
         """LISTEN on the program's channels; False (said once per outage) when PostgreSQL cannot be reached."""
         try:
-            self.listener = events.Listener(self.settings.postgres_url, self._channels(),
+            self.listener = events.Listener(self.settings.session_url, self._channels(),
                                             f"ayon-{self.program}-listen")
             return True
         except BROKEN as exc:
@@ -205,6 +215,8 @@ class Daemon:
                 return 0
             self.log.error("%s", exc)
             return exc.exit_code
+        if self._channels():
+            check_session_url(self.settings, self.log)
         Heartbeat(self.db, self.settings.instance_id, self.program, self.stop, self.heartbeat_info).start()
         if self._channels():
             # LISTEN before the configuration is read and the first tick catches up: what is stored

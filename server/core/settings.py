@@ -160,6 +160,7 @@ SETTINGS = [
     Setting("AYON_RUN_SETUP", Boolean(), "true", "Run setup: create the database, migrate, seed the configuration."),
     Setting("AYON_RUN_MAINTENANCE", Boolean(), "true", "Run the maintenance daemon (the procedure daily at the configured time)."),
     Setting("AYON_POSTGRES_URL", PostgresUrl(optional=True), "", "PostgreSQL URL; unset runs an embedded PostgreSQL (evaluation only).", secret=True),
+    Setting("AYON_POSTGRES_SESSION_URL", PostgresUrl(optional=True), "", "PostgreSQL URL for what needs a session of its own (LISTEN): direct or session-pooled; unset is AYON_POSTGRES_URL. Set it when AYON_POSTGRES_URL goes through a transaction pooler (PgBouncer `pool_mode = transaction`): the programs then send no prepared statements there, and refuse to start when LISTEN does not work on this one.", secret=True),
     Setting("AYON_DATA_DIR", Path(plain=True), "/var/lib/ayon", "Local data: log spool, installed addons, embedded PostgreSQL; a folder that can be created and written, one instance's at a time.", check=check_data_dir),
     Setting("AYON_INSTANCE_ID", Slug(), _hostname, "This instance's name in heartbeats, logs and install states (up to 63 letters, digits, `-`, `_`, `.`)."),
     Setting("AYON_HTTP_BIND", Bind(), "0.0.0.0:5000", "Address the web server listens on: `HOST:PORT` or `[IPV6]:PORT`, an address of this machine.", check=check_bind, checked_when=lambda v: v.run_server),
@@ -199,6 +200,16 @@ class Settings(dict):
         )
 
         return url(self.data_dir, self.embedded_pg_port)
+
+    @property
+    def session_url(self) -> str:
+        """The URL for LISTEN: AYON_POSTGRES_SESSION_URL, or else AYON_POSTGRES_URL's."""
+        return self["postgres_session_url"] or self.postgres_url
+
+    @property
+    def pooled(self) -> bool:
+        """AYON_POSTGRES_URL may be behind a transaction pooler: a session URL of its own says so."""
+        return self.session_url != self.postgres_url
 
     @property
     def embedded_postgres(self) -> bool:
@@ -247,7 +258,7 @@ def describe(values: Settings) -> list[tuple[str, str]]:
         key = key_of(setting.name)
         value = values["postgres_url_raw"] if key == "postgres_url" else values[key]
         if setting.secret and value:
-            shown = urls.masked(value) if key == "postgres_url" else "***"
+            shown = urls.masked(value) if key in ("postgres_url", "postgres_session_url") else "***"
         else:
             shown = str(value).lower() if isinstance(value, bool) else str(value)
         rows.append((setting.name, shown))
