@@ -30,8 +30,10 @@ readme: venv
 bench: venv
 	$(PY) -m bench.startup
 
-# The container image, built from the Dockerfile with buildah (README, Deployment).
-IMAGE ?= localhost/ayon-server:latest
+# The container image, built from the Dockerfile with buildah (README, Deployment), tagged with
+# the version as the Compose files and Kubernetes manifests name it.
+VERSION := $(shell sed -n 's/^VERSION = "\(.*\)"$$/\1/p' server/core/__init__.py)
+IMAGE ?= localhost/ayon-server:$(VERSION)
 
 image: venv
 	PYTHON=$(PY) scripts/build-image.sh $(IMAGE)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the image from the Dockerfile with buildah (no Docker engine needed).
 #
-#   scripts/build-image.sh [IMAGE]     (default: localhost/ayon-server:latest)
+#   scripts/build-image.sh [IMAGE]     (default: localhost/ayon-server:VERSION, server/core/__init__.py)
 #
 # BASE_IMAGE picks the base; unset, the official slim Python image is used when
 # it is present or can be pulled, else a local Debian base is made by
@@ -11,7 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-image="${1:-localhost/ayon-server:latest}"
+version="$(sed -n 's/^VERSION = "\(.*\)"$/\1/p' server/core/__init__.py)"
+image="${1:-localhost/ayon-server:${version}}"
 official="docker.io/library/python:3.11-slim-bookworm"
 local_base="localhost/ayon-base:bookworm"
 python="${PYTHON:-.venv/bin/python}"

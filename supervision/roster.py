@@ -16,8 +16,8 @@ SERVER_STOPWAIT = 30
 GUNICORN_BIND_RETRY = 5
 
 # The secrets a program may be given, by setting name; each program names those it needs.
-DATABASE = ("AYON_POSTGRES_URL",)
-DATABASE_AND_TOKEN = ("AYON_POSTGRES_URL", "AYON_ADMIN_TOKEN")
+DATABASE = ("AYON_POSTGRES_URL", "AYON_POSTGRES_SESSION_URL")
+DATABASE_AND_TOKEN = ("AYON_POSTGRES_URL", "AYON_POSTGRES_SESSION_URL", "AYON_ADMIN_TOKEN")
 
 # When a program is part of an instance, by the settings' roles; the text is the README's.
 WHEN = {

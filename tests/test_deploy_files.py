@@ -11,8 +11,8 @@ import yaml
 from kubernetes_validate import utils as kubernetes_validate
 from packaging.version import Version
 
+from server.core import VERSION, config, settings
 from supervision import generator
-from server.core import config, settings
 from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
@@ -28,14 +28,20 @@ MAINTENANCE_CHOICES = {
 }
 # The oldest Kubernetes release the manifests support; the newest is the newest kubernetes-validate knows.
 OLDEST_KUBERNETES = Version("1.29")
-# The project's image, as `make image` tags it and the Compose files build it.
-PROJECT_IMAGE = "ayon-server:latest"
-# Official images the Compose files may use, and the variables and commands they document.
-OFFICIAL_IMAGES = {"postgres": re.compile(r"^(1[4-9])(-bookworm)?$")}
-OFFICIAL_VARIABLES = {"postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "PGDATA"}}
-OFFICIAL_COMMANDS = {"postgres": {"pg_isready"}}
+# The project's image, as `make image` tags it, the Compose files build it (AYON_IMAGE picks
+# another) and the Kubernetes manifests name it: in full, pinned by the version.
+PROJECT_IMAGE = f"localhost/ayon-server:{VERSION}"
+COMPOSE_PROJECT_IMAGE = f"${{AYON_IMAGE:-{PROJECT_IMAGE}}}"
+# Official images the Compose files may use, named in full (no search registries needed), and
+# the variables and commands they document.
+OFFICIAL_IMAGES = {"docker.io/library/postgres": re.compile(r"^(1[4-9])(-bookworm)?$")}
+OFFICIAL_VARIABLES = {"docker.io/library/postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "PGDATA"}}
+OFFICIAL_COMMANDS = {"docker.io/library/postgres": {"pg_isready"}}
 # Variables the user sets when running compose, beside the AYON_* settings.
-COMPOSE_INPUTS = {"POSTGRES_PASSWORD", "HTTP_PORT", "SERVER_1_PORT", "SERVER_2_PORT"}
+COMPOSE_INPUTS = {"POSTGRES_PASSWORD", "HTTP_PORT", "SERVER_PORT", "SERVER_2_PORT", "AYON_IMAGE"}
+# The service `compose exec server python -m maintenance` reaches in every Compose file (upstream's docs).
+COMPOSE_SERVER = "server"
+DEPLOY = ROOT / "deploy"
 BY_NAME = {setting.name: setting for setting in settings.SETTINGS}
 
 
@@ -340,7 +346,38 @@ def compose_services(path: Path) -> dict[str, dict]:
 
 
 def project_services(path: Path) -> dict[str, dict]:
-    return {name: s for name, s in compose_services(path).items() if s["image"] == PROJECT_IMAGE}
+    return {name: s for name, s in compose_services(path).items() if s["image"] == COMPOSE_PROJECT_IMAGE}
+
+
+def deploy_images() -> list[tuple[str, str]]:
+    """(file, image) for every image named anywhere in deploy/, as written."""
+    found = []
+    for path in sorted(DEPLOY.rglob("*")):
+        if path.is_file() and path.suffix in (".yml", ".yaml") or path.name == "cron.example":
+            for image in re.findall(r"^\s*(?:-\s+)?image:\s*(\S+)", path.read_text(), re.M):
+                found.append((str(path.relative_to(ROOT)), image))
+    return found
+
+
+def test_every_image_in_deploy_is_named_in_full_and_pinned_by_version():
+    images = deploy_images()
+    assert len(images) >= 8, images  # four Kubernetes containers, two Compose files with two images each
+    for where, image in images:
+        if image.startswith("${AYON_IMAGE:-"):
+            assert image == COMPOSE_PROJECT_IMAGE, where
+            image = PROJECT_IMAGE
+        repo, _, tag = image.rpartition(":")
+        # A registry host first: short names need search registries, which Debian's podman has none of.
+        assert "." in repo.split("/")[0] or repo.startswith("localhost/"), f"{where}: {image} is a short name"
+        assert tag and tag != "latest" and "/" not in tag, f"{where}: {image} is not pinned"
+        if repo.endswith("/ayon-server"):
+            assert image == PROJECT_IMAGE, f"{where}: {image} is not version {VERSION}"
+
+
+def test_make_image_builds_the_image_the_deploy_files_name():
+    result = run("make", "-n", "image")
+    assert result.returncode == 0, result.stderr
+    assert f"scripts/build-image.sh {PROJECT_IMAGE}" in result.stdout, result.stdout
 
 
 @pytest.mark.parametrize("path", COMPOSE, ids=lambda p: p.name)
@@ -348,8 +385,8 @@ def test_compose_file_names_only_what_exists(path):
     services = compose_services(path)
     assert set(services) >= {"postgres"}
     for name, service in services.items():
-        repo, _, tag = service["image"].partition(":")
-        if service["image"] == PROJECT_IMAGE:
+        repo, _, tag = service["image"].rpartition(":")
+        if service["image"] == COMPOSE_PROJECT_IMAGE:
             build = service["build"]
             assert (path.parent / build["context"] / build["dockerfile"]).resolve() == ROOT / "Dockerfile"
             allowed_vars, allowed_cmds, image = set(BY_NAME), set(), "project"
@@ -423,8 +460,8 @@ def test_split_compose_runs_each_role_in_its_own_service():
         return {r for r in ("SERVER", "SETUP", "MAINTENANCE") if env[f"AYON_RUN_{r}"] == "true"}
 
     assert roles("setup") == {"SETUP"} and services["setup"]["restart"] == "no"
-    servers = sorted(name for name in services if name.startswith("server-"))
-    assert servers == ["server-1", "server-2"]
+    servers = sorted(name for name in services if name.startswith("server"))
+    assert servers == ["server", "server-2"]
     for name in servers:
         assert roles(name) == {"SERVER"}
         assert services[name]["environment"]["AYON_INSTANCE_ID"] == name
@@ -435,19 +472,31 @@ def test_split_compose_runs_each_role_in_its_own_service():
         assert services[name]["restart"] == "unless-stopped"
 
 
-def test_cron_example_runs_maintenance_in_a_split_server_service():
-    services = compose_services(ROOT / "deploy" / "compose" / "split.yml")
-    lines = [line for line in (ROOT / "deploy" / "compose" / "cron.example").read_text().splitlines()
-             if line.strip() and not line.startswith("#") and "=" not in line.split()[0]]
-    assert lines, "no cron line"
+@pytest.mark.parametrize("path", COMPOSE, ids=lambda p: p.name)
+def test_compose_web_service_is_named_server(path):
+    # Upstream AYON's docs say `docker compose exec server python -m maintenance`.
+    service = compose_services(path)[COMPOSE_SERVER]
+    assert service["image"] == COMPOSE_PROJECT_IMAGE
+    assert service["environment"].get("AYON_RUN_SERVER", "true") == "true"
+
+
+def test_cron_example_runs_maintenance_in_the_server_service_of_each_file():
+    # The active line and the commented alternative: both must work as written.
+    lines = re.findall(r"^(?:# )?(\d+ \d+ [*\d]+ [*\d]+ [*\d]+ .*)$", (DEPLOY / "compose" / "cron.example").read_text(),
+                       re.M)
+    files = []
     for line in lines:
         fields = line.split(None, 6)
         assert len(fields) == 7, line  # five time fields, the user, the command
         command = shlex.split(fields[6].split(">>")[0].split("&&")[-1])
         assert command[:3] == ["docker", "compose", "-f"]
-        assert (ROOT / command[3]) == ROOT / "deploy" / "compose" / "split.yml"
+        path = ROOT / command[3]
+        files.append(path)
+        services = compose_services(path)
         rest = command[command.index("exec") + 1:]
         while rest[0].startswith("-"):  # exec's own options (-T) come before the service
             rest = rest[1:]
-        assert rest[0] in services and services[rest[0]]["environment"]["AYON_RUN_SERVER"] == "true", line
-        assert image_command_exists(rest[1:]), line
+        assert rest[0] == COMPOSE_SERVER, line
+        assert services[rest[0]]["environment"].get("AYON_RUN_SERVER", "true") == "true", line
+        assert rest[1:] == ["python", "-m", "maintenance"] and image_command_exists(rest[1:]), line
+    assert sorted(files) == COMPOSE, files

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from server.core import settings, urls
+from server.core import instancelock, settings, urls
 from server.core.errors import ConfigError
 
 SETTING = {setting.name: setting for setting in settings.SETTINGS}
@@ -114,11 +114,18 @@ def test_load_names_the_first_bad_variable():
         settings.load({"AYON_SERVER_WORKERS": "many"})
 
 
-def test_embedded_postgres_when_url_unset():
-    values = settings.load({"AYON_EMBEDDED_PG_PORT": "6543"})
+def test_embedded_postgres_when_url_unset_inside_an_instance(tmp_path):
+    values = settings.load({"AYON_EMBEDDED_PG_PORT": "6543", "AYON_DATA_DIR": str(tmp_path)})
     assert values.embedded_postgres
-    # The programs' role, not the superuser; its password stays in a 0600 file the URL names.
-    assert values.postgres_url == f"postgresql://ayon@127.0.0.1:6543/ayon?passfile={values.data_dir}/secrets/ayon.pgpass"
+    # Outside an instance nothing will start it: a missing setting, refused at once (tests/test_no_database.py).
+    with pytest.raises(ConfigError, match=r"^AYON_POSTGRES_URL is not set, and no instance"):
+        values.postgres_url
+    held = instancelock.DataFolderLock(str(tmp_path), "test")  # as the instance's supervisord holds it
+    try:
+        # The programs' role, not the superuser; its password stays in a 0600 file the URL names.
+        assert values.postgres_url == f"postgresql://ayon@127.0.0.1:6543/ayon?passfile={tmp_path}/secrets/ayon.pgpass"
+    finally:
+        held.give_up()
 
 
 def test_settings_command_masks_secrets():

@@ -192,13 +192,24 @@ class Settings(dict):
 
     @property
     def postgres_url(self) -> str:
+        """AYON_POSTGRES_URL, or the embedded PostgreSQL's of the instance running on AYON_DATA_DIR.
+
+        Unset outside an instance (cron, a one-shot container, a shell) is a missing setting:
+        refused at once, not a wait for a PostgreSQL at 127.0.0.1 that nothing will start.
+        The instance's entrypoint starts supervisord holding the data folder's lock first, so
+        its programs, and `docker exec` into it, find the instance.
+        """
         url = self["postgres_url_raw"]
         if url:
             return url
+        from server.core import instancelock
         from server.core.embedded_pg import (
             url,  # the owner role, its password in a 0600 file
         )
 
+        if instancelock.holder(self.data_dir) is None:
+            raise ConfigError(f"AYON_POSTGRES_URL is not set, and no instance with the embedded PostgreSQL runs on "
+                              f"AYON_DATA_DIR {self.data_dir}: set AYON_POSTGRES_URL to the database's URL")
         return url(self.data_dir, self.embedded_pg_port)
 
     @property

@@ -1,11 +1,12 @@
 """The Compose files brought up by podman-compose as a user would, checked from outside.
 
-Each file runs as written but for two image names, set in an override file: the
-project's services use the image under test, and PostgreSQL is the official
+Each file runs as written, unmodified: the image under test is tagged for the run
+with the name the files give the project's image, and PostgreSQL is the official
 image when podman has it, else a stand-in built from the image under test (its
 embedded PostgreSQL behind the official image's variables, port, data folder and
-pg_isready), as no registry may be reachable. Host ports are the files' own
-variables, set to free ports on loopback.
+pg_isready) tagged for the run with the official image's name, as no registry
+may be reachable. Host ports are the files' own variables, set to free ports on
+loopback.
 """
 
 import json
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server.core import settings
+from server.core import VERSION, settings
 from tests.apiclient import wait_for
 from tests.conftest import ROOT
 from tests.image.podman import (
@@ -42,8 +43,12 @@ from tests.roles import LISTENERS, names_for
 
 COMPOSE_DIR = ROOT / "deploy" / "compose"
 PODMAN_COMPOSE = os.environ.get("PODMAN_COMPOSE") or str(Path(sys.executable).parent / "podman-compose")
-PROJECT_IMAGE = "ayon-server:latest"
+# The project's image as the files name it (AYON_IMAGE picks another; the tests leave it unset).
+COMPOSE_IMAGE = f"localhost/ayon-server:{VERSION}"
+PROJECT_IMAGE = f"${{AYON_IMAGE:-{COMPOSE_IMAGE}}}"
 OFFICIAL_POSTGRES = "docker.io/library/postgres:17-bookworm"
+# Marks the stand-in, so one left under the official name by an interrupted run is not taken for it.
+STANDIN_LABEL = "io.ayon.test.postgres-standin"
 READY_TIMEOUT = 180
 
 STANDIN_CONTAINERFILE = """\
@@ -58,6 +63,7 @@ VOLUME ["/var/lib/postgresql/data"]
 EXPOSE 5432
 STOPSIGNAL SIGINT
 HEALTHCHECK NONE
+LABEL io.ayon.test.postgres-standin=true
 ENTRYPOINT ["python", "/standin.py"]
 """
 
@@ -139,26 +145,25 @@ def http_json(url: str, token: str) -> dict:
 class ComposeProject:
     """One Compose file brought up by podman-compose under a project name of its own."""
 
-    def __init__(self, path: Path, workdir: Path, postgres_image: str | None):
+    def __init__(self, path: Path, workdir: Path):
         self.path = path
         self.name = "ayontest" + uuid.uuid4().hex[:8]
         self.services = yaml.safe_load(path.read_text())["services"]
-        assert f"docker.io/library/{self.services['postgres']['image']}" == OFFICIAL_POSTGRES, "update OFFICIAL_POSTGRES"
-        override = {name: {"image": IMAGE} for name, s in self.services.items() if s["image"] == PROJECT_IMAGE}
-        override["postgres"] = {"image": postgres_image or OFFICIAL_POSTGRES}
-        self.override = workdir / f"{self.name}.override.yml"
-        self.override.write_text(yaml.safe_dump({"services": override}))
+        assert self.services["postgres"]["image"] == OFFICIAL_POSTGRES, "update OFFICIAL_POSTGRES"
+        assert "server" in self.services and self.services["server"]["image"] == PROJECT_IMAGE, "update PROJECT_IMAGE"
         conf = workdir / "containers.conf"
         conf.write_text(CONTAINERS_CONF)
         self.env = {**os.environ, "CONTAINERS_CONF": str(conf), "AYON_ADMIN_TOKEN": TOKEN}
+        self.env.pop("AYON_IMAGE", None)
         # The files' own host-port variables, on free loopback ports.
         for variable in re.findall(r"\$\{(\w+_PORT):-\d+\}", path.read_text()):
             self.env[variable] = f"127.0.0.1:{free_port()}"
         self.volumes: set[str] = set()
 
     def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        argv = [PODMAN_COMPOSE, "-p", self.name, "-f", str(self.path), "-f", str(self.override), *args]
-        return subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout)
+        argv = [PODMAN_COMPOSE, "-p", self.name, "-f", str(self.path), *args]
+        return subprocess.run(argv, env=self.env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout)
 
     def up(self) -> None:
         started = time.monotonic()
@@ -212,31 +217,65 @@ class ComposeProject:
             podman("volume", "rm", "--force", volume)
         for network in podman("network", "ls", "--quiet", "--filter", label).stdout.split():
             podman("network", "rm", "--force", network)
-        self.override.unlink(missing_ok=True)
+
+
+def image_id(name: str) -> str | None:
+    result = podman("image", "inspect", "--format", "{{.Id}}", name)
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+class Tag:
+    """An image tagged with a name for the session; the name points where it did before at the end."""
+
+    def __init__(self, image: str, name: str, remove: bool = False):
+        self.image, self.name, self.remove = image, name, remove
+        self.before = image_id(name)
+        podman("tag", image, name, check=True)
+
+    def restore(self) -> None:
+        podman("untag", self.name, self.name)
+        if self.before:
+            podman("tag", self.before, self.name)
+        if self.remove:
+            podman("rmi", "--force", self.image)
 
 
 @pytest.fixture(scope="session")
-def postgres_image(tmp_path_factory):
-    """None when podman has the official image; else the tag of a stand-in built for this session."""
-    if podman("image", "exists", OFFICIAL_POSTGRES).returncode == 0:
-        yield None
-        return
-    context = tmp_path_factory.mktemp("postgres-standin")
+def compose_images(tmp_path_factory):
+    """The names the files use, resolvable here: the image under test and PostgreSQL."""
+    tags = []
+    try:
+        if IMAGE != COMPOSE_IMAGE:
+            tags.append(Tag(IMAGE, COMPOSE_IMAGE))
+            progress(f"{IMAGE} tagged as {COMPOSE_IMAGE} for the Compose files")
+        official = podman("image", "inspect", "--format", f'{{{{index .Labels "{STANDIN_LABEL}"}}}}', OFFICIAL_POSTGRES)
+        if official.stdout.strip() == "true":  # left by an interrupted run: not the official image
+            podman("rmi", "--force", OFFICIAL_POSTGRES, check=True)
+        if official.returncode != 0 or official.stdout.strip() == "true":
+            standin = build_standin(tmp_path_factory.mktemp("postgres-standin"))
+            tags.append(Tag(standin, OFFICIAL_POSTGRES, remove=True))
+            progress(f"no {OFFICIAL_POSTGRES} here: a stand-in is tagged with its name")
+        yield
+    finally:
+        for tag in reversed(tags):
+            tag.restore()
+
+
+def build_standin(context: Path) -> str:
+    """The stand-in PostgreSQL image, built from the image under test; its id."""
     (context / "Containerfile").write_text(STANDIN_CONTAINERFILE)
     (context / "standin.py").write_text(STANDIN_SCRIPT)
-    tag = f"localhost/ayon-test-postgres:{uuid.uuid4().hex[:8]}"
+    idfile = context / "id"
     result = subprocess.run(["buildah", "bud", "--quiet", "--isolation", "chroot", "--format", "docker",
-                             "--build-arg", f"IMAGE={IMAGE}", "--tag", tag, "--file", "Containerfile", "."],
+                             "--build-arg", f"IMAGE={IMAGE}", "--iidfile", str(idfile), "--file", "Containerfile", "."],
                             cwd=context, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    progress(f"no {OFFICIAL_POSTGRES} here: PostgreSQL is the stand-in {tag}")
-    yield tag
-    podman("rmi", "--force", tag)
+    return idfile.read_text().strip()
 
 
 @pytest.fixture(scope="module", params=["all-in-one.yml", "split.yml"])
-def project(request, postgres_image, tmp_path_factory):
-    compose = ComposeProject(COMPOSE_DIR / request.param, tmp_path_factory.mktemp("compose"), postgres_image)
+def project(request, compose_images, tmp_path_factory):
+    compose = ComposeProject(COMPOSE_DIR / request.param, tmp_path_factory.mktemp("compose"))
     try:
         compose.up()
         yield compose
@@ -334,6 +373,19 @@ def test_two_maintenance_runs_requested_at_once_make_one(project):
     events = http_json(f"{url}/api/events?topic=server.maintenance&limit=100", TOKEN)["events"]
     manual = [e["status"] for e in events if e["payload"].get("trigger") == "manual"]
     assert manual == ["finished"], events
+
+
+def test_compose_exec_server_python_m_maintenance_finishes_a_run(project):
+    # Upstream AYON's documented command, as typed: `compose exec server python -m maintenance`.
+    project.long_running()["server"].wait_healthy(timeout=READY_TIMEOUT)
+    started = time.monotonic()
+    result = project.compose("exec", "server", "python", "-m", "maintenance", timeout=300)
+    said = result.stdout + result.stderr
+    assert result.returncode == 0, said
+    finished = next((line for line in said.splitlines() if "maintenance finished" in line), None)
+    assert finished, said
+    progress(f"podman-compose exec server python -m maintenance: exit 0 in {time.monotonic() - started:.1f} s, "
+             f"{finished.split(': ', 1)[-1]}")
 
 
 def test_down_stops_and_removes_every_container(project):

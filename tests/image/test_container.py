@@ -215,6 +215,19 @@ def test_maintenance_only_runs_exactly_its_programs_and_runs_the_procedure(conta
     assert ("finished",) in rows, rows
 
 
+def test_one_shot_maintenance_with_no_database_refuses_at_once():
+    # `docker run IMAGE python -m maintenance` with AYON_POSTGRES_URL forgotten: no instance runs
+    # the embedded PostgreSQL beside it, so it says so instead of waiting for 127.0.0.1:5432.
+    started = time.monotonic()
+    result = run_once({}, "python", "-m", "maintenance")
+    took = time.monotonic() - started
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        "Error: AYON_POSTGRES_URL is not set, and no instance with the embedded PostgreSQL runs on "
+        "AYON_DATA_DIR /var/lib/ayon: set AYON_POSTGRES_URL to the database's URL"], result.stderr
+    progress(f"python -m maintenance with no database: exit 2 in {took:.1f} s (container start included)")
+
+
 def test_one_shot_maintenance_run_as_the_cronjob_does(database_url):
     result = run_once({"AYON_POSTGRES_URL": database_url, "AYON_INSTANCE_ID": "cronjob"},
                       "python", "-m", "maintenance", timeout=180)
