@@ -81,7 +81,7 @@ def prepare():
         os.execv(sys.executable, [sys.executable, "-m", "procs.setup"])
     # Before anything is written, verify()'s probe files included: a second start on this
     # folder refuses here, whatever of the running instance's files were removed.
-    held = instancelock.DataFolderLock(values.data_dir, values.instance_id)
+    held = instancelock.DataFolderLock(values.data_dir, values.instance_id, settings_mod.check_data_dir)
     try:
         values = validate()
         instancelock.lock_conf(values.supervisor_conf)

@@ -7,6 +7,7 @@ import re
 import secrets
 import select
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit

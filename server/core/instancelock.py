@@ -22,6 +22,7 @@ import fcntl
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
 from server.core import layout
 from server.core.errors import ConfigError
@@ -86,7 +87,7 @@ def _named(path: Path) -> str:
 class DataFolderLock:
     """The data folder's lock, held; `give_up` when the start is refused after all removes what taking it made."""
 
-    def __init__(self, data_dir: str, instance_id: str):
+    def __init__(self, data_dir: str, instance_id: str, check_folder: Callable[[str], None] | None = None):
         self.path = layout.lock_file(data_dir)
         self.made: list[str] = []
         missing = data_dir
@@ -100,7 +101,7 @@ class DataFolderLock:
             self.fd = _lock(self.path)
         except OSError as exc:
             self._undo()
-            raise self._unusable(data_dir, exc) from None
+            raise self._unusable(data_dir, exc, check_folder) from None
         if self.fd is None:
             raise ConfigError(f"AYON_DATA_DIR={data_dir!r}: in use by the running instance {_named(self.path)}; "
                               "stop it first, or give this instance a data folder of its own")
@@ -110,11 +111,10 @@ class DataFolderLock:
         _HELD.append(self.fd)
 
     @staticmethod
-    def _unusable(data_dir: str, exc: OSError) -> ConfigError:
-        from server.core import settings
-
+    def _unusable(data_dir: str, exc: OSError, check_folder: Callable[[str], None] | None) -> ConfigError:
         try:
-            settings.check_data_dir(data_dir)  # says what is wrong with the folder, as verify() would
+            if check_folder is not None:
+                check_folder(data_dir)  # says what is wrong with the folder, as verify() would
         except ValueError as why:
             return ConfigError(f"AYON_DATA_DIR={data_dir!r}: {why}")
         return ConfigError(f"AYON_DATA_DIR={data_dir!r}: cannot lock {layout.lock_file(data_dir)} "
