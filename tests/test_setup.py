@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from server.core import config, db, embedded_pg
+from server.core import config, db, embedded_pg, instancelock
 from tests.conftest import ROOT
 from tests.pg import EmbeddedPostgres, free_port
 
@@ -113,6 +113,7 @@ def test_embedded_setup_makes_the_owner_role_and_migrates_as_it(tmp_path):
         env = {k: v for k, v in os.environ.items() if not k.startswith("AYON_")}
         env.update(AYON_DATA_DIR=str(data), AYON_EMBEDDED_PG_PORT=str(server.port), AYON_INSTANCE_ID="test",
                    AYON_DB_WAIT_TIMEOUT="5", AYON_RUN_SERVER="true")
+        held = instancelock.DataFolderLock(str(data), "test")  # as the instance's supervisord holds it
         first = run_setup(env)
         assert first.returncode == 0, first.stderr
         assert "created role ayon" in first.stdout and "created database ayon owned by ayon" in first.stdout
@@ -134,5 +135,6 @@ def test_embedded_setup_makes_the_owner_role_and_migrates_as_it(tmp_path):
             f"Error: PostgreSQL at 127.0.0.1:{server.port} did not answer within 1 s (")
         assert server.password not in failed.stdout + failed.stderr
         assert "not-the-password" not in failed.stdout + failed.stderr
+        held.give_up()
     finally:
         server.stop()

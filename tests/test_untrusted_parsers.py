@@ -502,6 +502,8 @@ def _functions_and_calls():
 
 # Functions that parse nothing a client or an archive sends, and why.
 NOT_UNTRUSTED = {"cursor_sql": "builds a cursor, in SQL", "load_assets": "reads the dashboard's own files",
+                 "read_batch": "the log collector reads the spool its own programs wrote",
+                 "load_positions": "the log collector reads the positions it wrote itself",
                  "load": "settings and migrations: the operator's environment and the project's own files",
                  "parse": "the operator's environment (a setting)", "_decode": "the notifications of our triggers",
                  "read_query": "the declared query parameters: each one's property is above",
