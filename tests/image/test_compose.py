@@ -105,9 +105,11 @@ sys.stdin.readline()
 conn.rollback()
 """
 
-# A maintenance run that holds the lock and waits for a table lock.
+# A maintenance run that holds the lock and waits for a table lock: the lock is held by a
+# connection of its own ('ayon-maintenance-lock'), the run's writes go on 'ayon-maintenance'.
 WAITING_RUNS = ("SELECT count(*) FROM pg_stat_activity "
-                "WHERE application_name = 'ayon-maintenance-lock' AND wait_event_type = 'Lock'")
+                "WHERE application_name IN ('ayon-maintenance', 'ayon-maintenance-lock') "
+                "AND wait_event_type = 'Lock'")
 
 # Run in a project container: the rows of one query as JSON.
 QUERY = """\
