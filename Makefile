@@ -19,6 +19,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 # Every test file in a pytest of its own, two at a time, on one PostgreSQL: a file that passes
 # only after another one fails here (scripts/each_test_alone.py). PYTEST_ARGS go to each.
 test: venv
+	$(VENV)/bin/ruff check --quiet .
 	PYTEST_ARGS="$(PYTEST_ARGS)" $(PY) -m scripts.each_test_alone $(TEST_FILES)
 
 run: venv

@@ -5,7 +5,8 @@ starts one PostgreSQL for the whole run (unless AYON_TEST_POSTGRES_URL names one
 clones its own template there), runs the files, prints a line per file as it ends, then the
 output of each failed file and the closing count of tests: `N passed, N failed, N skipped`.
 A file that measures time or memory (`pytestmark = pytest.mark.serial`) runs with nothing
-beside it, and one that stops the suite's PostgreSQL gets its own. Extra pytest arguments go in PYTEST_ARGS. Exits 1 when any file failed.
+beside it, and one that stops the suite's PostgreSQL gets its own. Extra pytest arguments go in
+PYTEST_ARGS. Exits 1 when any file failed.
 """
 
 import argparse

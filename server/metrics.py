@@ -141,7 +141,7 @@ class _Pending:
             time.sleep(self.FLUSH_SECONDS)
             try:
                 self.flush()
-            except Exception:  # noqa: BLE001  (the figures taken are lost; the thread must go on taking them)
+            except Exception:  # the figures taken are lost; the thread must go on taking them
                 log.exception("request metrics could not be written")
 
     def flush(self) -> None:

@@ -118,14 +118,14 @@ def preload(found: dict[tuple[str, ...], Command]) -> dict[str, str]:
             source = spec.loader.get_source(spec.name)
             # The program's own module runs afresh in each child; its compiled code is shared.
             _CODE[module] = (spec, spec.loader.get_code(spec.name))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             failed[module] = first_line(exc)
             continue
         wanted += imports_of(source)
     for name in dict.fromkeys(wanted):
         try:
             importlib.import_module(name)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             parent = name.rpartition(".")[0]
             if isinstance(exc, ModuleNotFoundError) and exc.name == name and parent in sys.modules:
                 continue  # `from package import name` named an attribute, not a module
@@ -163,13 +163,13 @@ def become(command: Command, env: dict) -> NoReturn:
     code = 1
     try:
         code = _run(command, env)
-    except BaseException:  # noqa: BLE001  (nothing may return into supervisord's code in this process)
+    except BaseException:  # nothing may return into supervisord's code in this process
         traceback.print_exc()
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except Exception:  # noqa: BLE001, S110  (a closed pipe: nothing more to say)
+            except Exception:  # a closed pipe: nothing more to say
                 pass
         os._exit(code)
 
@@ -201,7 +201,7 @@ def _run(command: Command, env: dict) -> int:
         code = 0
     except SystemExit as exc:
         code = _exit_code(exc.code)
-    except BaseException as exc:  # noqa: BLE001  (an interpreter prints the traceback and exits 1)
+    except BaseException as exc:  # an interpreter prints the traceback and exits 1
         traceback.print_exc()
         interrupted, code = isinstance(exc, KeyboardInterrupt), 1
     _finish()
@@ -223,7 +223,7 @@ def _run_main(module: str) -> None:
                          __package__=spec.parent, __spec__=spec)
     sys.modules["__main__"] = main
     sys.argv[0] = spec.origin
-    exec(code, main.__dict__)  # noqa: S102  (the program's own module, as the interpreter would run it)
+    exec(code, main.__dict__)  # the program's own module, as the interpreter would run it
 
 
 def _exit_code(code) -> int:

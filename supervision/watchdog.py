@@ -75,7 +75,7 @@ def supervisor_class(data_dir: str | Path, reasons: list[str]):
                 if name == "PROCESS_STATE_EXITED" and finished_setup(payload):
                     layout.setup_done(data_dir).touch()
                     self.finished.append(payload.get("groupname") or payload["processname"])
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 reason = f"the watchdog could not judge a {type(event).__name__}: {exc}"
             if reason:
                 print(f"watchdog: {reason}; stopping the instance", file=sys.stdout, flush=True)

@@ -157,8 +157,8 @@ class Standby:
                         "-U", "postgres", "-D", str(data), "-R", "-X", "stream", "-c", "fast"],
                        **as_user(run_as()), env=env, check=True, capture_output=True, timeout=timeout)
         # The primary's own command line: a standby needs at least its max_connections.
-        self.proc = subprocess.Popen(server_command(data, self.port, self.primary.extra), **as_user(run_as()), stdout=subprocess.DEVNULL,
-                                     stderr=open(self.dir / "server.log", "ab"))
+        self.proc = subprocess.Popen(server_command(data, self.port, self.primary.extra), **as_user(run_as()),
+                                     stdout=subprocess.DEVNULL, stderr=open(self.dir / "server.log", "ab"))
         try:
             wait_ready(db.with_database(self.url, "postgres"), timeout, self.proc)
         except (RuntimeError, psycopg2.OperationalError) as exc:

@@ -11,7 +11,7 @@ import psutil
 
 from server.core import layout
 from tests.apiclient import http
-from tests.apiclient import wait_for as poll  # noqa: F401  (re-exported for the tests)
+from tests.apiclient import wait_for as poll  # re-exported for the tests
 from tests.conftest import ROOT
 from tests.pg import free_port
 

@@ -62,7 +62,7 @@ def test_lines_rendered_at_write_time_carry_each_requests_own_time_in_both_forma
         lines = stream.getvalue().splitlines()
         assert len(lines) == 3 and access._lines == []
         stamps = ["2023-11-14T22:13:20.042Z", "2023-11-14T22:13:20.999Z", "2023-11-14T22:13:21.500Z"]
-        for i, (line, stamp) in enumerate(zip(lines, stamps)):
+        for i, (line, stamp) in enumerate(zip(lines, stamps, strict=True)):
             message = f'10.0.0.1 "GET /api/info?n={i}" 200 1.2ms'
             if log_format == "json":
                 record = json.loads(line)

@@ -78,7 +78,8 @@ def test_invalid_input_names_the_key(patch, error, database):
 def test_yaml_file_errors_name_the_file_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("maintenance:\n  tasks:\n    vacuum: {enabled: maybe}\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml: maintenance\.tasks\.vacuum\.enabled: expected true or false, got 'maybe'$"):
+    expected = r"bad\.yaml: maintenance\.tasks\.vacuum\.enabled: expected true or false, got 'maybe'$"
+    with pytest.raises(ConfigError, match=expected):
         config.load_file(str(bad))
     broken = tmp_path / "broken.yaml"
     broken.write_text("maintenance: [\n")

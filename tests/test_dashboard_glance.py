@@ -67,7 +67,7 @@ def open_page(browser, width: int):
     return page
 
 
-def signed_in(browser, server, width: int):  # noqa: F811
+def signed_in(browser, server, width: int):
     from playwright.sync_api import expect
 
     page = open_page(browser, width)
@@ -121,7 +121,7 @@ def seed_logs(database) -> None:
                     "('render-01', 'maintenance', 4243)", (LONG_INSTANCE,))
 
 
-def test_logs_page_and_filter_at_both_widths(server, browser, database):  # noqa: F811
+def test_logs_page_and_filter_at_both_widths(server, browser, database):
     from playwright.sync_api import expect
 
     expect.set_options(timeout=TIMEOUT_MS)
@@ -199,7 +199,7 @@ def finished_run(database, started, rows: int) -> None:
          started + datetime.timedelta(seconds=42)))
 
 
-def test_runs_chart_running_run_and_schedule_at_both_widths(server, browser, database):  # noqa: F811
+def test_runs_chart_running_run_and_schedule_at_both_widths(server, browser, database):
     from playwright.sync_api import expect
 
     expect.set_options(timeout=TIMEOUT_MS)

@@ -112,7 +112,7 @@ def prague_page():
             browser.close()
 
 
-def test_run_history_details_times_and_figures(server, prague_page, database, tmp_path):  # noqa: F811
+def test_run_history_details_times_and_figures(server, prague_page, database, tmp_path):
     from playwright.sync_api import expect
 
     expect.set_options(timeout=TIMEOUT_MS)

@@ -24,7 +24,7 @@ def aged(database) -> int:
     return database.fetchone("SELECT count(*) FROM events WHERE topic = 'test.aged'")[0]
 
 
-def test_retention_is_previewed_before_it_is_saved(server, page, database):  # noqa: F811
+def test_retention_is_previewed_before_it_is_saved(server, page, database):
     from playwright.sync_api import expect
 
     expect.set_options(timeout=TIMEOUT_MS)

@@ -329,7 +329,8 @@ def test_kubernetes_pods_are_hardened_and_name_real_settings():
                 assert command is None or image_command_exists(command), f"{key}: {command}"
             if "args" in container:
                 assert image_command_exists(container["args"]), key
-            if not container.get("args") and container_settings(container, found).roles != ["setup"]:  # supervisord writes its config
+            # supervisord writes its config
+            if not container.get("args") and container_settings(container, found).roles != ["setup"]:
                 assert "/etc/supervisor" in mounted, key
 
 

@@ -99,7 +99,7 @@ def test_the_stream_delivers_every_event(pooled_env, database):
                 stream.close()
 
 
-def test_a_killed_run_leaves_no_lock_behind(bouncer, pooled_env, database, slow_task):  # noqa: F811
+def test_a_killed_run_leaves_no_lock_behind(bouncer, pooled_env, database, slow_task):
     proc = start_cli(pooled_env, extra=slow_task)
     try:
         run = wait_for_task(database, "slow_query")

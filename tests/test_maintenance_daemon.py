@@ -101,7 +101,7 @@ def test_three_daemons_due_the_same_minute_make_one_run(env, database, daemons):
     # A new time through the configuration moves every daemon's next run, without a restart.
     marks = [len(d.lines) for d in daemons]
     set_config(database, {"maintenance": {"time": "04:17", "timezone": "Europe/Prague"}})
-    for daemon, mark in zip(daemons, marks):
+    for daemon, mark in zip(daemons, marks, strict=True):
         daemon.wait_for(r"next maintenance run at \S+ \d\d:17 UTC \(04:17 Europe/Prague\)", start=mark)
 
     for daemon in daemons:

@@ -42,7 +42,7 @@ def bomb_site():
     body = make_zip([], manifest=alias_bomb())
 
     class Bomb(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (the handler's name is http.server's)
+        def do_GET(self):  # the handler's name is http.server's
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -65,7 +65,7 @@ def assert_short_refusal(status: int, answer: bytes) -> None:
     assert "aliases (*name) are not accepted" in json.loads(answer)["error"]["description"]
 
 
-def test_the_alias_bomb_is_a_short_400_by_upload_and_by_url(gunicorn, bomb_site):  # noqa: F811
+def test_the_alias_bomb_is_a_short_400_by_upload_and_by_url(gunicorn, bomb_site):
     url, sha256, body = bomb_site
     allowed = request(gunicorn.url + "/api/config", "PATCH", {**AUTH, "Content-Type": "application/json"},
                    json.dumps({"installer": {"allow_private_urls": True}}).encode())

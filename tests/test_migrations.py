@@ -59,7 +59,8 @@ def test_newer_database_is_refused(empty_database_url, tmp_path):
 def test_failing_migration_leaves_no_partial_change(empty_database_url, tmp_path):
     folder = copy_migrations(tmp_path)
     (folder / "9001_broken.sql").write_text("CREATE TABLE half_done (n int);\nSELECT * FROM no_such_table;")
-    with pytest.raises(SchemaError, match=r"^migration 9001_broken\.sql failed, nothing of it applied: relation \"no_such_table\""):
+    expected = r"^migration 9001_broken\.sql failed, nothing of it applied: relation \"no_such_table\""
+    with pytest.raises(SchemaError, match=expected):
         migrations.migrate(empty_database_url, directory=folder)
     assert "half_done" not in tables(empty_database_url)
     assert "events" in tables(empty_database_url)  # earlier files stay applied

@@ -52,7 +52,8 @@ def test_a_new_program_is_one_module_and_one_line(tmp_path, env, database):
     tree = tree_with_new_program(tmp_path)
     changed = {p.relative_to(tree) for p in tree.rglob("*.py")
                if not (ROOT / p.relative_to(tree)).exists() or (ROOT / p.relative_to(tree)).read_text() != p.read_text()}
-    assert changed == {tree.joinpath("procs/hello.py").relative_to(tree), tree.joinpath("supervision/roster.py").relative_to(tree)}
+    assert changed == {tree.joinpath("procs/hello.py").relative_to(tree),
+                       tree.joinpath("supervision/roster.py").relative_to(tree)}
     assert "hello" not in [p.name for p in roster.PROGRAMS]
 
     roles = dict(env, AYON_RUN_SERVER="false", AYON_RUN_SETUP="false", AYON_RUN_MAINTENANCE="true",

@@ -31,7 +31,10 @@ def policy(clock: Clock, **kwargs) -> Retry:
     return Retry("the thing", clock=clock, sleep=clock.sleep, **kwargs)
 
 
-def failing(times: int, exc=OSError("refused\nsecond line")):
+REFUSED = OSError("refused\nsecond line")
+
+
+def failing(times: int, exc=REFUSED):
     calls = []
 
     def fn():

@@ -239,7 +239,7 @@ def test_a_folded_path_is_named_as_the_reason_whether_or_not_a_route_matches(gun
 def test_public_routes_answer_head_like_get(gunicorn, app_routes):
     raw = Raw(gunicorn.url)
     try:
-        for template, resource, methods in app_routes:
+        for template, resource, _methods in app_routes:
             if not is_public(resource) or "{" in template:
                 continue
             get = raw.send("GET", template, {})
@@ -361,7 +361,7 @@ HOSTILE_QUERY = ["", "%00", "%ff%fe", "%ED%A0%80", "-1", "0", "99999999999999999
 
 def test_hostile_query_values_never_make_a_500(client, app, app_routes):
     document = build(app)
-    for template, resource, methods in app_routes:
+    for template, _resource, methods in app_routes:
         if "GET" not in methods or template.endswith("/stream"):
             continue
         operation = document["paths"][template.replace("{path:path}", "{path}")]["get"]

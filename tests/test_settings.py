@@ -119,7 +119,7 @@ def test_embedded_postgres_when_url_unset_inside_an_instance(tmp_path):
     assert values.embedded_postgres
     # Outside an instance nothing will start it: a missing setting, refused at once (tests/test_no_database.py).
     with pytest.raises(ConfigError, match=r"^AYON_POSTGRES_URL is not set, and no instance"):
-        values.postgres_url
+        _ = values.postgres_url
     held = instancelock.DataFolderLock(str(tmp_path), "test")  # as the instance's supervisord holds it
     try:
         # The programs' role, not the superuser; its password stays in a 0600 file the URL names.
@@ -130,7 +130,8 @@ def test_embedded_postgres_when_url_unset_inside_an_instance(tmp_path):
 
 def test_settings_command_masks_secrets():
     env = {"AYON_POSTGRES_URL": "postgresql://ayon:hunter2@db/ayon", "AYON_ADMIN_TOKEN": "tok-12345", "PATH": "/usr/bin"}
-    out = subprocess.run([sys.executable, "-m", "server.core.settings"], env=env, capture_output=True, text=True, check=True, cwd=settings_root()).stdout
+    out = subprocess.run([sys.executable, "-m", "server.core.settings"], env=env, capture_output=True, text=True, check=True,
+                         cwd=settings_root()).stdout
     assert "hunter2" not in out and "tok-12345" not in out
     assert "postgresql://ayon:***@db/ayon" in out
     assert "AYON_ADMIN_TOKEN" in out and "***" in out
@@ -138,7 +139,8 @@ def test_settings_command_masks_secrets():
 
 def test_settings_command_exits_2_on_a_bad_value():
     env = {"AYON_RUN_SETUP": "maybe", "PATH": "/usr/bin"}
-    result = subprocess.run([sys.executable, "-m", "server.core.settings"], env=env, capture_output=True, text=True, cwd=settings_root())
+    result = subprocess.run([sys.executable, "-m", "server.core.settings"], env=env, capture_output=True, text=True,
+                            cwd=settings_root())
     assert result.returncode == 2
     assert result.stderr == "Error: AYON_RUN_SETUP='maybe': expected one of true/false/1/0/yes/no/on/off\n"
 

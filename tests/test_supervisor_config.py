@@ -93,7 +93,8 @@ def test_program_set_matches_the_design(server, setup, maintenance, embedded, tm
     if "postgres" in programs:
         assert programs["postgres"].priority < min(p.priority for n, p in programs.items() if n not in ("postgres", *LISTENERS))
     if "setup" in programs:
-        assert programs["setup"].priority < min(p.priority for n, p in programs.items() if n not in ("postgres", "setup", *LISTENERS))
+        others = [p.priority for n, p in programs.items() if n not in ("postgres", "setup", *LISTENERS)]
+        assert programs["setup"].priority < min(others)
 
 
 def supervisor_restart_unexpected():
@@ -187,5 +188,6 @@ def test_bad_flag_exits_2_with_nothing_started(tmp_path):
 
 
 def test_arguments_are_executed_instead(tmp_path):
-    out = run("procs.entrypoint", "python3", "-c", "print('hello from the image')", env=environ(True, True, True, False, tmp_path))
+    out = run("procs.entrypoint", "python3", "-c", "print('hello from the image')",
+              env=environ(True, True, True, False, tmp_path))
     assert out.returncode == 0 and out.stdout == "hello from the image\n"

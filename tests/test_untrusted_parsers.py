@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from server.api import spec, stream, untrusted
-from server.core import archive, config, layout, packages, values
+from server.core import archive, config, layout, values
 from server.core.db import Database
 from server.core.errors import run_main
 from server.core.settings import SETTINGS

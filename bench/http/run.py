@@ -65,7 +65,7 @@ def connection_list(text: str) -> list[int]:
     try:
         counts = [int(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected counts separated by commas such as 32,64,128, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected counts separated by commas such as 32,64,128, got {text!r}") from None
     if any(c < 1 for c in counts) or len(set(counts)) != len(counts):
         raise argparse.ArgumentTypeError(f"expected distinct counts of at least 1, got {text!r}")
     return counts

@@ -145,7 +145,7 @@ def inspect(archive: zipfile.ZipFile, limits: Limits = DEFAULT_LIMITS) -> list[E
                 f"entry {info.filename!r}: suspicious compression ratio {ratio}:1 (at most {limits.max_ratio}:1)"
             )
         entries.append(Entry(info, path, is_dir))
-    for path, is_dir in seen.items():
+    for path in seen:
         for parent in path.parents:
             if seen.get(parent) is False:
                 raise UnsafeArchive(f"entry {str(path)!r}: conflicts with the file {str(parent)!r}")

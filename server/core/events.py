@@ -47,7 +47,7 @@ def _cursor(target) -> Iterator[Any]:
 
 
 def _row(row: tuple) -> dict:
-    record = dict(zip(COLUMNS.split(", "), row))
+    record = dict(zip(COLUMNS.split(", "), row, strict=True))
     record["id"] = str(record["id"])
     if record["depends_on"] is not None:
         record["depends_on"] = str(record["depends_on"])

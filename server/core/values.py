@@ -398,7 +398,7 @@ class PostgresUrl(Kind):
         if parts.scheme not in ("postgres", "postgresql"):
             raise Invalid("expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
         try:
-            parts.port
+            _ = parts.port
         except ValueError:
             raise Invalid("the port is not a number from 1 to 65535") from None
         if not parts.hostname:

