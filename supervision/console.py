@@ -13,15 +13,16 @@ front, or is wrapped in a JSON record with AYON_LOG_FORMAT=json.
 
 import ast
 import codecs
-import datetime
 import io
-import json
 import os
 import signal
 import sys
 import time
 
 from supervisor import childutils
+
+from server.core.logs import json_line
+from server.core.times import rfc3339_ms
 
 # A partial line (no newline yet) waits this long for its end before it is written anyway.
 PARTIAL_SECONDS = 1.0
@@ -61,9 +62,7 @@ class Console:
         if self.json:
             if line.startswith("{"):
                 return line
-            now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-            return json.dumps({"ts": now, "level": "INFO", "instance": self.instance, "program": program,
-                               "logger": "stdout", "message": line})
+            return json_line(rfc3339_ms(time.time()), "INFO", self.instance, program, "stdout", line)
         tag = f"[{self.instance}/{program}]"
         return line if tag in line else f"{tag} {line}"
 

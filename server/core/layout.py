@@ -5,6 +5,8 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from server.core.retry import GaveUp, NotYet, Retry
+
 # Addons and dependency packages, installed by each instance's installer and served from there.
 PACKAGE_FOLDERS = {"addon": "addons", "dependency_package": "dependency_packages"}
 
@@ -86,14 +88,19 @@ def installer_lock(data_dir: str | Path) -> Path:
 
 def wait_for_lock(fd: int, stop: threading.Event, say: Callable[[], None], every: float = 0.5) -> bool:
     """Take an exclusive flock on `fd`, saying once that another process holds it; False when stopped first."""
-    said = False
-    while not stop.is_set():
+    said = []
+
+    def take() -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
         except BlockingIOError:
             if not said:
                 say()
-                said = True
-            stop.wait(every)
-    return False
+                said.append(True)
+            raise NotYet("another process holds the lock") from None
+
+    try:  # a steady poll, however long the holder keeps it
+        Retry("the lock", first=every, factor=1.0, cap=every, jitter=0.0, stop=stop).call(take)
+    except GaveUp:
+        return False
+    return True
