@@ -106,7 +106,7 @@ def database(ctx: Context) -> Result:
     try:
         conn = db.connect(ctx.url, "ayon-doctor", timeout=CONNECT_TIMEOUT)
     except psycopg2.Error as exc:
-        return Result("database", FAIL, f"{shown} did not answer within {CONNECT_TIMEOUT} s: {first_line(exc)}",
+        return Result("database", FAIL, f"{shown} did not answer: {first_line(exc)}",
                       "check AYON_POSTGRES_URL, that PostgreSQL runs, and that it accepts this host")
     connect_ms = (time.monotonic() - started) * 1000
     try:
@@ -456,6 +456,8 @@ def programs(ctx: Context) -> Result:
         return Result("programs", OK, "setup alone: no long-running programs")
     facts, problems, todos = {}, [], []
     try:
+        if not os.path.exists(values.supervisor_conf):
+            raise FileNotFoundError(f"no supervisord config at AYON_SUPERVISOR_CONF {values.supervisor_conf}")
         states = healthcheck.program_states(values.supervisor_conf)
         setup_done = layout.setup_done(values.data_dir).exists()
         down = healthcheck.program_problems([p.name for p in expected], states, setup_done)
@@ -464,7 +466,8 @@ def programs(ctx: Context) -> Result:
         todos += [f"supervisorctl start {line.split()[0]}" for line in down if "is not configured" not in line]
         heard_by = "supervisord: all RUNNING" if not down else ""
     except Exception as exc:  # no socket: the doctor runs outside the instance
-        heard_by = f"supervisord does not answer ({first_line(exc)}), judged by heartbeats alone"
+        heard_by = f"supervisord does not answer ({first_line(exc)})" + (
+            ", judged by heartbeats alone" if ctx.db is not None else "")
         todos.append("run the doctor inside the instance (docker compose exec server ayon-doctor)")
     beating = [p.name for p in expected if not p.oneshot and p.name != "postgres"]
     if ctx.db is not None:
@@ -532,7 +535,7 @@ def bounded(check, ctx: Context) -> Result:
     def work():
         try:
             box.append(check(ctx))
-        except Exception as exc:  # a check that breaks says so as its verdict
+        except BaseException as exc:  # a check that breaks says so as its verdict (supervisor's client exits)
             box.append(Result(name, FAIL, f"could not check: {first_line(exc)}", "see the line above for the cause"))
 
     worker = threading.Thread(target=work, name=f"doctor-{name}", daemon=True)
