@@ -83,7 +83,9 @@ def size(n: float) -> str:
 
 
 def ago(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def needs_database(check):
@@ -233,7 +235,7 @@ def data_disk(ctx: Context) -> Result:
         return Result("data-disk", FAIL, f"AYON_DATA_DIR {folder} does not exist",
                       "start the instance once, or create the folder writable by this user")
     status, said, facts = _space(folder)
-    todo = "" if status == OK else "free space there: the spool, installed addons and the embedded PostgreSQL live there"
+    todo = "" if status == OK else "free space there: the spool, addons and the embedded PostgreSQL live there"
     return Result("data-disk", status, f"{folder}: {said}", todo, facts)
 
 
