@@ -57,7 +57,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     AYON_DATA_DIR=/var/lib/ayon \
     AYON_SUPERVISOR_CONF=/etc/supervisor/supervisord.conf
 
-RUN python -m compileall -q server supervision procs maintenance
+# ayon-doctor: the command an operator types inside the container (README, Commands).
+RUN python -m compileall -q server supervision procs maintenance \
+    && ln -s /app/scripts/ayon-doctor /opt/venv/bin/ayon-doctor
 
 USER 10001:10001
 VOLUME ["/var/lib/ayon"]

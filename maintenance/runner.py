@@ -21,10 +21,10 @@ import psycopg2
 
 from maintenance import notify, registry, space
 from server.core import config, events, times
-from server.core.db import BROKEN, Database, Settings, connect, held_lock
+from server.core.db import BROKEN, MAINTENANCE_LOCK, Database, Settings, connect, held_lock
 from server.core.errors import first_line
 
-LOCK = "ayon.maintenance"
+LOCK = MAINTENANCE_LOCK
 SHUTDOWN = "interrupted by shutdown"
 # One core at most for maintenance: parallel query and index-vacuum workers would take the CPU the API
 # needs (the point of running tasks one after another).

@@ -85,7 +85,7 @@ def test_shell_scripts_pass_shellcheck():
 
 
 def test_image_scripts_are_executable():
-    for name in ("docker-entrypoint.sh", "healthcheck", "build-base-image.sh", "build-image.sh"):
+    for name in ("docker-entrypoint.sh", "healthcheck", "ayon-doctor", "build-base-image.sh", "build-image.sh"):
         assert (ROOT / "scripts" / name).stat().st_mode & 0o111, name
 
 
@@ -95,6 +95,7 @@ def test_dockerfile_keeps_its_contract():
                  "EXPOSE 5000", 'VOLUME ["/var/lib/ayon"]', "STOPSIGNAL SIGTERM", "USER 10001:10001"):
         assert line in text.splitlines(), line
     assert 'CMD ["/app/scripts/healthcheck"]' in text
+    assert "    && ln -s /app/scripts/ayon-doctor /opt/venv/bin/ayon-doctor" in text.splitlines()  # on PATH
 
 
 # --- Kubernetes ---

@@ -28,6 +28,9 @@ psycopg2.extras.register_uuid()
 # Errors that mean the connection itself is gone, not that the statement failed.
 BROKEN = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
+# The fleet-wide lock of a maintenance run (maintenance/runner.py), named here so the doctor can find its holder.
+MAINTENANCE_LOCK = "ayon.maintenance"
+
 
 def lock_key(name: str) -> int:
     """A stable signed 64-bit advisory-lock key for a name."""
