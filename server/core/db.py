@@ -369,10 +369,12 @@ class _Reaper:
         self._lock = threading.Lock()
         self._pools: weakref.WeakSet = weakref.WeakSet()
         self._pid = None  # the process whose thread runs: a fork starts its own on its first pool
+        self._watched = threading.Event()  # a new pool may idle out sooner than the current pause
 
     def watch(self, pool: Database) -> None:
         with self._lock:
             self._pools.add(pool)
+            self._watched.set()
             if self._pid != os.getpid():
                 self._pid = os.getpid()
                 threading.Thread(target=self._run, name="db-reaper", daemon=True).start()
@@ -384,7 +386,8 @@ class _Reaper:
             # A quarter of the shortest idle time: a connection closes at most 25 % late.
             pause = min([p.idle for p in pools] or [IDLE_SECONDS]) / 4
             del pools
-            time.sleep(max(0.2, min(pause, 5.0)))
+            self._watched.wait(max(0.2, min(pause, 5.0)))
+            self._watched.clear()
             with self._lock:
                 pools = list(self._pools)
             for pool in pools:
@@ -396,6 +399,14 @@ class _Reaper:
 
 
 _reaper = _Reaper()
+
+
+def _after_fork() -> None:
+    # The parent's reaper thread may have held the lock at the fork: the child starts with a fresh one.
+    _reaper._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 @contextmanager
