@@ -347,5 +347,5 @@ def get_app() -> falcon.asgi.App:
 
     settings, _ = start("server")
     ctx = AppContext(settings=settings, db=Database(settings.postgres_url, settings.db_pool_size, "ayon-server",
-                                                    prepare=not settings.pooled))
+                                                    prepare=not settings.pooled, idle=settings.db_idle_seconds))
     return create_app(ctx)

@@ -36,7 +36,9 @@ class AppContext:
     async def fetch_text(self, sql: str, params: dict | None = None, generic: bool = False) -> str | None:
         """One read-only statement's text answer, on the event loop (server/core/aiodb.py)."""
         if self.reader is None:
-            self.reader = AsyncReader(self.db.url, self.db.size, self.db.application_name, self.db.prepare)
+            # One budget with the thread pool's: the worker holds at most AYON_DB_POOL_SIZE connections.
+            self.reader = AsyncReader(self.db.url, self.db.size, self.db.application_name, self.db.prepare,
+                                      idle=self.db.idle, budget=self.db.budget)
         return await self.reader.fetch_text(sql, params, generic)
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:

@@ -18,11 +18,12 @@ the API's.
 """
 
 import asyncio
+import time
 
 import psycopg2
 import psycopg2.extensions as ext
 
-from server.core.db import BROKEN, positional
+from server.core.db import BROKEN, IDLE_SECONDS, WAIT_SECONDS, Budget, positional
 
 CONNECT_TIMEOUT = 5
 
@@ -56,10 +57,11 @@ async def wait(conn) -> None:
 class _Conn:
     """One asynchronous connection and what this pool knows about its session."""
 
-    __slots__ = ("raw", "prepared", "generic")
+    __slots__ = ("raw", "prepared", "generic", "idle_since")
 
     def __init__(self, raw):
         self.raw = raw
+        self.idle_since = 0.0
         # Per statement text: its EXECUTE with %s placeholders, the parameters' names in order,
         # and the PREPARE to send before its first execution (None once sent).
         self.prepared: dict[str, tuple[str, tuple[str, ...], str | None]] = {}
@@ -67,20 +69,86 @@ class _Conn:
 
 
 class AsyncReader:
-    """Up to `size` asynchronous connections of one worker, opened on demand and dropped when broken.
+    """Asynchronous connections of one worker, opened on demand, dropped when broken, closed when idle.
 
-    Create it on the loop that will use it (a gunicorn worker's, after the fork).
+    `budget` bounds how many are open (its own of `size` by default; a web worker shares its thread
+    pool's, server/api/common.py). A connection unused for `idle` seconds is closed. Create it on the
+    loop that will use it (a gunicorn worker's, after the fork).
     """
 
-    def __init__(self, url: str, size: int, application_name: str = "ayon", prepare: bool = True):
+    def __init__(self, url: str, size: int, application_name: str = "ayon", prepare: bool = True,
+                 idle: float | None = None, budget: Budget | None = None):
         self.url = url
         self.application_name = application_name
         # False: plain statements, the time zone SET LOCAL in each (a transaction pooler keeps no session).
         self.prepare = prepare
-        # None stands for a connection still to open: a failure puts one back, so no waiter starves.
-        self._idle: asyncio.LifoQueue = asyncio.LifoQueue()
-        for _ in range(size):
-            self._idle.put_nowait(None)
+        self.idle = IDLE_SECONDS if idle is None else idle
+        self.budget = budget or Budget(size)
+        self._idle: list[_Conn] = []  # most recently used last
+        self._loop = None
+        self._reaping = None  # the loop's timer that closes idle connections
+        self.budget.droppers.append(self._drop_soon)
+
+    def _drop_soon(self) -> bool:
+        # Asked from a thread of the other pool: our connections belong to the loop, so it closes one
+        # there; the slot then reaches the waiter through Budget.give.
+        if self._loop is not None and self._idle:
+            self._loop.call_soon_threadsafe(self._drop_one)
+        return False
+
+    def _drop_one(self) -> None:
+        if self._idle:
+            self._discard(self._idle.pop(0))
+
+    def _discard(self, conn: _Conn) -> None:
+        try:
+            conn.raw.close()
+        finally:
+            self.budget.give()
+
+    async def _borrow(self) -> _Conn:
+        """An idle connection, else a new one in a free budget slot, waiting for either up to WAIT_SECONDS."""
+        deadline = time.monotonic() + WAIT_SECONDS
+        loop = asyncio.get_running_loop()
+        while True:
+            seen = self.budget.generation
+            if self._idle:
+                return self._idle.pop()
+            if self.budget.try_take():
+                try:
+                    return await self._open()
+                except BaseException:
+                    self.budget.give()
+                    raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise psycopg2.OperationalError(f"no free database connection within {WAIT_SECONDS} s")
+            future = loop.create_future()
+            self.budget.add_waiter(loop, future, seen)
+            try:
+                await asyncio.wait_for(future, min(left, 0.5))
+            except TimeoutError:
+                pass
+            finally:
+                self.budget.remove_waiter(loop, future)
+
+    def _give_back(self, conn: _Conn) -> None:
+        if self.idle <= 0:
+            self._discard(conn)
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.append(conn)
+        self.budget.wake()
+        if self._reaping is None:
+            self._reaping = self._loop.call_later(self.idle / 4, self._reap)
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        old = [c for c in self._idle if now - c.idle_since >= self.idle]
+        self._idle = [c for c in self._idle if now - c.idle_since < self.idle]
+        for conn in old:
+            self._discard(conn)
+        self._reaping = self._loop.call_later(self.idle / 4, self._reap) if self._idle else None
 
     async def _open(self) -> _Conn:
         raw = psycopg2.connect(self.url, async_=1, application_name=self.application_name)
@@ -105,27 +173,23 @@ class AsyncReader:
         `generic` asks for one plan for all parameter values, for statements
         whose best plan does not depend on them.
         """
-        conn = await self._idle.get()
+        self._loop = asyncio.get_running_loop()
+        conn = await self._borrow()  # a failure here holds no slot
         try:
             try:
-                if conn is None:
-                    conn = await self._open()
                 text = await self._run(conn, sql, params, generic)
             except BROKEN:
-                if conn is None or not conn.raw.closed:
+                if not conn.raw.closed:
                     raise
                 # The session ended while idle (PostgreSQL restarted, or an administrator ended it):
-                # the statement is read-only, so it runs once more on a fresh connection.
-                conn = None
+                # the statement is read-only, so it runs once more on a fresh connection, in the same slot.
                 conn = await self._open()
                 text = await self._run(conn, sql, params, generic)
         except BaseException:
             # A failed or cancelled statement leaves the session in an unknown state: start afresh.
-            if conn is not None:
-                conn.raw.close()
-            self._idle.put_nowait(None)
+            self._discard(conn)
             raise
-        self._idle.put_nowait(conn)
+        self._give_back(conn)
         return text
 
     def _run(self, conn: _Conn, sql: str, params: dict | None, generic: bool):
@@ -169,7 +233,9 @@ class AsyncReader:
         return row[0] if row else None
 
     def close(self) -> None:
-        while not self._idle.empty():
-            conn = self._idle.get_nowait()
-            if conn is not None:
-                conn.raw.close()
+        if self._reaping is not None:
+            self._reaping.cancel()
+            self._reaping = None
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._discard(conn)

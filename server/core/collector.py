@@ -365,7 +365,8 @@ def deliver_now(settings, log: logging.Logger, within: float = DRAIN) -> str:
     this process takes it and ingests the spool itself for up to `within` seconds,
     its own records included. Records logged after this call wait for the next one.
     """
-    db = Database(settings.postgres_url, size=settings.db_pool_size, application_name=f"ayon-{PROGRAM}")
+    db = Database(settings.postgres_url, size=settings.db_pool_size, application_name=f"ayon-{PROGRAM}",
+                  idle=settings.db_idle_seconds)
     collector = SpoolCollector(db, settings.data_dir, settings.instance_id, settings.log_spool_max, log)
     try:
         if not collector.try_lock():

@@ -3,11 +3,13 @@
 import copy
 import hashlib
 import logging
+import os
 import re
 import secrets
 import select
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -59,6 +61,8 @@ class Connection(psycopg2.extensions.connection):
         super().__init__(*args, **kwargs)
         self.prepared: dict[str, tuple[str, list[str]]] = {}
         self.plain = False  # True: never PREPARE (a transaction pooler may be in the path, see Database)
+        self.idle_since = 0.0  # monotonic time it went back to its pool
+        self.budgeted: "Budget | None" = None  # the budget this open connection counts against
 
 
 def connect(url: str, application_name: str = "ayon", timeout: int = 5):
@@ -112,30 +116,135 @@ def execute_prepared(conn, cur, sql: str, params: dict) -> None:
         cur.execute(f"EXECUTE {name}")
 
 
-class Database:
-    """A thread-safe pool that connects lazily and drops broken connections."""
+# Seconds an unused pooled connection stays open (AYON_DB_IDLE_SECONDS); pools shrink to none.
+IDLE_SECONDS = 30.0
+WAIT_SECONDS = 30  # the longest a borrower waits for a free connection
 
-    def __init__(self, url: str, size: int = 4, application_name: str = "ayon", prepare: bool = True):
+
+class Budget:
+    """How many connections one process's pools may hold open at once, together (AYON_DB_POOL_SIZE).
+
+    A web worker's thread pool (Database) and its event loop's (aiodb.AsyncReader) share one: the worker
+    holds at most `size`, whichever side uses them. A side that finds it full takes the slot of an idle
+    connection of the other (`droppers`: each closes one of its idle connections, at once or soon), else
+    waits until a connection is given back to a pool (`wake`) or closed (`give`), and looks again.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.open = 0
+        self.generation = 0  # counts gives and wakes: a waiter that saw an older one looks again at once
+        self._cond = threading.Condition(threading.Lock())
+        self._waiters: list = []  # (loop, future) of asynchronous borrowers
+        self.droppers: list[Callable[[], bool]] = []
+
+    def try_take(self) -> bool:
+        """A slot for one new connection now, if one is free or an idle connection elsewhere gives one up."""
+        with self._cond:
+            if self.open < self.size:
+                self.open += 1
+                return True
+        if any(drop() for drop in list(self.droppers)):
+            with self._cond:
+                if self.open < self.size:
+                    self.open += 1
+                    return True
+        return False
+
+    def wait(self, seen: int, timeout: float) -> None:
+        """Block this thread until the generation moves on from `seen`, or `timeout` s."""
+        with self._cond:
+            if self.generation == seen:
+                self._cond.wait(timeout)
+
+    def add_waiter(self, loop, future, seen: int) -> None:
+        """Resolve `future` (on `loop`) when the generation moves on from `seen`."""
+        with self._cond:
+            if self.generation == seen:
+                self._waiters.append((loop, future))
+                return
+        future.set_result(None)
+
+    def remove_waiter(self, loop, future) -> None:
+        with self._cond:
+            if (loop, future) in self._waiters:
+                self._waiters.remove((loop, future))
+
+    def give(self) -> None:
+        """One connection closed: its slot is free."""
+        with self._cond:
+            self.open -= 1
+        self.wake()
+
+    def wake(self) -> None:
+        """Something changed (a connection closed, or went back idle to a pool): waiters look again."""
+        with self._cond:
+            self.generation += 1
+            self._cond.notify_all()
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            loop.call_soon_threadsafe(lambda f=future: f.done() or f.set_result(None))
+
+
+def discard(conn) -> None:
+    """Close a pooled connection and give its slot back to the budget it counted against."""
+    budget, conn.budgeted = conn.budgeted, None
+    try:
+        conn.close()
+    finally:
+        if budget is not None:
+            budget.give()
+
+
+class Database:
+    """A thread-safe pool that connects lazily, drops broken connections and closes idle ones.
+
+    At most `size` connections are borrowed at once; `budget` (its own by default, a web worker's shared
+    one otherwise) bounds how many are open. A connection unused for `idle` seconds is closed (by the
+    process's reaper thread; `idle=0`: as soon as it is given back), so an idle process holds none.
+    """
+
+    def __init__(self, url: str, size: int = 4, application_name: str = "ayon", prepare: bool = True,
+                 idle: float | None = None, budget: Budget | None = None):
         self.url = url
         self.prepare = prepare  # False: plain statements only (AYON_POSTGRES_URL goes through a transaction pooler)
         self.settings: Settings | None = None  # see with_settings
         self.size = size
         self.application_name = application_name
+        self.idle = IDLE_SECONDS if idle is None else idle
+        self.budget = budget or Budget(size)
+        self.budget.droppers.append(self.drop_one)
         self._idle: list = []
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(size)
+        self._pid = os.getpid()
+        if self.idle > 0:
+            _reaper.watch(self)
 
-    def _checkout(self):
+    def _checkout(self, deadline: float | None = None):
+        deadline = time.monotonic() + WAIT_SECONDS if deadline is None else deadline
         while True:
+            seen = self.budget.generation
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
-            if conn is None:
-                conn = connect(self.url, self.application_name)
+            if conn is not None:
+                if self._alive(conn):
+                    return conn
+                discard(conn)
+                continue
+            if self.budget.try_take():
+                try:
+                    conn = connect(self.url, self.application_name)
+                except BaseException:
+                    self.budget.give()
+                    raise
+                conn.budgeted = self.budget
                 conn.plain = not self.prepare
                 return conn
-            if self._alive(conn):
-                return conn
-            conn.close()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DatabaseUnavailable(f"no free database connection within {WAIT_SECONDS} s")
+            self.budget.wait(seen, min(left, 0.5))
 
     @staticmethod
     def _alive(conn) -> bool:
@@ -152,28 +261,62 @@ class Database:
     @contextmanager
     def connection(self) -> Iterator[Any]:
         """Borrow a connection; it goes back rolled back, or is dropped if broken."""
-        if not self._slots.acquire(timeout=30):
-            raise DatabaseUnavailable("no free database connection within 30 s")
+        deadline = time.monotonic() + WAIT_SECONDS
+        if not self._slots.acquire(timeout=WAIT_SECONDS):
+            raise DatabaseUnavailable(f"no free database connection within {WAIT_SECONDS} s")
         conn = None
         try:
-            conn = self._checkout()
+            conn = self._checkout(deadline)
             yield conn
         except BROKEN:
             if conn is not None:
-                conn.close()
+                discard(conn)
             raise
         finally:
-            if conn is not None and not conn.closed:
-                try:
-                    if conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
-                        conn.rollback()
-                    if conn.autocommit:
-                        conn.autocommit = False
-                    with self._lock:
-                        self._idle.append(conn)
-                except BROKEN:
-                    conn.close()
+            if conn is not None:
+                self._give_back(conn)
             self._slots.release()
+
+    def _give_back(self, conn) -> None:
+        if conn.closed:
+            discard(conn)
+            return
+        try:
+            if conn.info.transaction_status != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+                conn.rollback()
+            if conn.autocommit:
+                conn.autocommit = False
+        except BROKEN:
+            discard(conn)
+            return
+        if self.idle <= 0:
+            discard(conn)
+            return
+        conn.idle_since = time.monotonic()
+        with self._lock:
+            self._idle.append(conn)
+        self.budget.wake()
+
+    def drop_one(self) -> bool:
+        """Close one idle connection, giving its slot to the budget; False when none is idle."""
+        with self._lock:
+            conn = self._idle.pop(0) if self._idle else None
+        if conn is None:
+            return False
+        discard(conn)
+        return True
+
+    def shrink(self, now: float | None = None) -> int:
+        """Close the connections unused for `idle` seconds; how many were closed."""
+        if os.getpid() != self._pid:
+            return 0  # a forked child's copy: the sessions are the parent's
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            old = [c for c in self._idle if now - c.idle_since >= self.idle]
+            self._idle[:] = [c for c in self._idle if c not in old]  # in place: with_settings twins share it
+        for conn in old:
+            discard(conn)
+        return len(old)
 
     def with_settings(self, settings: Settings) -> "Database":
         """The same pool (its connections, its limit) whose transactions each start with `settings()` SET LOCAL.
@@ -216,9 +359,57 @@ class Database:
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._idle:
-                conn.close()
+            idle = self._idle[:]
             self._idle.clear()
+        for conn in idle:
+            discard(conn)
+
+
+class _Reaper:
+    """One daemon thread per process that closes the idle connections of every pool in it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._pools: weakref.WeakSet = weakref.WeakSet()
+        self._pid = None  # the process whose thread runs: a fork starts its own on its first pool
+        self._watched = threading.Event()  # a new pool may idle out sooner than the current pause
+
+    def watch(self, pool: Database) -> None:
+        with self._lock:
+            self._pools.add(pool)
+            self._watched.set()
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="db-reaper", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                pools = list(self._pools)
+            # A quarter of the shortest idle time: a connection closes at most 25 % late.
+            pause = min([p.idle for p in pools] or [IDLE_SECONDS]) / 4
+            del pools
+            self._watched.wait(max(0.2, min(pause, 5.0)))
+            self._watched.clear()
+            with self._lock:
+                pools = list(self._pools)
+            for pool in pools:
+                try:
+                    pool.shrink()
+                except Exception:  # a reaper that dies would leave every pool to grow: log, go on
+                    log.exception("closing idle database connections failed")
+            del pools
+
+
+_reaper = _Reaper()
+
+
+def _after_fork() -> None:
+    # The parent's reaper thread may have held the lock at the fork: the child starts with a fresh one.
+    _reaper._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 @contextmanager

@@ -33,7 +33,17 @@ def start(program: str, spool: bool = True) -> tuple[settings_mod.Settings, logg
 
 
 def open_database(values: settings_mod.Settings, program: str) -> Database:
-    return Database(values.postgres_url, size=values.db_pool_size, application_name=f"ayon-{program}")
+    return Database(values.postgres_url, size=values.db_pool_size, application_name=f"ayon-{program}",
+                    idle=values.db_idle_seconds)
+
+
+def heartbeat_database(values: settings_mod.Settings, program: str) -> Database:
+    """A heartbeat's own pool of one that connects for each beat and closes after it (`idle=0`).
+
+    A beat every heartbeat.INTERVAL s would keep a pooled connection from ever idling out: one open
+    for each program of every instance, for a few milliseconds of work in five seconds.
+    """
+    return Database(values.postgres_url, size=1, application_name=f"ayon-{program}-heartbeat", idle=0)
 
 
 def check_session_url(values: settings_mod.Settings, log: logging.Logger) -> None:
@@ -217,7 +227,8 @@ class Daemon:
             return exc.exit_code
         if self._channels():
             check_session_url(self.settings, self.log)
-        Heartbeat(self.db, self.settings.instance_id, self.program, self.stop, self.heartbeat_info).start()
+        Heartbeat(heartbeat_database(self.settings, self.program), self.settings.instance_id, self.program,
+                  self.stop, self.heartbeat_info).start()
         if self._channels():
             # LISTEN before the configuration is read and the first tick catches up: what is stored
             # after that catch-up then wakes the loop, instead of waiting for the next poll.
