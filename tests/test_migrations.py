@@ -1,11 +1,13 @@
 """Migrations against the real PostgreSQL."""
 
 import shutil
+import time
 
 import pytest
 
 from server.core import db, migrations
 from server.core.errors import SchemaError
+from server.core.migrations import MigrationLocked
 
 
 def copy_migrations(tmp_path):
@@ -185,3 +187,66 @@ def test_statements_split_outside_quotes_and_comments():
     assert [s.bare for s in found] == ["CREATE FUNCTION F() RETURNS TEXT LANGUAGE SQL AS $$?$$",
                                        "SELECT '?' , \"ODD;NAME\" FROM T"]
     assert found[1].text == "/* b; */ SELECT 'it''s; here', \"odd;name\" FROM t"
+
+
+def held_open(url, *statements):
+    """A session that ran `statements` in a transaction it keeps open, holding their locks."""
+    conn = db.connect(url, "ayon-test-holder")
+    with conn.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+    return conn
+
+
+def index_state(url, name):
+    conn = db.connect(url)
+    with conn.cursor() as cur:
+        cur.execute("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", (name,))
+        row = cur.fetchone()
+    conn.close()
+    return None if row is None else row[0]
+
+
+def test_a_migration_behind_a_held_lock_fails_cleanly_and_runs_again(empty_database_url, tmp_path):
+    migrations.migrate(empty_database_url)
+    folder = copy_migrations(tmp_path)
+    (folder / "9000_wider.sql").write_text("-- kind: expand\nALTER TABLE events ADD COLUMN wider text;")
+    holder = held_open(empty_database_url, "SELECT count(*) FROM events")  # a long read: ACCESS SHARE
+    said = []
+    try:
+        started = time.monotonic()
+        with pytest.raises(MigrationLocked) as raised:
+            migrations.migrate(empty_database_url, said.append, directory=folder, lock_timeout=0.3, attempts=2)
+        assert time.monotonic() - started < 5
+        assert str(raised.value).startswith("migration 9000_wider.sql waited 0.3 s for a lock (lock_timeout) 2 times, "
+                                            "nothing of it applied: canceling statement due to lock timeout")
+        assert raised.value.exit_code == 1  # running it again can help
+        assert said == ["migration 9000_wider.sql waited 0.3 s for a lock (lock_timeout), nothing of it applied; "
+                        "trying again (1/2)"]
+        database = db.Database(empty_database_url)
+        assert database.fetchone("SELECT count(*) FROM schema_migrations WHERE version = 9000") == (0,)
+        # Nobody queued behind it: a writer goes on while the reader still holds its lock.
+        database.execute("INSERT INTO events (topic, status) VALUES ('test.after', 'finished')")
+    finally:
+        holder.close()
+    assert migrations.migrate(empty_database_url, directory=folder, lock_timeout=0.3) == 1
+
+
+def test_a_concurrent_index_behind_a_writer_leaves_nothing_and_runs_again(empty_database_url, tmp_path):
+    migrations.migrate(empty_database_url)
+    folder = copy_migrations(tmp_path)
+    (folder / "9000_probe_index.sql").write_text(
+        "-- kind: expand\nCREATE INDEX CONCURRENTLY IF NOT EXISTS events_probe ON events (description);\n")
+    assert migrations.load(folder)[-1].concurrent
+    # A writer's open transaction: CREATE INDEX CONCURRENTLY makes its index, then waits for such writers.
+    holder = held_open(empty_database_url, "INSERT INTO events (topic, status) VALUES ('test.writer', 'pending')")
+    try:
+        with pytest.raises(MigrationLocked, match=r"^migration 9000_probe_index\.sql waited 0\.3 s for a lock"):
+            migrations.migrate(empty_database_url, directory=folder, lock_timeout=0.3, attempts=1)
+        # Left invalid (its drop would wait for the same writer): unused, and dropped by the next run.
+        assert index_state(empty_database_url, "events_probe") is False
+    finally:
+        holder.close()
+    assert migrations.migrate(empty_database_url, directory=folder, lock_timeout=0.3) == 1
+    assert index_state(empty_database_url, "events_probe") is True
+    assert migrations.migrate(empty_database_url, directory=folder) == 0

@@ -277,8 +277,11 @@ def _apply_outside_transaction(url: str, migration: Migration, lock_timeout: flo
                 with conn.cursor() as cur:
                     cur.execute(step.text)
         except psycopg2.Error:
-            if not conn.closed:
-                _drop_invalid_indexes(conn, migration)
+            try:  # at once when it can; the drop waits for the same sessions, so else the next run does it
+                if not conn.closed:
+                    _drop_invalid_indexes(conn, migration)
+            except psycopg2.Error:
+                pass
             raise
         conn.autocommit = False
         with conn, conn.cursor() as cur:
