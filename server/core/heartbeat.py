@@ -23,6 +23,7 @@ from server.core.retry import Outage
 log = logging.getLogger("ayon.heartbeat")
 
 INTERVAL = 5.0
+FAREWELL_SECONDS = 1.0  # the longest a clean stop waits to mark its row
 
 
 _BEAT = (
@@ -118,16 +119,27 @@ class Heartbeat(threading.Thread):
 
     def say_farewell(self) -> None:
         """Once, at a clean stop: mark the row stopped if this thread was the one beating for it."""
-        with self.lock:
+        # Bounded: a stop never waits for a database that does not answer (a beat stuck in it holds the
+        # lock); the row then goes stale instead.
+        if not self.lock.acquire(timeout=FAREWELL_SECONDS):
+            return
+        try:
             if self.gone:
                 return
             self.gone = True
             if not self.beating:
                 return
-            try:
-                farewell(self.db, self.instance_id, self.program, self.pid)
-            except Exception as exc:  # the row then goes stale instead (instances.stale_after)
-                log.info("could not mark the heartbeat stopped: %s", first_line(exc))
+            done = threading.Thread(target=self._farewell, name=f"farewell-{self.program}", daemon=True)
+            done.start()
+            done.join(FAREWELL_SECONDS)
+        finally:
+            self.lock.release()
+
+    def _farewell(self) -> None:
+        try:
+            farewell(self.db, self.instance_id, self.program, self.pid)
+        except Exception as exc:  # the row goes stale instead (instances.stale_after)
+            log.info("could not mark the heartbeat stopped: %s", first_line(exc))
 
     def run(self) -> None:
         while not self.stop.is_set():
