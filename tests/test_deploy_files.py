@@ -26,6 +26,9 @@ MAINTENANCE_CHOICES = {
     "maintenance-cronjob": ("CronJob/ayon-maintenance", False),
     "maintenance-daemon": ("Deployment/ayon-maintenance", True),
 }
+# The contract step of a rolling upgrade: applied on its own after a rollout (`kubectl apply -k
+# deploy/kubernetes/contract`), beside whichever choice runs.
+CONTRACT = "contract"
 # The oldest Kubernetes release the manifests support; the newest is the newest kubernetes-validate knows.
 OLDEST_KUBERNETES = Version("1.29")
 # The project's image, as `make image` tags it, the Compose files build it (AYON_IMAGE picks
@@ -168,7 +171,7 @@ def applied(choice: str) -> dict[str, dict]:
 def all_objects() -> dict[str, dict]:
     """Every object of every maintenance choice (the base's appear once)."""
     found = {}
-    for choice in MAINTENANCE_CHOICES:
+    for choice in (*MAINTENANCE_CHOICES, CONTRACT):
         found.update(applied(choice))
     return found
 
@@ -248,11 +251,11 @@ def test_setup_job_validates_for_every_release_the_tool_knows():
 
 def test_the_layers_use_every_manifest():
     files: set[Path] = set()
-    for choice in MAINTENANCE_CHOICES:
+    for choice in (*MAINTENANCE_CHOICES, CONTRACT):
         kustomize(KUBERNETES / choice, files)
     assert files == set(MANIFESTS)
     folders = {p.parent.name for p in KUBERNETES.rglob("kustomization.yaml")}
-    assert folders == {"base", *MAINTENANCE_CHOICES}
+    assert folders == {"base", *MAINTENANCE_CHOICES, CONTRACT}
     assert not list(KUBERNETES.glob("*.yaml")), "a manifest outside the layers"
 
 
@@ -303,6 +306,22 @@ def test_kubernetes_layout_follows_the_design():
             "onPodConditions": []} in rules
     assert set(found["Secret/ayon"]["stringData"]) == {"AYON_ADMIN_TOKEN", "AYON_POSTGRES_URL"}
     assert found["Service/ayon-server"]["spec"]["selector"] == server["selector"]["matchLabels"]
+
+
+def test_the_contract_step_is_a_job_of_its_own_that_setup_understands():
+    from procs import setup
+
+    found = applied(CONTRACT)
+    assert set(found) == {"Job/ayon-contract"}  # the Secret comes from the base, applied before
+    job = found["Job/ayon-contract"]["spec"]
+    (container,) = job["template"]["spec"]["containers"]
+    assert container["args"][:4] == ["python", "-m", "procs.setup", "--contract"]
+    args = setup.parse_args(container["args"][3:])
+    assert args.contract and args.wait >= 600
+    assert {"action": "FailJob", "onExitCodes": {"containerName": "contract", "operator": "In", "values": [2]},
+            "onPodConditions": []} in job["podFailurePolicy"]["rules"]
+    assert [s["secretRef"]["name"] for s in container["envFrom"]] == ["ayon"]
+    assert "Secret/ayon" in kustomize(KUBERNETES / "base")
 
 
 def test_kubernetes_pods_are_hardened_and_name_real_settings():

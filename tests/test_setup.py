@@ -138,3 +138,17 @@ def test_embedded_setup_makes_the_owner_role_and_migrates_as_it(tmp_path):
         held.give_up()
     finally:
         server.stop()
+
+
+def test_wait_goes_with_contract_only(env):
+    result = subprocess.run([sys.executable, "-m", "procs.setup", "--wait", "5"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == "Error: --wait goes with --contract (see python -m procs.setup --help)\n"
+
+
+def test_the_contract_step_on_a_database_nobody_runs_on_applies_and_exits_0(env):
+    result = subprocess.run([sys.executable, "-m", "procs.setup", "--contract"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "nothing to migrate" in result.stdout + result.stderr

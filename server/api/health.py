@@ -22,7 +22,9 @@ INFO = {
     "properties": {
         "version": {"type": "string"}, "instance_id": {"type": "string"},
         "roles": {"type": "array", "items": {"type": "string"}},
-        "schema_version": {"type": ["integer", "null"]}, "schema_current": {"type": "boolean"},
+        "schema_version": {"type": ["integer", "null"], "description": "The database's: its highest applied migration."},
+        "code_schema_version": {"type": "integer", "description": "This code's: the highest migration it knows."},
+        "schema_current": {"type": "boolean"},
         "uptime_seconds": {"type": "number"}, "pid": {"type": "integer"},
     },
 }
@@ -85,21 +87,23 @@ class Info:
 
     def __init__(self, ctx):
         self.ctx = ctx
-        self._fixed: tuple[int, str] | None = None  # (pid, JSON text up to the uptime)
+        self._fixed: tuple[int, str, int | None] | None = None  # (pid, JSON text up to the uptime, schema version)
         _INFOS.add(self)
 
     def _fixed_part(self, schema) -> str:
-        if self._fixed is None or not (schema and schema.current):
+        # Rendered again when the database's schema moves (a newer release's setup during a rolling upgrade).
+        if self._fixed is None or not (schema and schema.current) or self._fixed[2] != schema.version:
             pid = os.getpid()
             fixed = json.dumps({
                 "version": VERSION,
                 "instance_id": self.ctx.settings.instance_id,
                 "roles": self.ctx.settings.roles,
                 "schema_version": schema.version if schema else None,
+                "code_schema_version": migrations.code_schema(),
                 "schema_current": schema.current if schema else False,
                 "pid": pid,
             })
-            self._fixed = (pid, fixed[:-1] + ', "uptime_seconds": ')
+            self._fixed = (pid, fixed[:-1] + ', "uptime_seconds": ', schema.version if schema else None)
         return self._fixed[1]
 
     # Not strict, so nothing runs before it on the hottest path; pollers may add cache-busting parameters.

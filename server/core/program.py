@@ -227,8 +227,9 @@ class Daemon:
             return exc.exit_code
         if self._channels():
             check_session_url(self.settings, self.log)
-        Heartbeat(heartbeat_database(self.settings, self.program), self.settings.instance_id, self.program,
-                  self.stop, self.heartbeat_info).start()
+        heartbeat = Heartbeat(heartbeat_database(self.settings, self.program), self.settings.instance_id,
+                              self.program, self.stop, self.heartbeat_info)
+        heartbeat.start()
         if self._channels():
             # LISTEN before the configuration is read and the first tick catches up: what is stored
             # after that catch-up then wakes the loop, instead of waiting for the next poll.
@@ -246,6 +247,7 @@ class Daemon:
                 self.wait()
         if self.listener is not None:
             self.listener.close()
+        heartbeat.say_farewell()  # a clean stop: the row no longer counts as running
         self.log.info("%s stopping on %s", self.program, self.stop_reason or "request")
         return 0
 

@@ -171,6 +171,7 @@ SETTINGS = [
     Setting("AYON_CONFIG_FILE", Path(optional=True), "", "YAML file applied to the server configuration when setup runs; the entrypoint checks it first."),
     Setting("AYON_DB_WAIT_TIMEOUT", Integer(1, 3600), "60", "Seconds to wait for PostgreSQL and a current schema before giving up (1–3600)."),
     Setting("AYON_SCHEMA_WAIT_TIMEOUT", Integer(1, 86400), "600", "Seconds a program waits for setup to bring the schema up to date (1–86400)."),
+    Setting("AYON_MIGRATION_LOCK_TIMEOUT", Integer(1, 600), "5", "Seconds a migration statement waits for a table lock before it gives up (PostgreSQL `lock_timeout`; 1–600): a migration never queues every request behind a long query; setup tries it 3 times, then exits 1 to be run again."),
     Setting("AYON_DB_POOL_SIZE", Integer(1, 100), "4", "Database connections per web worker, at most (1–100): its API threads and its event loop share them, so the web server holds up to `AYON_SERVER_WORKERS` × this under load. Each background program's pool (log collector, installer, webactions, maintenance daemon) is this size too, but uses one or two. PostgreSQL allows 100 in all by default: see the README's connection budget."),
     Setting("AYON_DB_IDLE_SECONDS", Integer(1, 86400), "30", "Seconds a pooled database connection may stay unused before it is closed (1–86400), in every pool of every process: an idle instance shrinks back to its LISTEN connections."),
     Setting("AYON_LOG_SPOOL_MAX", Size("64K", "1T"), "256M", "Size cap of the local log spool (64K–1T); the oldest records are dropped above it."),

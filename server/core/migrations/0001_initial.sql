@@ -1,3 +1,4 @@
+-- kind: expand
 -- The core schema: configuration, secrets, events, heartbeats and logs.
 
 CREATE TABLE server_config (

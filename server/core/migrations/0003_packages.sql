@@ -1,3 +1,4 @@
+-- kind: expand
 -- Addon and dependency packages: stored once by content, installed on every instance.
 
 CREATE TABLE package_blobs (

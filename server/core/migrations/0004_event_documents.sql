@@ -1,3 +1,4 @@
+-- kind: expand
 -- Each event keeps its API JSON, rendered when it is written: event lists are
 -- read far more often than events change, and rendering 50 rows to JSON on
 -- every read cost PostgreSQL more CPU than the rest of the request.

@@ -1,3 +1,4 @@
+-- kind: expand
 -- The API writes every time one way: RFC 3339 in UTC with `Z` and six fraction
 -- digits (server/core/times.py rfc3339, server/api/pages.py utc_json). Stored
 -- event documents wrote `+00:00` and dropped trailing zeros; they follow now.
