@@ -20,6 +20,7 @@ from gunicorn.asgi.protocol import ASGIProtocol, BodyReceiver
 from gunicorn.workers.gasgi import ASGIWorker
 
 from server.api.common import BodyTimeout
+from server.drain import draining
 
 ACCEPT_BATCH = 2
 
@@ -191,6 +192,10 @@ class HTTPProtocol(ASGIProtocol):
             # Answered before its body arrived: the connection cannot serve
             # another request, so say so in the answer.
             self._closing_request = request
+            return True
+        if draining():
+            # A kept-alive client (one behind a layer-4 balancer, a Kubernetes Service) reconnects,
+            # to an instance that is not stopping.
             return True
         return super()._will_close(request, response_requires_close)
 

@@ -57,6 +57,8 @@ def env(tmp_path, database_url):
         AYON_INSTANCE_ID="test",
         AYON_ADMIN_TOKEN="test-token",
         AYON_DB_WAIT_TIMEOUT="10",
+        # No load balancer in front: a stop does not drain (tests/test_drain.py sets its own).
+        AYON_DRAIN_SECONDS="0",
         PYTHONPATH=str(ROOT),
         PYTHONUNBUFFERED="1",
     )
