@@ -82,6 +82,22 @@ def pooled_url(bouncer, database_url):
 
 
 @pytest.fixture
+def haproxy():
+    """Start a real HAProxy in front of {name: "host:port"} (tests/fleet.py HAProxy); stopped at the end."""
+    from tests.fleet import HAProxy
+
+    started = []
+
+    def start(servers: dict[str, str], check_path: str = "/health/ready") -> HAProxy:
+        started.append(HAProxy(servers, check_path))
+        return started[-1].start()
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture
 def standby(pg):
     """A streaming standby of the embedded primary (tests/fleet.py Standby); stopped at the end."""
     from tests.fleet import Standby
