@@ -276,7 +276,7 @@ class HAProxy:
         """`show stat` by name: each server, and FRONTEND and BACKEND (req_tot, hrsp_5xx, status...)."""
         lines = self.command("show stat").splitlines()
         header = lines[0].lstrip("# ").split(",")
-        rows = [dict(zip(header, line.split(","))) for line in lines[1:] if line]
+        rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
         return {row["svname"]: row for row in rows}
 
     def states(self) -> dict[str, str]:

@@ -36,7 +36,7 @@ def parse_wrk(text: str) -> dict:
     return {
         "requests": int(requests[1]),
         "non_2xx": int(non_2xx[1]) if non_2xx else 0,
-        "socket_errors": dict(zip(("connect", "read", "write", "timeout"), map(int, sockets.groups())))
+        "socket_errors": dict(zip(("connect", "read", "write", "timeout"), map(int, sockets.groups()), strict=True))
         if sockets else {"connect": 0, "read": 0, "write": 0, "timeout": 0},
         "longest": float(latency[1]) * UNITS[latency[2]],
     }
