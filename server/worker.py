@@ -361,6 +361,10 @@ class Acceptor:
         if not self.closed:
             self.closed = True
             self.loop.remove_reader(self.sock.fileno())
+            # Closed now, not when the worker exits: once every process has closed it, a new
+            # connection is refused at once (a client tries another instance) instead of waiting
+            # in the listen queue for the whole graceful stop, to be reset at its end.
+            self.sock.close()
 
     async def wait_closed(self) -> None:
         """Nothing to wait for: open connections are the worker's to wait for (its nr_conns)."""

@@ -3,11 +3,13 @@
 import http.client as httpclient
 import json
 import signal
+import socket
 import time
 
 from server.core.settings import SERVER_GRACE_SECONDS
 from tests.apiclient import AUTH, Gunicorn, http, wait_for
 from tests.test_api_stream import SSEClient
+from tests.test_multi_instance import addon_zip
 
 DRAIN = 3
 
@@ -54,13 +56,27 @@ def test_sigterm_turns_readiness_503_and_serves_through_the_drain(env):
         assert served > 3 and server.proc.poll() is None
         assert not stream.closed.is_set()  # streams run through the drain, and end at the stop
 
+        # A request in flight when the drain ends: its headers before, its body once nothing listens.
+        late = socket.create_connection((host, int(port)), timeout=15)
+        package = addon_zip("drained", "1.0.0")
+        late.sendall(f"POST /api/addons HTTP/1.1\r\nHost: test\r\nAuthorization: {AUTH['Authorization']}\r\n"
+                     f"Content-Type: application/zip\r\nContent-Length: {len(package)}\r\n\r\n".encode())
+        wait_for(lambda: get(server.url, "/health/live")[0] == 0, DRAIN + 2, "new connections to be refused")
+        assert server.proc.poll() is None
+        late.sendall(package)
+        answer = b""
+        while chunk := late.recv(65536):
+            answer += chunk
+        late.close()
+        assert answer.startswith(b"HTTP/1.1 201 "), answer[:500]
+        assert b"connection: close" in answer.lower()
+
         # Then the stop: the open stream does not hold the graceful timeout.
         code = server.proc.wait(DRAIN + SERVER_GRACE_SECONDS)
         took = time.monotonic() - signalled
         assert code == 0, server.output()
         assert DRAIN - 0.5 <= took < DRAIN + 6, f"exited {took:.1f} s after SIGTERM (drain {DRAIN} s)"
         assert stream.closed.wait(5)
-        assert get(server.url, "/health/live")[0] == 0  # nothing listens any more
         print(f"readiness 503 after {turned * 1000:.0f} ms; {served} requests served while draining; "
               f"exited after {took:.1f} s")
     finally:
