@@ -72,6 +72,7 @@ def main() -> int:
     env.setdefault("AYON_EMBEDDED_PG_PORT", "54329")
     env.setdefault("AYON_ADMIN_TOKEN", admin_token())
     env.setdefault("AYON_INSTANCE_ID", "local")
+    env.setdefault("AYON_DRAIN_SECONDS", "0")  # no load balancer in front: Ctrl-C stops at once
     values = settings.load(env)  # a bad setting is one line and exit 2, before anything starts
     # The entrypoint would refuse too (its data folder's lock); this says it in make run's words.
     other = instancelock.holder(values.data_dir)

@@ -21,7 +21,9 @@ asgi_loop = "uvloop"
 worker_connections = 1000
 # Long-lived requests (the event stream) must not be killed as hung workers.
 timeout = 120
-graceful_timeout = 20  # supervisord's stopwaitsecs for the server is longer
+# After the drain (server/drain.py): requests in flight get this long. supervisord waits longer
+# (supervision/roster.py: the drain, this, and 5 s).
+graceful_timeout = settings_mod.SERVER_GRACE_SECONDS
 keepalive = 5
 # Access lines come from the app (server/core/logs.py AccessLog), in our log format.
 accesslog = None
@@ -69,6 +71,10 @@ def on_starting(server):
 
     prepare_multiprocess_dir(_metrics_dir)
     _share_imports()
+    from server import drain
+
+    drain.prepare()
+    drain.install(server, _settings.drain_seconds)
 
 
 # The server's heartbeat (program `server`, the master's pid) comes from a thread in each worker,

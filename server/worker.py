@@ -20,6 +20,7 @@ from gunicorn.asgi.protocol import ASGIProtocol, BodyReceiver
 from gunicorn.workers.gasgi import ASGIWorker
 
 from server.api.common import BodyTimeout
+from server.drain import draining
 
 ACCEPT_BATCH = 2
 
@@ -192,6 +193,10 @@ class HTTPProtocol(ASGIProtocol):
             # another request, so say so in the answer.
             self._closing_request = request
             return True
+        if draining():
+            # A kept-alive client (one behind a layer-4 balancer, a Kubernetes Service) reconnects,
+            # to an instance that is not stopping.
+            return True
         return super()._will_close(request, response_requires_close)
 
     def _close_transport(self):
@@ -356,6 +361,10 @@ class Acceptor:
         if not self.closed:
             self.closed = True
             self.loop.remove_reader(self.sock.fileno())
+            # Closed now, not when the worker exits: once every process has closed it, a new
+            # connection is refused at once (a client tries another instance) instead of waiting
+            # in the listen queue for the whole graceful stop, to be reset at its end.
+            self.sock.close()
 
     async def wait_closed(self) -> None:
         """Nothing to wait for: open connections are the worker's to wait for (its nr_conns)."""

@@ -101,7 +101,7 @@ def render(values: settings_mod.Settings, password: str | None = None, python: s
                  {"supervisor.rpcinterface_factory": "supervisor.rpcinterface:make_main_rpcinterface"}),
     ]
     for program in programs(values):
-        entries = _program_entries(program, python, log_dir(values))
+        entries = _program_entries(program, python, log_dir(values), values)
         entries["environment"] = _env({}, secret_values(values, program.secrets), mask)
         parts.append(_section(f"program:{program.name}", entries))
     parts.append(_section("eventlistener:console", _listener({
@@ -121,7 +121,7 @@ def _listener(entries: dict) -> dict:
     return entries
 
 
-def _program_entries(program: Program, python: str, logs: Path) -> dict:
+def _program_entries(program: Program, python: str, logs: Path, values) -> dict:
     return {
         "command": _command(python, program.deathsignal, "-m", program.module, *program.args),
         "directory": ROOT,
@@ -134,8 +134,8 @@ def _program_entries(program: Program, python: str, logs: Path) -> dict:
         "startretries": 0 if program.oneshot else 3,
         "exitcodes": 0 if program.oneshot else "0,2",
         "stopsignal": program.stopsignal,
-        "stopwaitsecs": program.stopwaitsecs,
-        "stopasgroup": "true",
+        "stopwaitsecs": program.stopwait(values),
+        "stopasgroup": "true" if program.stopasgroup else "false",
         "killasgroup": "true",
         # Its own file for `supervisorctl tail`, and events for the console listener.
         "redirect_stderr": "true",

@@ -9,9 +9,12 @@ program is a module (a `server.core.program.Daemon` with three lines of
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.core.settings import SERVER_GRACE_SECONDS
+
 ROOT = Path(__file__).resolve().parent.parent
-# gunicorn's graceful_timeout is 20 s (server/gunicorn_conf.py); supervisord must wait longer.
-SERVER_STOPWAIT = 30
+# The server drains for AYON_DRAIN_SECONDS, then gives requests in flight gunicorn's graceful timeout
+# (server/drain.py): supervisord waits for both, and this much more.
+SERVER_STOPWAIT = SERVER_GRACE_SECONDS + 5
 # gunicorn retries a busy address for 5 s before exiting: a server up longer than that has bound.
 GUNICORN_BIND_RETRY = 5
 
@@ -41,6 +44,11 @@ class Program:
     startsecs: int = 2
     stopsignal: str = "TERM"
     stopwaitsecs: int = 15
+    # Added to stopwaitsecs: the program serves on for AYON_DRAIN_SECONDS after its stop signal.
+    drains: bool = False
+    # The stop signal goes to the whole process group, or to the program alone when it stops its
+    # own children in its own time (gunicorn's workers must serve through the drain).
+    stopasgroup: bool = True
     # Sent by the kernel when supervisord dies: a quick end, well within 5 s.
     deathsignal: str = "TERM"
     secrets: tuple[str, ...] = DATABASE
@@ -48,6 +56,10 @@ class Program:
     def __post_init__(self):
         if self.when not in WHEN:
             raise ValueError(f"program {self.name}: when={self.when!r} is not one of {', '.join(WHEN)}")
+
+    def stopwait(self, values) -> int:
+        """supervisord's stopwaitsecs for these settings."""
+        return self.stopwaitsecs + (values.drain_seconds if self.drains else 0)
 
 
 PROGRAMS = [
@@ -63,7 +75,8 @@ PROGRAMS = [
     # SIGINT is gunicorn's quick shutdown: its workers get SIGQUIT instead of a 20 s grace.
     Program("server", "gunicorn", "server", "gunicorn (asgi worker) + falcon: the API and the dashboard",
             args=("-c", str(ROOT / "server" / "gunicorn_conf.py")), priority=30, startsecs=GUNICORN_BIND_RETRY + 1,
-            stopwaitsecs=SERVER_STOPWAIT, deathsignal="INT", secrets=DATABASE_AND_TOKEN),
+            stopwaitsecs=SERVER_STOPWAIT, drains=True, stopasgroup=False, deathsignal="INT",
+            secrets=DATABASE_AND_TOKEN),
     Program("webactions", "procs.webactions", "server",
             "marks timed-out webactions failed, every `webactions.check_interval` s"),
     Program("installer", "procs.installer", "server",

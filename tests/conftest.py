@@ -57,6 +57,8 @@ def env(tmp_path, database_url):
         AYON_INSTANCE_ID="test",
         AYON_ADMIN_TOKEN="test-token",
         AYON_DB_WAIT_TIMEOUT="10",
+        # No load balancer in front: a stop does not drain (tests/test_drain.py sets its own).
+        AYON_DRAIN_SECONDS="0",
         PYTHONPATH=str(ROOT),
         PYTHONUNBUFFERED="1",
     )
@@ -77,6 +79,22 @@ def bouncer(request, pg):
 def pooled_url(bouncer, database_url):
     """This test's database through the pooler."""
     return bouncer.url(database_url)
+
+
+@pytest.fixture
+def haproxy():
+    """Start a real HAProxy in front of {name: "host:port"} (tests/fleet.py HAProxy); stopped at the end."""
+    from tests.fleet import HAProxy
+
+    started = []
+
+    def start(servers: dict[str, str], check_path: str = "/health/ready") -> HAProxy:
+        started.append(HAProxy(servers, check_path))
+        return started[-1].start()
+
+    yield start
+    for proxy in started:
+        proxy.stop()
 
 
 @pytest.fixture

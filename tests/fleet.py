@@ -1,13 +1,15 @@
-"""Real PostgreSQL infrastructure for fleet tests: PgBouncer in front of the suite's server, a standby.
+"""Real infrastructure for fleet tests: PgBouncer in front of the suite's server, a standby, HAProxy.
 
-Each part is started as the unprivileged user the embedded PostgreSQL runs as
-(PgBouncer, like PostgreSQL, refuses to run as root), on a free loopback port,
-polled until it answers with a deadline, and stopped at the end.
+Each PostgreSQL part is started as the unprivileged user the embedded PostgreSQL
+runs as (PgBouncer, like PostgreSQL, refuses to run as root); HAProxy as the
+current user. Each listens on a free loopback port, is polled until it answers
+with a deadline, and is stopped at the end.
 """
 
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +23,7 @@ from server.core.embedded_pg import as_user, bin_path, run_as, server_command
 from tests.pg import free_port, wait_ready
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 MODES = ("transaction", "session")
 
 
@@ -188,5 +191,108 @@ class Standby:
         _stop(self.proc, signal.SIGINT)
         self.proc = None
         if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+
+class HAProxy:
+    """A real HAProxy balancing HTTP over `servers` ({name: "host:port"}), checking each on `check_path`.
+
+    Fast checks (every 200 ms, down after 2 failures, up after 2 passes), and a
+    request that cannot reach a server is retried on another (`option redispatch`,
+    `retries`): the set-up a rolling restart is measured behind.
+    """
+
+    def __init__(self, servers: dict[str, str], check_path: str = "/health/ready"):
+        self.servers, self.check_path = dict(servers), check_path
+        self.port = free_port()
+        self.dir: Path | None = None
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _write_config(self) -> Path:
+        cfg = self.dir / "haproxy.cfg"
+        servers = "".join(f"    server {name} {address} check\n" for name, address in self.servers.items())
+        cfg.write_text(
+            "global\n"
+            f"    stats socket {self.dir / 'admin.sock'} mode 600 level admin\n"
+            "    maxconn 1000\n"
+            "defaults\n"
+            "    mode http\n"
+            "    timeout connect 2s\n"
+            "    timeout client 30s\n"
+            "    timeout server 30s\n"
+            "    retries 3\n"
+            "    option redispatch 1\n"
+            "    retry-on conn-failure empty-response response-timeout\n"
+            "frontend web\n"
+            f"    bind 127.0.0.1:{self.port}\n"
+            "    default_backend servers\n"
+            "backend servers\n"
+            "    balance roundrobin\n"
+            f"    option httpchk GET {self.check_path}\n"
+            "    http-check expect status 200\n"
+            "    default-server inter 200ms fall 2 rise 2\n"
+            f"{servers}"
+        )
+        return cfg
+
+    def start(self, timeout: float = 30.0) -> "HAProxy":
+        self.dir = Path(tempfile.mkdtemp(prefix="ayon-haproxy-"))
+        cfg = self._write_config()
+        check = subprocess.run([HAPROXY, "-c", "-q", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+        if check.returncode != 0:
+            raise RuntimeError(f"haproxy refused its config: {check.stdout}{check.stderr}")
+        self.log = open(self.dir / "haproxy.log", "ab")
+        self.proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"haproxy exited with {self.proc.returncode}: {self.output()[-2000:]}")
+            try:
+                self.command("show info")
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"haproxy did not listen within {timeout:g} s: {self.output()[-2000:]}") from None
+                time.sleep(0.05)
+
+    def command(self, line: str) -> str:
+        """One command on the admin socket, its whole answer."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.dir / "admin.sock"))
+            sock.sendall(line.encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def stats(self) -> dict[str, dict[str, str]]:
+        """`show stat` by name: each server, and FRONTEND and BACKEND (req_tot, hrsp_5xx, status...)."""
+        lines = self.command("show stat").splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line]
+        return {row["svname"]: row for row in rows}
+
+    def states(self) -> dict[str, str]:
+        """Each server's check state as HAProxy sees it: UP, DOWN, or a transition ("UP 1/2")."""
+        return {name: row["status"] for name, row in self.stats().items() if name in self.servers}
+
+    def output(self) -> str:
+        try:
+            return (self.dir / "haproxy.log").read_text(errors="replace")
+        except (OSError, TypeError):
+            return ""
+
+    def stop(self) -> None:
+        _stop(self.proc, signal.SIGTERM)
+        self.proc = None
+        if self.dir:
+            self.log.close()
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None

@@ -12,7 +12,7 @@ from kubernetes_validate import utils as kubernetes_validate
 from packaging.version import Version
 
 from server.core import VERSION, config, settings
-from supervision import generator
+from supervision import generator, roster
 from tests.conftest import ROOT
 
 BIN = Path(sys.executable).parent
@@ -283,10 +283,17 @@ def test_kubernetes_layout_follows_the_design():
     server = found["Deployment/ayon-server"]["spec"]
     assert server["replicas"] == 2
     assert server["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert server["strategy"]["rollingUpdate"]["maxSurge"] == 1
     pod = server["template"]["spec"]
-    # Above supervisord's stopwaitsecs for the server program (30 s).
-    assert pod["terminationGracePeriodSeconds"] > 30
     (container,) = pod["containers"]
+    # The preStop sleep matches the drain; the grace period covers the sleep and supervisord's whole
+    # wait for the server (the drain, gunicorn's graceful timeout, a margin: supervision/roster.py).
+    assert container["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "5"]}}
+    drain = int({e["name"]: e.get("value") for e in container["env"]}["AYON_DRAIN_SECONDS"])
+    assert drain == 5
+    (program,) = [p for p in roster.PROGRAMS if p.name == "server"]
+    stopwait = program.stopwait(settings.load({"AYON_DRAIN_SECONDS": str(drain)}))
+    assert pod["terminationGracePeriodSeconds"] > 5 + stopwait
     assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
     assert "startupProbe" in container

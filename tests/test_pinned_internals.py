@@ -6,15 +6,18 @@ what the module uses, adjust the module, then the version named here
 (docs/architecture.md, "Private internals", says what each patch buys).
 """
 
+import inspect
 import re
+import signal
 from importlib.metadata import version
 from pathlib import Path
 
 import gunicorn
+from gunicorn.arbiter import Arbiter
 from gunicorn.asgi.protocol import ASGIProtocol, BodyReceiver
 from gunicorn.workers.gasgi import ASGIWorker
 
-from server import metrics, worker
+from server import drain, metrics, worker
 
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
 
@@ -35,6 +38,21 @@ def test_server_worker_was_written_against_gunicorn_27_0_1():
             assert callable(getattr(base, name, None)), f"{base.__name__}.{name}"
             assert name in vars(worker.HTTPProtocol if base is ASGIProtocol else worker.BalancedASGIWorker)
     assert issubclass(worker.TimedBodyReceiver, BodyReceiver)
+
+
+def test_server_drain_was_written_against_gunicorn_27_0_1():
+    assert (pinned("gunicorn"), gunicorn.__version__) == ("27.0.1", "27.0.1")
+    # drain.install replaces the arbiter's handle_term on the instance: the main loop must still look
+    # handlers up by name on the instance, halt (a graceful stop) on StopIteration, and queue signals
+    # on SIG_QUEUE, where the drain's own SIGALRM (not one of the arbiter's signals) puts its SIGTERM.
+    run = inspect.getsource(Arbiter.run)
+    assert 'getattr(self, "handle_%s" % signame' in run and "except (StopIteration, KeyboardInterrupt):" in run
+    assert "raise StopIteration" in inspect.getsource(Arbiter.handle_term)
+    assert "self.SIG_QUEUE = queue.SimpleQueue()" in inspect.getsource(Arbiter.__init__)
+    assert "self.SIG_QUEUE.put_nowait(sig)" in inspect.getsource(Arbiter.signal)
+    assert signal.SIGTERM in Arbiter.SIGNALS and signal.SIGALRM not in Arbiter.SIGNALS
+    assert "self.stop()" in inspect.getsource(Arbiter.halt)  # graceful: SIGTERM to the workers
+    assert callable(drain.install) and "_will_close" in vars(worker.HTTPProtocol)
 
 
 def test_server_metrics_was_written_against_prometheus_client_0_26_0():

@@ -80,7 +80,8 @@ def test_program_set_matches_the_design(server, setup, maintenance, embedded, tm
         assert proc.stdout_logfile_maxbytes == 5 * 1024 * 1024 and proc.stdout_logfile_backups == 1
         assert proc.stdout_events_enabled and proc.redirect_stderr
         assert proc.command.startswith(f"{sys.executable} -m supervision.lifeline ")
-        assert proc.stopasgroup and proc.killasgroup
+        # gunicorn's master stops its workers itself, after its drain: they must not get the signal first.
+        assert proc.stopasgroup is (name != "server") and proc.killasgroup
         assert proc.environment["PYTHONUNBUFFERED"] == "1"
         assert proc.autorestart is (False if name == "setup" else supervisor_restart_unexpected())
         assert proc.exitcodes == ([0] if name == "setup" else [0, 2])
@@ -89,7 +90,8 @@ def test_program_set_matches_the_design(server, setup, maintenance, embedded, tm
     console = programs["console"]
     assert console.stderr_logfile == "/dev/stdout" and console.stdout_logfile is None
     if "server" in programs:
-        assert programs["server"].stopwaitsecs > 20  # gunicorn's graceful_timeout
+        # the drain (default 5 s), then gunicorn's graceful timeout, then a margin
+        assert programs["server"].stopwaitsecs == values.drain_seconds + settings.SERVER_GRACE_SECONDS + 5 == 30
     if "postgres" in programs:
         assert programs["postgres"].priority < min(p.priority for n, p in programs.items() if n not in ("postgres", *LISTENERS))
     if "setup" in programs:
@@ -191,3 +193,13 @@ def test_arguments_are_executed_instead(tmp_path):
     out = run("procs.entrypoint", "python3", "-c", "print('hello from the image')",
               env=environ(True, True, True, False, tmp_path))
     assert out.returncode == 0 and out.stdout == "hello from the image\n"
+
+
+def test_the_server_stop_waits_for_the_configured_drain(tmp_path):
+    env = environ(True, False, False, False, tmp_path)
+    for drain, wait in (("0", 25), ("12", 37)):
+        values = settings.load({**env, "AYON_DRAIN_SECONDS": drain})
+        programs, _ = parse(generator.write(values, tmp_path / f"drain{drain}.conf"))
+        assert programs["server"].stopwaitsecs == wait
+        assert programs["webactions"].stopwaitsecs == 15  # programs that do not drain keep their own
+

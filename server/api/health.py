@@ -7,6 +7,7 @@ import weakref
 
 import falcon
 
+from server import drain
 from server.api.spec import Reply, operation
 from server.core import VERSION, migrations
 from server.core.db import BROKEN
@@ -40,7 +41,7 @@ class Live:
 
 
 class Ready:
-    """503 until the database answers and the schema is current; then cached as ready."""
+    """503 until the database answers and the schema is current, and again once the server drains (server/drain.py)."""
 
     public = True  # probes carry no token
 
@@ -48,8 +49,14 @@ class Ready:
         self.ctx = ctx
 
     @operation("The database answers and the schema is current", tags=TAGS, strict=False, responses={
-        200: Reply("Ready", STATUS), 503: Reply("Not ready yet; the reason says why (see Retry-After)", STATUS)})
+        200: Reply("Ready", STATUS),
+        503: Reply("Not ready yet (see Retry-After), or draining before a stop; the reason says why", STATUS)})
     async def on_get(self, req, resp):
+        if drain.draining():
+            # Before any database work: the answer must change within moments of the SIGTERM.
+            resp.status = falcon.HTTP_503
+            resp.media = {"status": "draining", "reason": drain.REASON}
+            return
         ready, reason = await self.ctx.run(is_ready, self.ctx)
         if not ready:
             resp.status = falcon.HTTP_503

@@ -31,7 +31,9 @@ from server.core.values import (
 
 TOKEN_MIN = 8  # the admin token guards everything; a few characters can be guessed
 TOKEN_MAX = 1024
-RESOLVE_TIMEOUT = 1.0  # the entrypoint answers within 2 s, also when DNS does not
+RESOLVE_TIMEOUT = 1.0
+# gunicorn's graceful timeout: after the drain, requests in flight get this long (server/gunicorn_conf.py).
+SERVER_GRACE_SECONDS = 20  # the entrypoint answers within 2 s, also when DNS does not
 
 
 # --- checks against this machine: run once, by the entrypoint, before anything starts ---
@@ -165,6 +167,7 @@ SETTINGS = [
     Setting("AYON_INSTANCE_ID", Slug(), _hostname, "This instance's name in heartbeats, logs and install states (up to 63 letters, digits, `-`, `_`, `.`)."),
     Setting("AYON_HTTP_BIND", Bind(), "0.0.0.0:5000", "Address the web server listens on: `HOST:PORT` or `[IPV6]:PORT`, an address of this machine.", check=check_bind, checked_when=lambda v: v.run_server),
     Setting("AYON_SERVER_WORKERS", Integer(1, 64), "2", "Number of gunicorn worker processes (1–64)."),
+    Setting("AYON_DRAIN_SECONDS", Integer(0, 300), "5", f"Seconds the server goes on serving after SIGTERM (a stop or `supervisorctl restart server`) while `/health/ready` answers 503, so load balancers take it out first (0–300; match the Kubernetes `preStop` delay); then it takes no new connections and gives those in flight up to {SERVER_GRACE_SECONDS} s."),
     Setting("AYON_LOG_LEVEL", Choice(("debug", "info", "warning", "error")), "info", "Lowest level of log records kept."),
     Setting("AYON_LOG_FORMAT", Choice(("text", "json")), "text", "Format of log lines on stdout."),
     Setting("AYON_ADMIN_TOKEN", Token(TOKEN_MIN, TOKEN_MAX, optional=True), "", f"Admin API token ({TOKEN_MIN} or more visible ASCII characters); unset lets setup generate one on first run and print it once.", secret=True),
