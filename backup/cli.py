@@ -9,8 +9,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from backup import dump, restore
-from backup.progress import Progress
 from server.core import settings, times
 from server.core.errors import Parser, UsageError, run_main
 
@@ -40,6 +38,10 @@ def run(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     values = settings.load()
     url = values.postgres_url  # unset outside an instance: one line, exit 2, at once
+    # Imported once the settings are known good: a refusal comes before psycopg2 and tarfile load.
+    from backup import dump, restore
+    from backup.progress import Progress
+
     progress = Progress()
     if args.restore:
         restore.restore(url, Path(values.data_dir), Path(args.file), args.force, progress)
