@@ -26,6 +26,8 @@ MAINTENANCE_CHOICES = {
     "maintenance-cronjob": ("CronJob/ayon-maintenance", False),
     "maintenance-daemon": ("Deployment/ayon-maintenance", True),
 }
+# The claims a choice brings for its own data folder (the server's come from its volumeClaimTemplates).
+DATA_CLAIMS = {"maintenance-daemon": {"PersistentVolumeClaim/ayon-maintenance-data"}}
 # The oldest Kubernetes release the manifests support; the newest is the newest kubernetes-validate knows.
 OLDEST_KUBERNETES = Version("1.29")
 # The project's image, as `make image` tags it, the Compose files build it (AYON_IMAGE picks
@@ -257,12 +259,12 @@ def test_the_layers_use_every_manifest():
 
 def test_the_base_runs_no_maintenance_and_each_choice_exactly_one(tmp_path):
     base = kustomize(KUBERNETES / "base")
-    assert set(base) == {"ConfigMap/ayon-config", "Secret/ayon", "Job/ayon-setup", "Deployment/ayon-server",
+    assert set(base) == {"ConfigMap/ayon-config", "Secret/ayon", "Job/ayon-setup", "StatefulSet/ayon-server",
                          "Service/ayon-server", "PodDisruptionBudget/ayon-server"}
     assert maintenance_mechanisms(base) == []
     for choice, (mechanism, enabled) in MAINTENANCE_CHOICES.items():
         found = applied(choice)
-        assert set(found) == set(base) | {mechanism}, choice
+        assert set(found) == set(base) | {mechanism} | DATA_CLAIMS.get(choice, set()), choice
         assert maintenance_mechanisms(found) == [mechanism], choice
         assert configured_maintenance(found, tmp_path)["enabled"] is enabled, choice
 
@@ -276,9 +278,9 @@ def test_the_cronjob_configuration_differs_from_the_base_only_in_the_switch(tmp_
 
 def test_kubernetes_layout_follows_the_design():
     found = all_objects()
-    server = found["Deployment/ayon-server"]["spec"]
+    server = found["StatefulSet/ayon-server"]["spec"]
     assert server["replicas"] == 2
-    assert server["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert server["updateStrategy"]["type"] == "RollingUpdate" and server["podManagementPolicy"] == "Parallel"
     pod = server["template"]["spec"]
     # Above supervisord's stopwaitsecs for the server program (30 s).
     assert pod["terminationGracePeriodSeconds"] > 30
@@ -302,6 +304,26 @@ def test_kubernetes_layout_follows_the_design():
             "onPodConditions": []} in rules
     assert set(found["Secret/ayon"]["stringData"]) == {"AYON_ADMIN_TOKEN", "AYON_POSTGRES_URL"}
     assert found["Service/ayon-server"]["spec"]["selector"] == server["selector"]["matchLabels"]
+
+
+def test_what_must_survive_a_pod_is_on_a_claim_of_its_own():
+    """The data folder (spool, packages) of each server instance and of the maintenance daemon outlives the pod:
+    a claim per server pod (ReadWriteOnce cannot be shared by replicas), the daemon's one claim mounted by its
+    single Recreate replica; the CronJob's runs deliver their own records before they exit."""
+    found = all_objects()
+    server = found["StatefulSet/ayon-server"]["spec"]
+    (claim,) = server["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data" and claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert not [v for v in server["template"]["spec"]["volumes"] if v["name"] == "data"]
+    (container,) = server["template"]["spec"]["containers"]
+    assert {"name": "data", "mountPath": "/var/lib/ayon"} in container["volumeMounts"]
+    assert {"name": "AYON_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    daemon = found["Deployment/ayon-maintenance"]["spec"]
+    assert daemon["replicas"] == 1 and daemon["strategy"]["type"] == "Recreate"
+    (volume,) = [v for v in daemon["template"]["spec"]["volumes"] if v["name"] == "data"]
+    pvc = found[f"PersistentVolumeClaim/{volume['persistentVolumeClaim']['claimName']}"]["spec"]
+    assert pvc["accessModes"] == ["ReadWriteOnce"]
+    assert "PersistentVolumeClaim/ayon-maintenance-data" not in applied("maintenance-cronjob")
 
 
 def test_kubernetes_pods_are_hardened_and_name_real_settings():
