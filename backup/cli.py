@@ -14,10 +14,11 @@ from server.core.errors import Parser, UsageError, run_main
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = Parser(prog="python -m backup",
-                    description="Back up the database and the installed packages into one archive, or restore one.")
+    parser = Parser(prog="python -m backup", description="Back up the database and the installed packages "
+                                                         "into one archive, or restore one.")
     parser.add_argument("file", nargs="?", metavar="FILE",
-                        help="the archive to write (default: ayon-backup-<UTC time>.tar here), or to read with --restore")
+                        help="the archive to write (default: ayon-backup-<UTC time>.tar here), or to read "
+                             "with --restore")
     parser.add_argument("--restore", action="store_true",
                         help="restore FILE into an empty database (AYON_POSTGRES_URL) and data folder (AYON_DATA_DIR)")
     parser.add_argument("--force", action="store_true",

@@ -1,4 +1,4 @@
-"""Backup and restore for real: a populated instance round-trips, a non-empty target and hostile archives are refused."""
+"""Backup and restore for real: a populated instance round-trips; a non-empty target, hostile archives are refused."""
 
 import io
 import json
