@@ -45,6 +45,7 @@ COPY --chown=root:root server/ server/
 COPY --chown=root:root supervision/ supervision/
 COPY --chown=root:root procs/ procs/
 COPY --chown=root:root maintenance/ maintenance/
+COPY --chown=root:root backup/ backup/
 COPY --chown=root:root conf/ conf/
 COPY --chown=root:root scripts/ scripts/
 COPY --chown=root:root requirements.txt README.md ./
@@ -58,7 +59,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     AYON_SUPERVISOR_CONF=/etc/supervisor/supervisord.conf
 
 # ayon-doctor: the command an operator types inside the container (README, Commands).
-RUN python -m compileall -q server supervision procs maintenance \
+RUN python -m compileall -q server supervision procs maintenance backup \
     && ln -s /app/scripts/ayon-doctor /opt/venv/bin/ayon-doctor
 
 USER 10001:10001

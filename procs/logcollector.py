@@ -13,10 +13,14 @@ import time
 from server.core import collector, migrations
 from server.core.db import BROKEN
 from server.core.errors import first_line
-from server.core.program import Daemon
+from server.core.program import Daemon, setup_pending
 
 POLL = 0.1  # seconds between looks at an idle spool: bounds the spool-to-table latency
 RETRY = 1.0  # seconds between attempts while PostgreSQL is unreachable
+
+
+class SetupPending(Exception):
+    """This instance's setup has not finished: nothing to connect as yet."""
 
 
 class Logcollector(Daemon):
@@ -48,11 +52,13 @@ class Logcollector(Daemon):
         said_at = None
         while not self.stop.is_set():
             try:
+                if setup_pending(self.settings):  # no connection before there is a role to connect as
+                    raise SetupPending("setup has not finished")
                 state = migrations.status(self.db)
                 if state.current:
                     return
                 reason = state.reason
-            except BROKEN as exc:
+            except (*BROKEN, SetupPending) as exc:
                 reason = first_line(exc)
             if said_at is None or time.monotonic() - said_at >= 30:
                 self.log.info("waiting for PostgreSQL and a current schema, spooling meanwhile: %s", reason)

@@ -73,9 +73,24 @@ def wait_for_older(database, wait: float, log) -> None:
                            f"and run `{migrations.CONTRACT_COMMAND}` again") from None
 
 
+def wait_for_embedded(values, log) -> None:
+    """Until the postgres program's server says it is ready (its postmaster.pid), without connecting."""
+    def ready() -> None:
+        if not embedded_pg.accepting(values.data_dir):
+            raise retry.NotYet("not started yet")
+
+    try:
+        retry.Retry("the embedded PostgreSQL to start", first=0.2, factor=1, jitter=0,
+                    timeout=values.db_wait_timeout, say=log.info, say_every=10).call(ready)
+    except retry.GaveUp as exc:
+        raise AyonError(f"the embedded PostgreSQL did not start within {values.db_wait_timeout} s ({exc.reason}): "
+                        "see the postgres program's lines") from None
+
+
 def prepare_embedded(values, log) -> None:
     """The embedded PostgreSQL: as its superuser, the owner role the programs use and its database."""
     superuser = embedded_pg.url(values.data_dir, values.embedded_pg_port, embedded_pg.SUPERUSER, "postgres")
+    wait_for_embedded(values, log)
     db.wait_for_postgres(superuser, values.db_wait_timeout, log.info)
     try:
         changes = embedded_pg.ensure_owner(superuser, values.data_dir)

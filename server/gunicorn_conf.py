@@ -59,12 +59,15 @@ def on_starting(server):
     import sys
 
     from server.core.errors import ConfigError
-    from server.core.program import check_session_url
+    from server.core.program import check_session_url, setup_pending
     from server.metrics import prepare_multiprocess_dir
 
     try:
         # The event stream LISTENs: a URL on which it would stay silent is refused before any worker starts.
-        check_session_url(_settings, logging.getLogger("ayon.server"))
+        # Before this instance's setup has finished there may be no role to connect as: its other
+        # programs that LISTEN (the installer always runs beside the server) check the same URL after it.
+        if not setup_pending(_settings):
+            check_session_url(_settings, logging.getLogger("ayon.server"))
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
@@ -137,12 +140,12 @@ def post_worker_init(worker):
 
 def _start_heartbeat(worker):
     from server.core.heartbeat import Heartbeat
-    from server.core.program import heartbeat_database
+    from server.core.program import heartbeat_database, setup_pending
 
     master, configured = worker.ppid, worker.cfg.workers
     db = heartbeat_database(_settings, "server")  # connects for each beat
     Heartbeat(db, _settings.instance_id, "server", _stop_beating, lambda: _server_figures(master, configured),
-              pid=master, when=lambda: _beats_here(master)).start()
+              pid=master, when=lambda: _beats_here(master) and not setup_pending(_settings)).start()
 
 
 def worker_exit(server, worker):

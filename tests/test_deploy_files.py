@@ -29,6 +29,8 @@ MAINTENANCE_CHOICES = {
 # The contract step of a rolling upgrade: applied on its own after a rollout (`kubectl apply -k
 # deploy/kubernetes/contract`), beside whichever choice runs.
 CONTRACT = "contract"
+# The claims a choice brings for its own data folder (the server's come from its volumeClaimTemplates).
+DATA_CLAIMS = {"maintenance-daemon": {"PersistentVolumeClaim/ayon-maintenance-data"}}
 # The oldest Kubernetes release the manifests support; the newest is the newest kubernetes-validate knows.
 OLDEST_KUBERNETES = Version("1.29")
 # The project's image, as `make image` tags it, the Compose files build it (AYON_IMAGE picks
@@ -261,12 +263,12 @@ def test_the_layers_use_every_manifest():
 
 def test_the_base_runs_no_maintenance_and_each_choice_exactly_one(tmp_path):
     base = kustomize(KUBERNETES / "base")
-    assert set(base) == {"ConfigMap/ayon-config", "Secret/ayon", "Job/ayon-setup", "Deployment/ayon-server",
+    assert set(base) == {"ConfigMap/ayon-config", "Secret/ayon", "Job/ayon-setup", "StatefulSet/ayon-server",
                          "Service/ayon-server", "PodDisruptionBudget/ayon-server"}
     assert maintenance_mechanisms(base) == []
     for choice, (mechanism, enabled) in MAINTENANCE_CHOICES.items():
         found = applied(choice)
-        assert set(found) == set(base) | {mechanism}, choice
+        assert set(found) == set(base) | {mechanism} | DATA_CLAIMS.get(choice, set()), choice
         assert maintenance_mechanisms(found) == [mechanism], choice
         assert configured_maintenance(found, tmp_path)["enabled"] is enabled, choice
 
@@ -280,10 +282,9 @@ def test_the_cronjob_configuration_differs_from_the_base_only_in_the_switch(tmp_
 
 def test_kubernetes_layout_follows_the_design():
     found = all_objects()
-    server = found["Deployment/ayon-server"]["spec"]
+    server = found["StatefulSet/ayon-server"]["spec"]
     assert server["replicas"] == 2
-    assert server["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    assert server["strategy"]["rollingUpdate"]["maxSurge"] == 1
+    assert server["updateStrategy"]["type"] == "RollingUpdate" and server["podManagementPolicy"] == "Parallel"
     pod = server["template"]["spec"]
     (container,) = pod["containers"]
     # The preStop sleep matches the drain; the grace period covers the sleep and supervisord's whole
@@ -329,6 +330,24 @@ def test_the_contract_step_is_a_job_of_its_own_that_setup_understands():
             "onPodConditions": []} in job["podFailurePolicy"]["rules"]
     assert [s["secretRef"]["name"] for s in container["envFrom"]] == ["ayon"]
     assert "Secret/ayon" in kustomize(KUBERNETES / "base")
+def test_what_must_survive_a_pod_is_on_a_claim_of_its_own():
+    """The data folder (spool, packages) of each server instance and of the maintenance daemon outlives the pod:
+    a claim per server pod (ReadWriteOnce cannot be shared by replicas), the daemon's one claim mounted by its
+    single Recreate replica; the CronJob's runs deliver their own records before they exit."""
+    found = all_objects()
+    server = found["StatefulSet/ayon-server"]["spec"]
+    (claim,) = server["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data" and claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert not [v for v in server["template"]["spec"]["volumes"] if v["name"] == "data"]
+    (container,) = server["template"]["spec"]["containers"]
+    assert {"name": "data", "mountPath": "/var/lib/ayon"} in container["volumeMounts"]
+    assert {"name": "AYON_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    daemon = found["Deployment/ayon-maintenance"]["spec"]
+    assert daemon["replicas"] == 1 and daemon["strategy"]["type"] == "Recreate"
+    (volume,) = [v for v in daemon["template"]["spec"]["volumes"] if v["name"] == "data"]
+    pvc = found[f"PersistentVolumeClaim/{volume['persistentVolumeClaim']['claimName']}"]["spec"]
+    assert pvc["accessModes"] == ["ReadWriteOnce"]
+    assert "PersistentVolumeClaim/ayon-maintenance-data" not in applied("maintenance-cronjob")
 
 
 def test_kubernetes_pods_are_hardened_and_name_real_settings():

@@ -18,7 +18,8 @@ from tests.conftest import ROOT
 
 CORE = "server.core"
 # The wings, each a top-level package or part of one; the first prefix that matches wins.
-WINGS = {CORE: "core", "server": "web", "supervision": "startup", "procs": "programs", "maintenance": "maintenance"}
+WINGS = {CORE: "core", "server": "web", "supervision": "startup", "procs": "programs", "maintenance": "maintenance",
+         "backup": "backup"}
 # What a wing may import of another: its public modules only.
 PUBLIC = {"maintenance.registry", "maintenance.preview"}
 # The documented commands (README "Commands") that keep their names in procs/: each is a docstring
@@ -26,7 +27,7 @@ PUBLIC = {"maintenance.registry", "maintenance.preview"}
 COMMANDS = {"procs.entrypoint": "supervision.handover", "procs.supervisor": "supervision.generator"}
 # The start-up machine starts the programs by module name (supervision/roster.py), never by import.
 STARTUP_IMPORTS_ONLY = ("core",)
-PACKAGES = ("server", "supervision", "procs", "maintenance")
+PACKAGES = ("server", "supervision", "procs", "maintenance", "backup")
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -142,7 +143,7 @@ def test_the_cores_key_providers_are_public_modules_of_a_wing():
 def test_every_module_belongs_to_a_wing_and_the_core_is_not_empty():
     edges = graph(ROOT)
     assert sum(wing_of(m) == "core" for m in edges) >= 10
-    assert {wing_of(m) for m in edges} == {"core", "web", "startup", "programs", "maintenance"}
+    assert {wing_of(m) for m in edges} == {"core", "web", "startup", "programs", "maintenance", "backup"}
 
 
 def stray_programs(root: Path) -> list[str]:
@@ -230,7 +231,7 @@ def test_a_circle_is_caught(tmp_path):
 # --- docs/architecture.md's diagram, checked against the imports ---
 
 ROOTS = {"core": "server/core", "web": "server", "startup": "supervision", "programs": "procs",
-         "maintenance": "maintenance"}
+         "maintenance": "maintenance", "backup": "backup"}
 
 
 def diagram(text: str) -> tuple[dict[str, str], set[tuple[str, str]], dict[tuple[str, str], str]]:

@@ -17,6 +17,8 @@ from tests.conftest import ROOT
 from tests.instance import http_get, poll
 from tests.pg import free_port
 
+FIRST_STARTED = ("installer", "webactions", "maintenance", "logcollector")
+NOISE = re.compile(r"FATAL|does not exist|failed", re.I)
 SKIP = shutil.ignore_patterns(".venv", ".run", ".git", "__pycache__", ".pytest_cache", "test-output", "build")
 
 
@@ -90,6 +92,13 @@ def test_make_run_survives_a_crash_serves_and_stops_on_ctrl_c(tmp_path):
         crashed = MakeRun(tree, env)
         runs.append(crashed)
         poll(ready, 180, lambda: "make run to serve /health/ready\n" + crashed.output()[-3000:])
+        # A first start is quiet: the programs wait for setup instead of failing to connect before it made
+        # the role (no FATAL of PostgreSQL's, no "role does not exist", no "heartbeat failed").
+        poll(lambda: all(f"{p} started" in crashed.output() for p in FIRST_STARTED), 60,
+             lambda: "every program started\n" + crashed.output()[-3000:])
+        first = crashed.output()
+        assert [line for line in first.splitlines() if NOISE.search(line)] == [], first[-5000:]
+        assert len(re.findall(r"waiting for setup to finish", first)) <= 3  # one line per program at most
         supervisord = int((tree / ".run" / "data" / "run" / "supervisord.pid").read_text())
         before = processes_in(tree)
         assert len(before) >= 8

@@ -12,6 +12,7 @@ from server.api.spec import Reply, operation
 from server.core import VERSION, migrations
 from server.core.db import BROKEN
 from server.core.errors import first_line
+from server.core.program import setup_pending
 
 READY_RETRY_AFTER = "5"
 TAGS = ["health"]
@@ -65,6 +66,8 @@ class Ready:
 
 
 def is_ready(ctx) -> tuple[bool, str]:
+    if setup_pending(ctx.settings):
+        return False, "waiting for setup to finish"  # no connection before there is a role to connect as
     try:
         status = migrations.status(ctx.db)
     except BROKEN as exc:

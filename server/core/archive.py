@@ -95,6 +95,12 @@ def _safe_path(name: str, limits: Limits) -> PurePosixPath:
     return PurePosixPath(*parts)
 
 
+def entry_path(name: str, limits: Limits = DEFAULT_LIMITS) -> PurePosixPath:
+    """An entry's name (of a zip or, for a backup, a tar) as a relative path that stays inside its
+    destination, or UnsafeArchive saying why."""
+    return _safe_path(name, limits)
+
+
 def _has_link_target(info: zipfile.ZipInfo) -> bool:
     extra, offset = info.extra, 0
     while offset + 4 <= len(extra):

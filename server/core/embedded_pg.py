@@ -127,6 +127,16 @@ def password(data_dir: str | Path, role: str) -> str:
     return path.read_text().strip().split(":", 4)[4]
 
 
+def accepting(data_dir: str | Path) -> bool:
+    """Whether the server says it accepts connections (`postmaster.pid`'s status line is `ready`), read from
+    the file: a connection while it starts up would only make it log `FATAL: the database system is starting up`."""
+    try:
+        lines = (layout.postgres_dir(data_dir) / "postmaster.pid").read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return len(lines) >= 8 and lines[7].strip() == "ready"
+
+
 def url(data_dir: str | Path, port: int, role: str = OWNER, database: str = DATABASE) -> str:
     """A URL for `role` that names its password file (libpq `passfile`) instead of the password."""
     return f"postgresql://{role}@127.0.0.1:{port}/{database}?passfile={quote(str(passfile(data_dir, role)), safe='/')}"

@@ -81,6 +81,11 @@ def staging_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / ".installing"
 
 
+def restore_staging_dir(data_dir: str | Path) -> Path:
+    """Where `python -m backup --restore` unpacks and checks an archive before anything is put in place."""
+    return Path(data_dir) / ".restoring"
+
+
 def installer_lock(data_dir: str | Path) -> Path:
     """Held by the one installer of a data folder."""
     return Path(data_dir) / ".installer.lock"

@@ -14,10 +14,10 @@ import threading
 import time
 from typing import Any
 
-from server.core import config, events, migrations, retry
+from server.core import config, events, instancelock, layout, migrations, retry
 from server.core import settings as settings_mod
 from server.core.db import BROKEN, Database, check_listen
-from server.core.errors import AyonError, first_line, run_main
+from server.core.errors import AyonError, DatabaseUnavailable, first_line, run_main
 from server.core.heartbeat import Heartbeat
 from server.core.logs import setup_logging
 
@@ -44,6 +44,38 @@ def heartbeat_database(values: settings_mod.Settings, program: str) -> Database:
     for each program of every instance, for a few milliseconds of work in five seconds.
     """
     return Database(values.postgres_url, size=1, application_name=f"ayon-{program}-heartbeat", idle=0)
+
+
+def setup_pending(values: settings_mod.Settings) -> bool:
+    """This instance runs setup and it has not finished: until it has, the role and the database may not
+    exist, and connecting would only fail (and make PostgreSQL log the failed authentication).
+
+    `run/setup.done` is removed when the instance's supervisord starts and touched by the watchdog
+    when setup exited 0; a program started outside an instance (no `instance.lock` held) never waits.
+    """
+    return (values.run_setup and not layout.setup_done(values.data_dir).exists()
+            and instancelock.holder(values.data_dir) is not None)
+
+
+def wait_for_setup(values: settings_mod.Settings, stop: threading.Event, say) -> bool:
+    """Wait quietly (one line) until this instance's setup has finished; False when stopped first."""
+    if not setup_pending(values):
+        return True
+    say("waiting for setup to finish before connecting to PostgreSQL")
+
+    def done() -> None:
+        if setup_pending(values):
+            raise retry.NotYet("setup has not finished")
+
+    try:
+        retry.Retry("setup to finish", first=0.2, factor=1, jitter=0, timeout=values.schema_wait_timeout,
+                    stop=stop).call(done)
+    except retry.GaveUp as exc:
+        if exc.stopped:
+            return False
+        raise DatabaseUnavailable(f"setup did not finish within {values.schema_wait_timeout} s "
+                                  "(AYON_SCHEMA_WAIT_TIMEOUT): see its lines above") from None
+    return True
 
 
 def check_session_url(values: settings_mod.Settings, log: logging.Logger) -> None:
@@ -216,6 +248,9 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         try:
+            if not wait_for_setup(self.settings, self.stop, self.log.info):
+                self.log.info("stopping on %s before setup finished", self.stop_reason)
+                return 0
             migrations.wait_until_current(
                 self.db, self.settings.schema_wait_timeout, self.log.info, stop=self.stop
             )
