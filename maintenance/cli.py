@@ -38,7 +38,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _database(settings, log):
-    db = open_database(settings, "maintenance")
+    db = open_database(settings, "maintenance", limits=None)  # a dry run bounds its statements itself
     migrations.wait_until_current(db, settings.db_wait_timeout, log.info)
     return db
 

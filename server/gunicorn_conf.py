@@ -130,11 +130,11 @@ def post_worker_init(worker):
 
 
 def _start_heartbeat(worker):
-    from server.core.db import Database
+    from server.core.db import PROGRAM_LIMITS, Database
     from server.core.heartbeat import Heartbeat
 
     master, configured = worker.ppid, worker.cfg.workers
-    db = Database(_settings.postgres_url, size=1, application_name="ayon-server-heartbeat")
+    db = Database(_settings.postgres_url, size=1, application_name="ayon-server-heartbeat", **PROGRAM_LIMITS)
     Heartbeat(db, _settings.instance_id, "server", _stop_beating, lambda: _server_figures(master, configured),
               pid=master, when=lambda: _beats_here(master)).start()
 

@@ -30,7 +30,7 @@ import psycopg2
 import psycopg2.extras
 
 from server.core import layout, logspool
-from server.core.db import BROKEN, Database
+from server.core.db import BROKEN, PROGRAM_LIMITS, Database
 from server.core.errors import first_line
 
 PROGRAM = "logcollector"
@@ -365,7 +365,8 @@ def deliver_now(settings, log: logging.Logger, within: float = DRAIN) -> str:
     this process takes it and ingests the spool itself for up to `within` seconds,
     its own records included. Records logged after this call wait for the next one.
     """
-    db = Database(settings.postgres_url, size=settings.db_pool_size, application_name=f"ayon-{PROGRAM}")
+    db = Database(settings.postgres_url, size=settings.db_pool_size, application_name=f"ayon-{PROGRAM}",
+                  **PROGRAM_LIMITS)
     collector = SpoolCollector(db, settings.data_dir, settings.instance_id, settings.log_spool_max, log)
     try:
         if not collector.try_lock():

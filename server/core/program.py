@@ -16,7 +16,7 @@ from typing import Any
 
 from server.core import config, events, migrations, retry
 from server.core import settings as settings_mod
-from server.core.db import BROKEN, Database, check_listen
+from server.core.db import BROKEN, PROGRAM_LIMITS, Database, check_listen
 from server.core.errors import AyonError, first_line, run_main
 from server.core.heartbeat import Heartbeat
 from server.core.logs import setup_logging
@@ -32,8 +32,10 @@ def start(program: str, spool: bool = True) -> tuple[settings_mod.Settings, logg
     return values, setup_logging(program, values, spool=spool)
 
 
-def open_database(values: settings_mod.Settings, program: str) -> Database:
-    return Database(values.postgres_url, size=values.db_pool_size, application_name=f"ayon-{program}")
+def open_database(values: settings_mod.Settings, program: str, limits: dict | None = PROGRAM_LIMITS) -> Database:
+    """The program's pool, with PROGRAM_LIMITS unless it bounds its statements itself (maintenance: per task)."""
+    return Database(values.postgres_url, size=values.db_pool_size, application_name=f"ayon-{program}",
+                    **(limits or {}))
 
 
 def check_session_url(values: settings_mod.Settings, log: logging.Logger) -> None:

@@ -397,10 +397,13 @@ class PostgresUrl(Kind):
         parts = urlsplit(value)
         if parts.scheme not in ("postgres", "postgresql"):
             raise Invalid("expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
-        try:
-            parts.port
-        except ValueError:
-            raise Invalid("the port is not a number from 1 to 65535") from None
+        # libpq's multi-host form (postgresql://u@a:1,b:2/db?target_session_attrs=read-write, for a failover pair)
+        # has no one port: each is checked below, from libpq's own reading.
+        if "," not in parts.netloc.rpartition("@")[2]:
+            try:
+                parts.port
+            except ValueError:
+                raise Invalid("the port is not a number from 1 to 65535") from None
         if not parts.hostname:
             raise Invalid("the URL names no host")
         if not parts.path.strip("/"):
