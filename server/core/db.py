@@ -288,8 +288,14 @@ class Database:
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
                 bound = self.answer_timeout
-                conn = connect(self.url, self.application_name,
-                               CONNECT_TIMEOUT if bound is None else max(1, min(CONNECT_TIMEOUT, int(bound))))
+                timeout = CONNECT_TIMEOUT if bound is None else max(1, min(CONNECT_TIMEOUT, int(bound)))
+                try:
+                    conn = connect(self.url, self.application_name, timeout)
+                except psycopg2.OperationalError as exc:
+                    if "timeout expired" in str(exc):  # it took the connection, then said nothing (stopped, hung)
+                        raise NoAnswer(f"PostgreSQL at {host_port(self.url)} did not answer within {timeout} s "
+                                       "(connecting)") from exc
+                    raise
                 conn.plain = not self.prepare
                 if self.prepare and self.timeouts():
                     # A direct connection keeps its session: SET once. Through a pooler, SET LOCAL per transaction.
