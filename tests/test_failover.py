@@ -277,3 +277,18 @@ def test_kill_the_primary_promote_the_standby_nothing_lost(pair, tmp_path):
                 proc.kill()
                 proc.wait(10)
         server.stop()
+
+
+def test_a_multi_host_url_is_accepted_and_masked():
+    from server.core import settings, urls
+
+    url = "postgresql://ayon:s3cret@db-a:5432,db-b:5433/ayon?target_session_attrs=read-write"
+    values = settings.load({"AYON_POSTGRES_URL": url, "AYON_ADMIN_TOKEN": "x" * 32})
+    assert values.postgres_url == url
+    assert db.host_port(url) == "db-a:5432,db-b:5433"
+    assert db.with_database(url, "postgres").startswith("postgresql://ayon:s3cret@db-a:5432,db-b:5433/postgres?")
+    assert "s3cret" not in urls.masked(url) and "db-b:5433" in urls.masked(url)
+    for bad, reason in (("postgresql://u@a:1,b:x/db", "port='x'"), ("postgresql://u@a:1,b:1/db?target_session_attrs=rw",
+                                                                    "target_session_attrs='rw'")):
+        with pytest.raises(Exception, match=reason):
+            settings.load({"AYON_POSTGRES_URL": bad, "AYON_ADMIN_TOKEN": "x" * 32})
