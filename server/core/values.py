@@ -383,6 +383,15 @@ URL_NUMBERS = {"connect_timeout": (0, 999_999_999), "keepalives_idle": (1, 32767
                "keepalives_count": (1, 127), "tcp_user_timeout": (0, 999_999_999)}
 
 
+def first_host(url: str) -> str:
+    """libpq's multi-host URL (postgresql://u@a:1,b:2/db, a failover pair) as its first host alone, for urlsplit:
+    it cannot read the port of `a:1,b:2`. libpq's own reading (parse_dsn) checks every port."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    user, at, hosts = netloc.rpartition("@")
+    return f"{scheme}{sep}{user}{at}{hosts.split(',')[0]}{slash}{tail}" if "," in hosts else url
+
+
 @dataclass(frozen=True)
 class PostgresUrl(Kind):
     """A PostgreSQL URL libpq will accept; never quoted in an error (it may carry a password)."""
@@ -394,16 +403,13 @@ class PostgresUrl(Kind):
             raise Invalid("expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
         if not value and self.optional:
             return ""
-        parts = urlsplit(value)
+        parts = urlsplit(first_host(value))
         if parts.scheme not in ("postgres", "postgresql"):
             raise Invalid("expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
-        # libpq's multi-host form (postgresql://u@a:1,b:2/db?target_session_attrs=read-write, for a failover pair)
-        # has no one port: each is checked below, from libpq's own reading.
-        if "," not in parts.netloc.rpartition("@")[2]:
-            try:
-                parts.port
-            except ValueError:
-                raise Invalid("the port is not a number from 1 to 65535") from None
+        try:
+            parts.port
+        except ValueError:
+            raise Invalid("the port is not a number from 1 to 65535") from None
         if not parts.hostname:
             raise Invalid("the URL names no host")
         if not parts.path.strip("/"):
