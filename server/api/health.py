@@ -65,15 +65,15 @@ async def readiness(ctx) -> tuple[bool, str]:
 
 
 def is_ready(ctx) -> tuple[bool, str]:
-    full = storage_full()
-    if full is not None:
-        # Reads may still work, but every write that grows a file fails: not ready, and said so.
-        return False, f"the database's disk is full ({full}); free space on the database server's disk"
     try:
         status = migrations.status(ctx.db.bounded(PROBE_TIMEOUT))
     except (*BROKEN, DatabaseUnavailable) as exc:
         return False, "database unreachable: " + first_line(exc)
-    ctx.schema = status
+    ctx.schema = status  # known even when the disk is full: reads go on
+    full = storage_full()
+    if full is not None and status.current:
+        # Reads still work, but every write that grows a file fails: not ready, and said so.
+        return False, f"the database's disk is full ({full}); free space on the database server's disk"
     return status.current, status.reason
 
 
