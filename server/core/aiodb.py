@@ -99,7 +99,8 @@ class AsyncReader:
             await wait(raw)
         except TimeoutError:
             raw.close()
-            raise psycopg2.OperationalError(f"no connection to PostgreSQL within {CONNECT_TIMEOUT} s") from None
+            raise NoAnswer(f"PostgreSQL at {host_port(self.url)} did not answer within {CONNECT_TIMEOUT} s "
+                           "(connecting)") from None
         except BaseException:
             raw.close()
             raise
