@@ -14,7 +14,8 @@ from maintenance import preview, registry, space
 from maintenance.runner import Runner
 from server.core import config, migrations
 from server.core.collector import deliver_now
-from server.core.errors import Parser, UsageError, run_main
+from server.core.db import BROKEN
+from server.core.errors import DatabaseUnavailable, Parser, UsageError, first_line, run_main
 from server.core.program import open_database, start
 
 
@@ -38,7 +39,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def _database(settings, log):
-    db = open_database(settings, "maintenance")
+    db = open_database(settings, "maintenance", limits=None)  # a dry run bounds its statements itself
     migrations.wait_until_current(db, settings.db_wait_timeout, log.info)
     return db
 
@@ -64,7 +65,14 @@ def run_once(settings, log, names: list[str] | None) -> int:
     _database(settings, log).close()
     run = Runner(settings.postgres_url, log.info, stop, tty=sys.stdout.isatty(), instance=settings.instance_id,
                  fail=log.error)
-    outcome = run.run(names=names, trigger="manual")
+    try:
+        outcome = run.run(names=names, trigger="manual")
+    except BROKEN as exc:
+        # The database went away mid-run (a failover, a restart): one line, not a traceback. The run's
+        # event stays in_progress; the next run marks it interrupted ("marked the interrupted run ... failed").
+        raise DatabaseUnavailable(f"the database connection was lost during the run ({first_line(exc)}); "
+                                  "run it again once PostgreSQL answers: the next run records this one as "
+                                  "interrupted") from None
     (log.info if outcome.exit_code == 0 else log.error)("%s", outcome.message)
     log.info("logs: %s", deliver_now(settings, log))
     return outcome.exit_code

@@ -6,6 +6,7 @@ import time
 import falcon
 import falcon.asgi
 import psycopg2
+import psycopg2.errors
 
 from server import metrics
 from server.api import (
@@ -22,9 +23,9 @@ from server.api import config as config_api
 from server.api import events as events_api
 from server.api import logs as logs_api
 from server.api.common import JSON_TYPES, AppContext, BodyTimeout, dumps, is_public
-from server.core import auth
-from server.core.db import BROKEN, Database
-from server.core.errors import first_line, printable, shown_query
+from server.core import auth, layout
+from server.core.db import API_LIMITS, BROKEN, Database, failure, share_storage_errors
+from server.core.errors import DatabaseUnavailable, first_line, printable, shown_query
 from server.core.logs import AccessLog
 
 log = logging.getLogger("ayon.server")
@@ -100,7 +101,7 @@ class SchemaGate:
         return self.ctx.schema is not None and self.ctx.schema.current
 
     async def check(self) -> None:
-        ready, reason = await self.ctx.run(health.is_ready, self.ctx)
+        ready, reason = await health.readiness(self.ctx)
         if not ready:
             raise falcon.HTTPServiceUnavailable(
                 title="Not ready", description=f"the server is not ready yet: {reason}",
@@ -234,9 +235,11 @@ def _error_serializer(req, resp, exc: falcon.HTTPError) -> None:
 
 
 async def _database_down(req, resp, exc, params):
-    raise falcon.HTTPServiceUnavailable(
-        title="Database unavailable", description="PostgreSQL is not reachable; retry shortly", retry_after=5
-    )
+    # Named for what it is (not answering, disk full, read-only during a failover...), never a 500.
+    status, title, description = failure(exc)
+    if status == 507:
+        raise falcon.HTTPError(falcon.HTTP_507, title=title, description=description, headers={"Retry-After": "30"})
+    raise falcon.HTTPServiceUnavailable(title=title, description=description, retry_after=5)
 
 
 async def _bad_value(req, resp, exc, params):
@@ -303,7 +306,7 @@ def create_app(ctx: AppContext) -> falcon.asgi.App:
     app.add_error_handler(falcon.HTTPMethodNotAllowed, _method_not_allowed)
     app.add_error_handler(psycopg2.DataError, _bad_value)
     app.add_error_handler(BodyTimeout, _body_timeout)
-    for exc_type in BROKEN:
+    for exc_type in (*BROKEN, DatabaseUnavailable, psycopg2.errors.ReadOnlySqlTransaction):
         app.add_error_handler(exc_type, _database_down)
 
     # Every route of the server, in one place. Each responder declares what it takes and
@@ -346,6 +349,8 @@ def get_app() -> falcon.asgi.App:
     from server.core.program import start
 
     settings, _ = start("server")
+    share_storage_errors(str(layout.run_dir(settings.data_dir) / "database-disk-full"))
     ctx = AppContext(settings=settings, db=Database(settings.postgres_url, settings.db_pool_size, "ayon-server",
-                                                    prepare=not settings.pooled, idle=settings.db_idle_seconds))
+                                                    prepare=not settings.pooled, idle=settings.db_idle_seconds,
+                                                    **API_LIMITS))
     return create_app(ctx)

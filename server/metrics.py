@@ -17,6 +17,7 @@ worker) adds them all up. Without that variable (tests, one process) the
 ordinary in-process registry is used.
 """
 
+import asyncio
 import bisect
 import collections
 import functools
@@ -43,6 +44,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from maintenance.registry import tasks, time_limit
 from server.api.spec import Reply, operation
 from server.core import config, events
+from server.core.db import PROBE_TIMEOUT
 from server.core.events import STATUSES
 
 log = logging.getLogger("ayon.metrics")
@@ -214,6 +216,10 @@ class DatabaseCollector:
 
     def collect(self):
         up = GaugeMetricFamily("ayon_metrics_database_up", "1 when the database figures below could be read.")
+        if self.db is None:  # PostgreSQL did not answer in time: what the process knows, without them
+            up.add_metric([], 0)
+            yield up
+            return
         try:
             with self.db.transaction() as cur:
                 families = list(self._families(cur))
@@ -408,7 +414,7 @@ def _task_names() -> frozenset[str]:
 
 
 def scrape(db) -> bytes:
-    """The text exposition of every metric: all workers' HTTP figures plus the database figures."""
+    """The text exposition of every metric: all workers' HTTP figures plus the database figures (none with None)."""
     flush()
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
@@ -443,5 +449,10 @@ class Metrics:
                            "and installer figures by instance (label ayon_instance).",
                responses={200: Reply("Prometheus text exposition format", {"type": "string"}, "text/plain")})
     async def on_get(self, req, resp):
-        resp.data = await self.ctx.run(scrape, self.ctx.db)
+        # The database figures within PROBE_TIMEOUT: a hung PostgreSQL leaves the process's own figures to say so.
+        try:
+            resp.data = await asyncio.wait_for(self.ctx.probe(scrape, self.ctx.db.bounded(PROBE_TIMEOUT)),
+                                               PROBE_TIMEOUT + 0.3)
+        except TimeoutError:
+            resp.data = scrape(None)
         resp.content_type = CONTENT_TYPE_LATEST

@@ -29,13 +29,17 @@ NAME = PathParam("name", AnyText(), "The package's name.")
 VERSION = PathParam("version", AnyText(), "The package's version.")
 
 
+STORE_TIMEOUT = 300
+
+
 def _bad(description: str, title: str = "Invalid package") -> falcon.HTTPBadRequest:
     return falcon.HTTPBadRequest(title=title, description=description)
 
 
 async def _store(ctx, data: bytes, kind: str) -> dict:
     def work():
-        with ctx.db.transaction() as cur:
+        # A package of up to MAX_PACKAGE_BYTES goes in by COPY: longer than the API's usual bound.
+        with ctx.db.bounded(STORE_TIMEOUT).transaction() as cur:
             return packages.store(cur, data, kind)
 
     try:

@@ -31,6 +31,7 @@ class AppContext:
     started: float = field(default_factory=time.time)
     schema: Any = None  # the last SchemaStatus seen by the readiness check
     executor: ThreadPoolExecutor | None = None
+    probes: ThreadPoolExecutor | None = None  # readiness and /metrics: never queued behind the API's calls
     reader: AsyncReader | None = None
 
     async def fetch_text(self, sql: str, params: dict | None = None, generic: bool = False) -> str | None:
@@ -38,6 +39,7 @@ class AppContext:
         if self.reader is None:
             # One budget with the thread pool's: the worker holds at most AYON_DB_POOL_SIZE connections.
             self.reader = AsyncReader(self.db.url, self.db.size, self.db.application_name, self.db.prepare,
+                                      self.db.statement_timeout, self.db.answer_timeout,
                                       idle=self.db.idle, budget=self.db.budget)
         return await self.reader.fetch_text(sql, params, generic)
 
@@ -46,6 +48,12 @@ class AppContext:
         if self.executor is None:
             self.executor = ThreadPoolExecutor(max_workers=self.db.size, thread_name_prefix="db")
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def probe(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Like run, on two threads of their own: a probe answers even while every API thread waits."""
+        if self.probes is None:
+            self.probes = ThreadPoolExecutor(max_workers=2, thread_name_prefix="probe")
+        return await asyncio.get_running_loop().run_in_executor(self.probes, fn, *args)
 
 
 def is_public(resource) -> bool:

@@ -1,5 +1,6 @@
 """Liveness, readiness and /api/info."""
 
+import asyncio
 import json
 import os
 import time
@@ -10,8 +11,8 @@ import falcon
 from server import drain
 from server.api.spec import Reply, operation
 from server.core import VERSION, migrations
-from server.core.db import BROKEN
-from server.core.errors import first_line
+from server.core.db import BROKEN, PROBE_TIMEOUT, storage_full
+from server.core.errors import DatabaseUnavailable, first_line
 from server.core.program import setup_pending
 
 READY_RETRY_AFTER = "5"
@@ -58,21 +59,33 @@ class Ready:
             resp.status = falcon.HTTP_503
             resp.media = {"status": "draining", "reason": drain.REASON}
             return
-        ready, reason = await self.ctx.run(is_ready, self.ctx)
+        ready, reason = await readiness(self.ctx)
         if not ready:
             resp.status = falcon.HTTP_503
             resp.set_header("Retry-After", READY_RETRY_AFTER)
         resp.media = {"status": "ready" if ready else "not ready", "reason": reason}
 
 
+async def readiness(ctx) -> tuple[bool, str]:
+    """is_ready within PROBE_TIMEOUT (+ a margin), whatever PostgreSQL does: a hung server is "not ready"."""
+    try:
+        return await asyncio.wait_for(ctx.probe(is_ready, ctx), PROBE_TIMEOUT + 0.3)
+    except TimeoutError:
+        return False, f"database unreachable: PostgreSQL did not answer within {PROBE_TIMEOUT:g} s"
+
+
 def is_ready(ctx) -> tuple[bool, str]:
     if setup_pending(ctx.settings):
         return False, "waiting for setup to finish"  # no connection before there is a role to connect as
     try:
-        status = migrations.status(ctx.db)
-    except BROKEN as exc:
+        status = migrations.status(ctx.db.bounded(PROBE_TIMEOUT))
+    except (*BROKEN, DatabaseUnavailable) as exc:
         return False, "database unreachable: " + first_line(exc)
-    ctx.schema = status
+    ctx.schema = status  # known even when the disk is full: reads go on
+    full = storage_full()
+    if full is not None and status.current:
+        # Reads still work, but every write that grows a file fails: not ready, and said so.
+        return False, f"the database's disk is full ({full}); free space on the database server's disk"
     return status.current, status.reason
 
 
@@ -123,8 +136,8 @@ class Info:
         schema = self.ctx.schema
         if schema is None or not schema.current:
             try:
-                schema = self.ctx.schema = await self.ctx.run(migrations.status, self.ctx.db)
-            except BROKEN:
+                schema = self.ctx.schema = await self.ctx.probe(migrations.status, self.ctx.db.bounded(PROBE_TIMEOUT))
+            except (*BROKEN, DatabaseUnavailable):
                 schema = None
             self._fixed = None
         resp.content_type = falcon.MEDIA_JSON

@@ -13,6 +13,7 @@ from server.core.errors import ConfigError
 from server.core.values import Boolean, Integer, ListOf, Text, Timestamp, Uuid
 
 LAST_RUNS = 10
+PREVIEW_TIMEOUT = 70  # a dry run's statements may take preview.STATEMENT_TIMEOUT (60 s)
 
 
 def overview(db, last: int) -> dict:
@@ -163,7 +164,7 @@ class PreviewResource:
     async def on_get(self, req, resp):
         query = req.context.query
         names = _task_names(query.get("tasks"))
-        result = await self.ctx.run(dry_run, self.ctx.db, names, candidate_patch(query), False)
+        result = await self.ctx.run(dry_run, self.ctx.db.bounded(PREVIEW_TIMEOUT), names, candidate_patch(query), False)
         resp.content_type = falcon.MEDIA_JSON
         resp.text = dumps(result)
 
@@ -198,7 +199,7 @@ class Run:
     async def on_post(self, req, resp):
         names = _task_names(req.context.body.get("tasks"))
         if req.context.body.get("dry_run"):
-            result = await self.ctx.run(dry_run, self.ctx.db, names, None, True)
+            result = await self.ctx.run(dry_run, self.ctx.db.bounded(PREVIEW_TIMEOUT), names, None, True)
             resp.location = f"/api/events/{result['id']}"
             resp.content_type = falcon.MEDIA_JSON
             resp.text = dumps(result)

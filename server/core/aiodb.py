@@ -23,7 +23,7 @@ import time
 import psycopg2
 import psycopg2.extensions as ext
 
-from server.core.db import BROKEN, IDLE_SECONDS, WAIT_SECONDS, Budget, positional
+from server.core.db import BROKEN, IDLE_SECONDS, WAIT_SECONDS, Budget, NoAnswer, host_port, positional
 
 CONNECT_TIMEOUT = 5
 
@@ -77,8 +77,13 @@ class AsyncReader:
     """
 
     def __init__(self, url: str, size: int, application_name: str = "ayon", prepare: bool = True,
+                 statement_timeout: float | None = None, answer_timeout: float | None = None,
                  idle: float | None = None, budget: Budget | None = None):
         self.url = url
+        # PostgreSQL ends a statement after statement_timeout; answer_timeout ends the wait for it here,
+        # when PostgreSQL does not answer at all (stopped, failing over): NoAnswer, the connection dropped.
+        self.answer_timeout = answer_timeout
+        self._timeout = f"SET statement_timeout = '{int(statement_timeout * 1000)}ms'; " if statement_timeout else ""
         self.application_name = application_name
         # False: plain statements, the time zone SET LOCAL in each (a transaction pooler keeps no session).
         self.prepare = prepare
@@ -157,11 +162,13 @@ class AsyncReader:
             await asyncio.wait_for(wait(raw), CONNECT_TIMEOUT)
             # Set here, not as a connection option, which would replace the URL's own `options`.
             cur = raw.cursor()  # held until done: psycopg2 needs the cursor of a pending statement
-            cur.execute("SET TimeZone = 'UTC'")
+            # A session of its own (no transaction pooler): its statement_timeout is SET once, here.
+            cur.execute((self._timeout if self.prepare else "") + "SET TimeZone = 'UTC'")
             await wait(raw)
         except TimeoutError:
             raw.close()
-            raise psycopg2.OperationalError(f"no connection to PostgreSQL within {CONNECT_TIMEOUT} s") from None
+            raise NoAnswer(f"PostgreSQL at {host_port(self.url)} did not answer within {CONNECT_TIMEOUT} s "
+                           "(connecting)") from None
         except BaseException:
             raw.close()
             raise
@@ -178,8 +185,8 @@ class AsyncReader:
         try:
             try:
                 text = await self._run(conn, sql, params, generic)
-            except BROKEN:
-                if not conn.raw.closed:
+            except BROKEN as exc:
+                if not conn.raw.closed or isinstance(exc, NoAnswer):
                     raise
                 # The session ended while idle (PostgreSQL restarted, or an administrator ended it):
                 # the statement is read-only, so it runs once more on a fresh connection, in the same slot.
@@ -192,17 +199,26 @@ class AsyncReader:
         self._give_back(conn)
         return text
 
-    def _run(self, conn: _Conn, sql: str, params: dict | None, generic: bool):
-        return self._execute(conn, sql, params, generic) if self.prepare else self._plain(conn, sql, params)
+    async def _run(self, conn: _Conn, sql: str, params: dict | None, generic: bool):
+        work = self._execute(conn, sql, params, generic) if self.prepare else self._plain(conn, sql, params)
+        if self.answer_timeout is None:
+            return await work
+        try:
+            async with asyncio.timeout(self.answer_timeout):  # no task of its own, unlike wait_for
+                return await work
+        except TimeoutError:
+            conn.raw.close()  # the statement's answer may still come: this session is done
+            raise NoAnswer(f"PostgreSQL at {host_port(self.url)} did not answer within "
+                           f"{self.answer_timeout:g} s") from None
 
-    @staticmethod
-    async def _plain(conn: _Conn, sql: str, params: dict | None) -> str | None:
+    async def _plain(self, conn: _Conn, sql: str, params: dict | None) -> str | None:
         # One round trip, one implicit transaction: the pooler keeps it on one server connection.
         cur = conn.raw.cursor()
+        first = self._timeout.replace("SET ", "SET LOCAL ") + "SET LOCAL TimeZone = 'UTC'; "
         if params:
-            cur.execute("SET LOCAL TimeZone = 'UTC'; " + sql, params)
+            cur.execute(first + sql, params)
         else:
-            cur.execute("SET LOCAL TimeZone = 'UTC'; " + sql.replace("%%", "%"))
+            cur.execute(first + sql.replace("%%", "%"))
         await wait(conn.raw)
         row = cur.fetchone()
         return row[0] if row else None

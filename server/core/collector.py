@@ -30,7 +30,7 @@ import psycopg2
 import psycopg2.extras
 
 from server.core import layout, logspool
-from server.core.db import BROKEN, Database
+from server.core.db import BROKEN, PROGRAM_LIMITS, Database
 from server.core.errors import first_line
 
 PROGRAM = "logcollector"
@@ -366,7 +366,7 @@ def deliver_now(settings, log: logging.Logger, within: float = DRAIN) -> str:
     its own records included. Records logged after this call wait for the next one.
     """
     db = Database(settings.postgres_url, size=settings.db_pool_size, application_name=f"ayon-{PROGRAM}",
-                  idle=settings.db_idle_seconds)
+                  idle=settings.db_idle_seconds, **PROGRAM_LIMITS)
     collector = SpoolCollector(db, settings.data_dir, settings.instance_id, settings.log_spool_max, log)
     try:
         if not collector.try_lock():

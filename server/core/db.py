@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 import select
+import socket
 import threading
 import time
 import weakref
@@ -40,7 +41,11 @@ def lock_key(name: str) -> int:
 
 
 def host_port(url: str) -> str:
+    """Where a URL points, for a message: `host:port`, or every `host:port` of a multi-host URL."""
     parts = urlsplit(url)
+    if "," in parts.netloc:  # libpq's multi-host form: postgresql://u:p@a:1,b:2/db (urlsplit cannot parse its port)
+        hosts = parts.netloc.rpartition("@")[2]
+        return ",".join(h if ":" in h.strip("[]") else f"{h}:5432" for h in hosts.split(","))
     return f"{parts.hostname}:{parts.port or 5432}"
 
 
@@ -65,11 +70,161 @@ class Connection(psycopg2.extensions.connection):
         self.budgeted: "Budget | None" = None  # the budget this open connection counts against
 
 
-def connect(url: str, application_name: str = "ayon", timeout: int = 5):
+CONNECT_TIMEOUT = 5
+
+
+class NoAnswer(psycopg2.OperationalError):
+    """PostgreSQL did not answer within a bound: stopped, overloaded, or failing over (a broken connection)."""
+
+
+def connect(url: str, application_name: str = "ayon", timeout: int = CONNECT_TIMEOUT):
     # No libpq `options` (`-c name=value` at startup): a pooler such as PgBouncer refuses the connection
     # ("unsupported startup parameter: options"). Session values are SET inside transactions instead.
+    # connect_timeout bounds the whole connection, each host of a multi-host URL in turn.
     return psycopg2.connect(url, application_name=application_name, connect_timeout=timeout,
                             connection_factory=Connection)
+
+
+# What each kind of process may wait for (seconds): PostgreSQL ends a statement at statement_timeout and a
+# wait for a lock at lock_timeout; a server that does not answer at all (stopped, a failing disk) ends
+# neither, so `answer_timeout` bounds a whole borrowing of a connection from the client side (Watchdog).
+API_LIMITS = {"statement_timeout": 10, "lock_timeout": 5, "answer_timeout": 15}
+PROGRAM_LIMITS = {"statement_timeout": 30, "lock_timeout": 10, "answer_timeout": 45}
+PROBE_TIMEOUT = 1.5  # readiness and the database figures of /metrics: answered within 2 s whatever PostgreSQL does
+
+
+class Watchdog:
+    """Ends connections borrowed for longer than their bound, by shutting their socket down.
+
+    libpq then fails the blocked call at once ("server closed the connection
+    unexpectedly") and the connection is dropped. A socket shutdown is safe
+    from another thread, unlike closing a connection another thread uses, and
+    works in blocking mode, which COPY needs (a psycopg2 wait callback would
+    bound each wait, but forbids COPY).
+    """
+
+    def __init__(self):
+        self._due: dict[int, tuple[float, int]] = {}  # token -> (deadline, socket fd)
+        self._fired: set[int] = set()
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._next = 0
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self._due, self._fired, self._thread, self._cond = {}, set(), None, threading.Condition()
+
+    def watch(self, conn, seconds: float) -> int:
+        with self._cond:
+            self._next += 1
+            self._due[self._next] = (time.monotonic() + seconds, conn.fileno())
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="db-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+            return self._next
+
+    def done(self, token: int) -> bool:
+        """Stop watching (before the connection is closed or lent again); True when the bound had passed."""
+        with self._cond:
+            self._due.pop(token, None)
+            if token in self._fired:
+                self._fired.discard(token)
+                return True
+            return False
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for token, (deadline, fd) in list(self._due.items()):
+                    if deadline <= now:
+                        del self._due[token]
+                        self._fired.add(token)
+                        try:  # the fd is still the connection's: done() runs before any close, under this lock
+                            socket.socket(fileno=os.dup(fd)).shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+                soonest = min((deadline for deadline, _ in self._due.values()), default=None)
+                self._cond.wait(None if soonest is None else max(0.01, soonest - now))
+
+
+WATCHDOG = Watchdog()
+
+_storage_lock = threading.Lock()
+_storage: tuple[float, str] | None = None  # (time.time(), message) of the last disk-full error this process saw
+STORAGE_RECENT = 60.0  # seconds a disk-full error keeps readiness at "not ready" after it was last seen
+storage_note: str | None = None  # a file where processes of one instance share that error (share_storage_errors)
+
+
+def share_storage_errors(path: str | None) -> None:
+    """Also write a disk-full error to `path` (in the instance's run folder), so every worker's readiness sees it."""
+    global storage_note
+    storage_note = path
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    # SQLSTATE 53100 disk_full: "could not extend file ...: No space left on device", on any write that grows a file.
+    return getattr(exc, "pgcode", None) == "53100"
+
+
+def note_failure(exc: BaseException) -> None:
+    """Remember a disk-full error, for readiness."""
+    global _storage
+    if not is_disk_full(exc):
+        return
+    message = first_line(exc)
+    with _storage_lock:
+        _storage = (time.time(), message)
+    if storage_note:
+        try:
+            with open(storage_note, "w") as out:
+                out.write(message[:500])
+        except OSError:
+            pass
+
+
+def storage_full(now: float | None = None) -> str | None:
+    """The disk-full error seen in the last STORAGE_RECENT seconds, by this process or one that shares it."""
+    now = time.time() if now is None else now
+    seen = _storage
+    if storage_note:
+        try:
+            stamp = os.stat(storage_note).st_mtime
+            if seen is None or stamp > seen[0]:
+                with open(storage_note) as text:
+                    seen = (stamp, text.read())
+        except OSError:
+            pass
+    if seen is not None and now - seen[0] < STORAGE_RECENT:
+        return seen[1]
+    return None
+
+
+def failure(exc: BaseException) -> tuple[int, str, str]:
+    """(HTTP status, title, description) for a database failure; what to do next is in the description."""
+    code = getattr(exc, "pgcode", None) or ""
+    if isinstance(exc, NoAnswer):
+        return 503, "Database not answering", f"{first_line(exc)}; retry shortly"
+    if is_disk_full(exc):
+        return 507, "Database storage full", (
+            "the database's disk is full (PostgreSQL: " + first_line(exc).removeprefix("ERROR:").strip()
+            + "); free space on the database server's disk or grow its volume, then retry")
+    if code == "53300":
+        return 503, "Database connections exhausted", (
+            "PostgreSQL refuses new connections (max_connections reached); retry shortly, "
+            "or lower AYON_DB_POOL_SIZE or raise max_connections")
+    if code.startswith("53"):
+        return 503, "Database out of resources", f"PostgreSQL: {first_line(exc)}; retry shortly"
+    if code == "25006":
+        return 503, "Database read-only", ("PostgreSQL accepts no writes here (a standby, or a failover in "
+                                           "progress); retry shortly")
+    if code.startswith("57P"):
+        return 503, "Database restarting", f"PostgreSQL is shutting down or starting ({first_line(exc)}); " \
+                                          "retry shortly"
+    if isinstance(exc, DatabaseUnavailable):
+        return 503, "Database unavailable", f"{exc}; retry shortly"
+    return 503, "Database unavailable", "PostgreSQL is not reachable; retry shortly"
 
 
 Settings = Callable[[], dict[str, str]]  # PostgreSQL settings by name, computed when a transaction starts
@@ -205,8 +360,11 @@ class Database:
     """
 
     def __init__(self, url: str, size: int = 4, application_name: str = "ayon", prepare: bool = True,
-                 idle: float | None = None, budget: Budget | None = None):
+                 statement_timeout: float | None = None, lock_timeout: float | None = None,
+                 answer_timeout: float | None = None, idle: float | None = None, budget: Budget | None = None):
         self.url = url
+        # None: PostgreSQL's own (maintenance sets its per task). Seconds otherwise (API_LIMITS, PROGRAM_LIMITS).
+        self.statement_timeout, self.lock_timeout, self.answer_timeout = statement_timeout, lock_timeout, answer_timeout
         self.prepare = prepare  # False: plain statements only (AYON_POSTGRES_URL goes through a transaction pooler)
         self.settings: Settings | None = None  # see with_settings
         self.size = size
@@ -233,17 +391,34 @@ class Database:
                 discard(conn)
                 continue
             if self.budget.try_take():
+                bound = self.answer_timeout
+                timeout = CONNECT_TIMEOUT if bound is None else max(1, min(CONNECT_TIMEOUT, int(bound)))
                 try:
-                    conn = connect(self.url, self.application_name)
+                    conn = connect(self.url, self.application_name, timeout)
+                except psycopg2.OperationalError as exc:
+                    self.budget.give()
+                    if "timeout expired" in str(exc):  # it took the connection, then said nothing (stopped, hung)
+                        raise NoAnswer(f"PostgreSQL at {host_port(self.url)} did not answer within {timeout} s "
+                                       "(connecting)") from exc
+                    raise
                 except BaseException:
                     self.budget.give()
                     raise
                 conn.budgeted = self.budget
                 conn.plain = not self.prepare
+                if self.prepare and self.timeouts():
+                    # A direct connection keeps its session: SET once. Through a pooler, SET LOCAL per transaction.
+                    try:
+                        with conn.cursor() as cur:
+                            apply_settings(cur, self.timeouts(), local=False)
+                        conn.commit()
+                    except BaseException:
+                        discard(conn)
+                        raise
                 return conn
             left = deadline - time.monotonic()
             if left <= 0:
-                raise DatabaseUnavailable(f"no free database connection within {WAIT_SECONDS} s")
+                raise NoAnswer("no free database connection in time (every one is busy)")
             self.budget.wait(seen, min(left, 0.5))
 
     @staticmethod
@@ -258,21 +433,55 @@ class Database:
             return False
         return not readable and conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
 
+    def timeouts(self) -> dict[str, str]:
+        """The statement and lock timeouts PostgreSQL applies to this pool's statements."""
+        found = {}
+        if self.statement_timeout:
+            found["statement_timeout"] = f"{int(self.statement_timeout * 1000)}ms"
+        if self.lock_timeout:
+            found["lock_timeout"] = f"{int(self.lock_timeout * 1000)}ms"
+        return found
+
+    def bounded(self, seconds: float) -> "Database":
+        """The same pool, whose borrowings end after `seconds` whatever PostgreSQL does (readiness, /metrics)."""
+        twin = copy.copy(self)  # shares _idle, _lock and _slots
+        twin.answer_timeout = seconds
+        return twin
+
     @contextmanager
     def connection(self) -> Iterator[Any]:
-        """Borrow a connection; it goes back rolled back, or is dropped if broken."""
-        deadline = time.monotonic() + WAIT_SECONDS
-        if not self._slots.acquire(timeout=WAIT_SECONDS):
-            raise DatabaseUnavailable(f"no free database connection within {WAIT_SECONDS} s")
+        """Borrow a connection; it goes back rolled back, or is dropped if broken.
+
+        With an answer_timeout the whole borrowing (waiting for a free slot,
+        connecting, every statement) ends within it: NoAnswer, a broken connection.
+        """
+        bound = self.answer_timeout
+        wait = WAIT_SECONDS if bound is None else min(WAIT_SECONDS, bound)
+        deadline = time.monotonic() + wait
+        if not self._slots.acquire(timeout=wait):
+            raise NoAnswer(f"no free database connection within {wait:g} s (every one is busy)")
         conn = None
+        token = None
         try:
             conn = self._checkout(deadline)
+            if bound is not None:
+                token = WATCHDOG.watch(conn, bound)
             yield conn
-        except BROKEN:
+        except BROKEN as exc:
+            fired = token is not None and WATCHDOG.done(token)
+            token = None
             if conn is not None:
                 discard(conn)
+            note_failure(exc)
+            if fired and not isinstance(exc, NoAnswer):
+                raise NoAnswer(f"PostgreSQL at {host_port(self.url)} did not answer within {bound:g} s") from exc
+            raise
+        except psycopg2.Error as exc:
+            note_failure(exc)
             raise
         finally:
+            if token is not None and WATCHDOG.done(token) and conn is not None:
+                conn.close()  # its socket was shut down just as the borrowing ended
             if conn is not None:
                 self._give_back(conn)
             self._slots.release()
@@ -338,8 +547,10 @@ class Database:
         with self.connection() as conn:
             with conn:
                 with conn.cursor() as cur:
+                    settings = self.timeouts() if conn.plain else {}
                     if self.settings:
-                        apply_settings(cur, self.settings(), local=True)
+                        settings = {**settings, **self.settings()}
+                    apply_settings(cur, settings, local=True)
                     yield cur
 
     def fetchall(self, sql: str, params: Any = None) -> list[tuple]:

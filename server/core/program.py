@@ -16,7 +16,7 @@ from typing import Any
 
 from server.core import config, events, instancelock, layout, migrations, retry
 from server.core import settings as settings_mod
-from server.core.db import BROKEN, Database, check_listen
+from server.core.db import BROKEN, PROGRAM_LIMITS, Database, check_listen
 from server.core.errors import AyonError, DatabaseUnavailable, first_line, run_main
 from server.core.heartbeat import Heartbeat
 from server.core.logs import setup_logging
@@ -32,9 +32,10 @@ def start(program: str, spool: bool = True) -> tuple[settings_mod.Settings, logg
     return values, setup_logging(program, values, spool=spool)
 
 
-def open_database(values: settings_mod.Settings, program: str) -> Database:
+def open_database(values: settings_mod.Settings, program: str, limits: dict | None = PROGRAM_LIMITS) -> Database:
+    """The program's pool, with PROGRAM_LIMITS unless it bounds its statements itself (maintenance: per task)."""
     return Database(values.postgres_url, size=values.db_pool_size, application_name=f"ayon-{program}",
-                    idle=values.db_idle_seconds)
+                    idle=values.db_idle_seconds, **(limits or {}))
 
 
 def heartbeat_database(values: settings_mod.Settings, program: str) -> Database:
@@ -43,7 +44,8 @@ def heartbeat_database(values: settings_mod.Settings, program: str) -> Database:
     A beat every heartbeat.INTERVAL s would keep a pooled connection from ever idling out: one open
     for each program of every instance, for a few milliseconds of work in five seconds.
     """
-    return Database(values.postgres_url, size=1, application_name=f"ayon-{program}-heartbeat", idle=0)
+    return Database(values.postgres_url, size=1, application_name=f"ayon-{program}-heartbeat", idle=0,
+                    **PROGRAM_LIMITS)
 
 
 def setup_pending(values: settings_mod.Settings) -> bool:

@@ -383,6 +383,15 @@ URL_NUMBERS = {"connect_timeout": (0, 999_999_999), "keepalives_idle": (1, 32767
                "keepalives_count": (1, 127), "tcp_user_timeout": (0, 999_999_999)}
 
 
+def first_host(url: str) -> str:
+    """libpq's multi-host URL (postgresql://u@a:1,b:2/db, a failover pair) as its first host alone, for urlsplit:
+    it cannot read the port of `a:1,b:2`. libpq's own reading (parse_dsn) checks every port."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, tail = rest.partition("/")
+    user, at, hosts = netloc.rpartition("@")
+    return f"{scheme}{sep}{user}{at}{hosts.split(',')[0]}{slash}{tail}" if "," in hosts else url
+
+
 @dataclass(frozen=True)
 class PostgresUrl(Kind):
     """A PostgreSQL URL libpq will accept; never quoted in an error (it may carry a password)."""
@@ -394,7 +403,7 @@ class PostgresUrl(Kind):
             raise Invalid("expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
         if not value and self.optional:
             return ""
-        parts = urlsplit(value)
+        parts = urlsplit(first_host(value))
         if parts.scheme not in ("postgres", "postgresql"):
             raise Invalid("expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
         try:
