@@ -4,13 +4,13 @@ On one embedded PostgreSQL (durable settings; seeded with fsync off, then
 restarted durable) and one gunicorn with 2 workers, under a paced load of
 GET /api/events (the events page):
 
-1. events at 1, 5 and 10 million rows, a fifth of each past the 90-day
+1. 20 million log records in 20 day partitions, 12 of them past the 7-day
+   retention: the remove_old_logs task, the events page's p99 during it
+   against the same load idle just before, sizes before and after;
+2. events at 1, 5 and 10 million rows, a fifth of each past the 90-day
    retention (1 % of those still pending, which must stay): the
-   remove_old_events task, its time per removed row, the events page's p99
-   during it against the same load idle just before, and the table's size
-   before, after the task and after a plain VACUUM (10 million only);
-2. 20 million log records in 20 day partitions, 12 of them past the 7-day
-   retention: the remove_old_logs task, the same p99 figures, sizes before and after.
+   remove_old_events task, its time per removed row, the same p99 figures,
+   and the table's size before and after (`--vacuum`: then a plain VACUUM).
 
 Targets (issue 30): p99 during each run <= 1.2x idle; the time per removed
 event flat from 1 to 10 million (the largest within 1.5x of the smallest).
@@ -44,6 +44,9 @@ def arguments(argv):
     parser.add_argument("--log-days", type=int, default=20, help="day partitions they fill (default 20)")
     parser.add_argument("--idle-seconds", type=float, default=15.0, help="length of each idle window")
     parser.add_argument("--rate", type=float, default=25.0, help="requests per second per connection (4 of them)")
+    parser.add_argument("--folder", type=Path, help="keep the database in this folder and reuse what an earlier "
+                        "run left there (seeding 10 million events takes long on a loaded machine)")
+    parser.add_argument("--vacuum", action="store_true", help="end with a plain VACUUM of it all under the same load")
     return parser.parse_args(argv)
 
 
@@ -79,6 +82,18 @@ def add_events(url: str, old: int, recent: int) -> None:
                     )
             cur.execute("RESET session_replication_role")
             cur.execute("VACUUM ANALYZE events")
+    finally:
+        conn.close()
+
+
+def event_counts(url: str) -> tuple[int, int]:
+    """(old, recent): events past the 90-day retention and the others."""
+    conn = data.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FILTER (WHERE updated_at < now() - interval '90 days'), count(*) FROM events")
+            old, total = cur.fetchone()
+            return old, total - old
     finally:
         conn.close()
 
@@ -119,10 +134,11 @@ class Window:
 
 def main(argv=None) -> None:
     args = arguments(argv)
-    folder = Path(tempfile.mkdtemp(prefix="ayon-bench-retention-"))
+    folder = args.folder or Path(tempfile.mkdtemp(prefix="ayon-bench-retention-"))
+    folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o755)
     say = lambda text: print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)  # noqa: E731
-    pg = EmbeddedPostgres(folder / "pg", free_port(), fast=True)  # seeding only; restarted durable below
+    pg = EmbeddedPostgres(folder / "pg", free_port(), fast=False)
     pg.start()
     gunicorn = probe = None
     results: dict = {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
@@ -137,46 +153,14 @@ def main(argv=None) -> None:
         env.update(AYON_POSTGRES_URL=url, AYON_ADMIN_TOKEN=TOKEN, AYON_DATA_DIR=str(folder / "data"),
                    AYON_INSTANCE_ID="bench", AYON_LOG_LEVEL="warning", PYTHONPATH=str(ROOT))
         per_day = args.log_rows // args.log_days
-        say(f"seeding {per_day * args.log_days:,} log records in {args.log_days} day partitions")
-        data.seed_logs(url, range(0, args.log_days), per_day)
-        kept = 0
-        for n, size in enumerate(int(s) for s in args.sizes.split(",")):
-            old = round(size * OLD_SHARE)
-            recent = size - old - kept
-            say(f"events: adding {old:,} old and {recent:,} recent for a table of {size:,}")
-            t0 = time.monotonic()
-            add_events(url, old, recent)
-            say(f"  seeded in {time.monotonic() - t0:.0f} s")
-            if n == 0:
-                pg.stop()
-                pg.extra = ()  # durable from here on: what is measured runs as in production
-                pg.start()
-            if gunicorn is None:
-                gunicorn = Server(env, folder)
-                probe = Probe("127.0.0.1", gunicorn.port, "/api/events?limit=50",
-                              {"Authorization": f"Bearer {TOKEN}"}, rate=args.rate)
-                probe.start()
-                time.sleep(3)  # warm-up: connections open, pools filled, pages cached; not measured
-            before = sizes(url)
-            say(f"  idle {args.idle_seconds:.0f} s, then remove_old_events under the same load")
-            window = Window(probe, args.idle_seconds)
-            summary = maintenance(env, "--task", "remove_old_events")
-            figures = window.close()
-            seconds = task_seconds(summary, "remove_old_events")
-            removed = next(t["rows"] for t in summary["tasks"] if t["name"] == "remove_old_events")
-            after = sizes(url)
-            kept = after["events_rows"]
-            entry = {"table_rows": before["events_rows"], "removed": removed, "seconds": seconds,
-                     "us_per_row": round(seconds / max(removed, 1) * 1e6, 1),
-                     "mib_before": before["events_mib"], "mib_after": after["events_mib"], **figures}
-            say(f"  {json.dumps(entry)}")
-            results["events"].append(entry)
-        say("plain VACUUM of the largest events table under the same load")
-        window = Window(probe, args.idle_seconds)
-        summary = maintenance(env, "--task", "vacuum")
-        results["vacuum"] = {"seconds": task_seconds(summary, "vacuum"), "events_mib_after": sizes(url)["events_mib"],
-                             **window.close()}
-        say(f"  {json.dumps(results['vacuum'])}")
+        if data.log_partitions(url) < args.log_days:
+            say(f"seeding {per_day * args.log_days:,} log records in {args.log_days} day partitions")
+            data.seed_logs(url, range(0, args.log_days), per_day)
+        gunicorn = Server(env, folder)
+        probe = Probe("127.0.0.1", gunicorn.port, "/api/events?limit=50",
+                      {"Authorization": f"Bearer {TOKEN}"}, rate=args.rate)
+        probe.start()
+        time.sleep(3)  # warm-up: connections open, pools filled, pages cached; not measured
 
         before = sizes(url)
         say(f"idle {args.idle_seconds:.0f} s, then remove_old_logs under the same load")
@@ -189,6 +173,35 @@ def main(argv=None) -> None:
                            "seconds": task_seconds(summary, "remove_old_logs"),
                            "mib_before": before["logs_mib"], "mib_after": after["logs_mib"], **figures}
         say(f"  {json.dumps(results['logs'])}")
+
+        for size in (int(s) for s in args.sizes.split(",")):
+            have_old, have_recent = event_counts(url)
+            old = max(0, round(size * OLD_SHARE) - have_old)
+            recent = max(0, size - round(size * OLD_SHARE) - have_recent)
+            say(f"events: adding {old:,} old and {recent:,} recent for a table of {size:,}")
+            t0 = time.monotonic()
+            add_events(url, old, recent)
+            say(f"  seeded in {time.monotonic() - t0:.0f} s")
+            before = sizes(url)
+            say(f"  idle {args.idle_seconds:.0f} s, then remove_old_events under the same load")
+            window = Window(probe, args.idle_seconds)
+            summary = maintenance(env, "--task", "remove_old_events")
+            figures = window.close()
+            seconds = task_seconds(summary, "remove_old_events")
+            removed = next(t["rows"] for t in summary["tasks"] if t["name"] == "remove_old_events")
+            after = sizes(url)
+            entry = {"table_rows": before["events_rows"], "removed": removed, "seconds": seconds,
+                     "us_per_row": round(seconds / max(removed, 1) * 1e6, 1),
+                     "mib_before": before["events_mib"], "mib_after": after["events_mib"], **figures}
+            say(f"  {json.dumps(entry)}")
+            results["events"].append(entry)
+        if args.vacuum:
+            say("plain VACUUM (the vacuum task) under the same load")
+            window = Window(probe, args.idle_seconds)
+            summary = maintenance(env, "--task", "vacuum")
+            results["vacuum"] = {"seconds": task_seconds(summary, "vacuum"),
+                                 "events_mib_after": sizes(url)["events_mib"], **window.close()}
+            say(f"  {json.dumps(results['vacuum'])}")
         results["request_errors"] = probe.errors
     finally:
         if probe is not None:
