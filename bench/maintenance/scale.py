@@ -20,6 +20,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -209,6 +210,8 @@ def main(argv=None) -> None:
         if gunicorn is not None:
             gunicorn.stop()
         pg.stop()
+        if args.folder is None:  # a throwaway database; one in --folder is kept for the next run
+            shutil.rmtree(folder, ignore_errors=True)
     print(json.dumps(results, indent=2))
     per_row = [e["us_per_row"] for e in results["events"]]
     flat = per_row[-1] / per_row[0]
