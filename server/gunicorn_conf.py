@@ -41,20 +41,15 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
 
 def _share_imports() -> None:
     """Import what every worker imports, once, in the master: forked workers share those pages with it."""
-    import gc
-
     import falcon.asgi  # noqa: F401
     import psycopg2.extras  # noqa: F401
     import uvloop  # noqa: F401
 
     import server.app  # noqa: F401
 
-    # Objects that live as long as the process, out of the collector's sight: a collection in a
-    # worker would otherwise write to (and so copy) every page holding them.
-    gc.freeze()
-
 
 def on_starting(server):
+    import gc
     import logging
     import sys
 
@@ -62,22 +57,37 @@ def on_starting(server):
     from server.core.program import check_session_url, setup_pending
     from server.metrics import prepare_multiprocess_dir
 
-    try:
-        # The event stream LISTENs: a URL on which it would stay silent is refused before any worker starts.
-        # Before this instance's setup has finished there may be no role to connect as: its other
-        # programs that LISTEN (the installer always runs beside the server) check the same URL after it.
-        if not setup_pending(_settings):
-            check_session_url(_settings, logging.getLogger("ayon.server"))
-    except ConfigError as exc:
-        print(f"Error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(exc.exit_code)
+    # The event stream LISTENs: a URL on which it would stay silent is refused before any worker starts.
+    # The check mostly waits on PostgreSQL (two connections and a NOTIFY), so it runs beside the
+    # imports, which need the CPU, and is waited for before the workers are forked. Before this
+    # instance's setup has finished there may be no role to connect as: its other programs that
+    # LISTEN (the installer always runs beside the server) check the same URL after it.
+    failed: list[BaseException] = []
 
+    def check() -> None:
+        try:
+            if not setup_pending(_settings):
+                check_session_url(_settings, logging.getLogger("ayon.server"))
+        except BaseException as exc:  # raised again below, in the master's own thread
+            failed.append(exc)
+
+    checking = threading.Thread(target=check, name="ayon-listen-check")
+    checking.start()
     prepare_multiprocess_dir(_metrics_dir)
     _share_imports()
+    checking.join()
+    if failed:
+        if isinstance(failed[0], ConfigError):
+            print(f"Error: {failed[0]}", file=sys.stderr, flush=True)
+            sys.exit(failed[0].exit_code)
+        raise failed[0]
     from server import drain
 
     drain.prepare()
     drain.install(server, _settings.drain_seconds)
+    # Objects that live as long as the process, out of the collector's sight: a collection in a
+    # worker would otherwise write to (and so copy) every page holding them.
+    gc.freeze()
 
 
 # The server's heartbeat (program `server`, the master's pid) comes from a thread in each worker,

@@ -35,7 +35,7 @@ import sys
 import threading
 import traceback
 import types
-from typing import NamedTuple, NoReturn
+from typing import Callable, NamedTuple, NoReturn
 
 from setproctitle import setproctitle
 
@@ -136,12 +136,15 @@ def preload(found: dict[tuple[str, ...], Command]) -> dict[str, str]:
     return failed
 
 
-def install(conf: str) -> dict[tuple[str, ...], Command]:
-    """Preload the config's programs and have supervisord fork them; the forked commands."""
+# Spawned before the preload: readiness waits on the server alone, and it imports its web stack itself
+# (gunicorn is not preloaded). supervisord imports the other programs' modules while the server starts on
+# the other core, instead of before it. `postgres` (embedded mode) goes first because the server needs it.
+FIRST = ("postgres", "server")
+
+
+def install(conf: str) -> Callable[[object], None]:
+    """Have supervisord fork the config's programs; what supervisord runs before its loop (see `first_then_preload`)."""
     found = commands(conf)
-    for name, why in preload(found).items():
-        print(f"supervisord: could not preload {name} ({why}); the program that imports it will say why",
-              file=sys.stderr, flush=True)
 
     def become_program(filename, argv, env) -> bool:
         command = found.get(tuple(argv)) if filename == sys.executable else None
@@ -150,7 +153,17 @@ def install(conf: str) -> dict[tuple[str, ...], Command]:
         become(command, env)
 
     patches.fork_programs(become_program)
-    return found
+
+    def first_then_preload(supervisor) -> None:
+        """Spawn the FIRST programs (in priority order), then preload what the others import."""
+        for group in sorted(supervisor.process_groups.values()):
+            if group.config.name in FIRST:
+                group.transition()  # spawns it: supervisord's loop then leaves it be, as it started already
+        for name, why in preload(found).items():
+            print(f"supervisord: could not preload {name} ({why}); the program that imports it will say why",
+                  file=sys.stderr, flush=True)
+
+    return first_then_preload
 
 
 # --- in the forked child ---

@@ -37,11 +37,11 @@ def main() -> int:
     patches.shorten_polls()
     # Each program's lifeline checks it still has this parent once it holds.
     os.environ[lifeline.PARENT_VAR] = str(os.getpid())
-    preload.install(conf)
+    first_then_preload = preload.install(conf)
     for stale in [layout.setup_done(data_dir), *layout.error_files(data_dir)]:
         stale.unlink(missing_ok=True)
     reasons: list[str] = []
-    patches.run_watched(watchdog.supervisor_class(data_dir, reasons), ["-c", conf])
+    patches.run_watched(watchdog.supervisor_class(data_dir, reasons, first_then_preload), ["-c", conf])
     if reasons:
         # The first is the cause; what went wrong while stopping follows from it.
         print(f"Error: {reasons[0]}", file=sys.stderr, flush=True)

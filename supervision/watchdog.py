@@ -49,8 +49,11 @@ def finished_setup(payload: dict) -> bool:
     return payload.get("processname") == "setup" and payload.get("expected") == "1"
 
 
-def supervisor_class(data_dir: str | Path, reasons: list[str]):
-    """supervisord's Supervisor, watching its own programs' state changes; why it stopped goes to `reasons`."""
+def supervisor_class(data_dir: str | Path, reasons: list[str], before_loop=None):
+    """supervisord's Supervisor, watching its own programs' state changes; why it stopped goes to `reasons`.
+
+    `before_loop(supervisor)`, when given, runs once its programs are known, before its loop starts any.
+    """
     from supervisor import events
     from supervisor.states import SupervisorStates
     from supervisor.supervisord import Supervisor
@@ -64,6 +67,8 @@ def supervisor_class(data_dir: str | Path, reasons: list[str]):
             # supervisord clears every subscription when it (re)starts its run, before this.
             events.subscribe(events.ProcessStateFatalEvent, self.watch)
             events.subscribe(events.ProcessStateExitedEvent, self.watch)
+            if before_loop is not None:
+                before_loop(self)
             super().runforever()
 
         def watch(self, event) -> None:

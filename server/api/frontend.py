@@ -11,6 +11,7 @@ asset for a year and only revalidates the page itself.
 import hashlib
 import json
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +63,26 @@ def _asset(name: str, body: bytes) -> Asset:
     return Asset(body, CONTENT_TYPES[Path(name).suffix], hashlib.sha256(body).hexdigest()[:16])
 
 
-def load_assets(folder: Path = STATIC_DIR) -> dict[str, Asset]:
+class Assets(Mapping):
+    """The assets by name. The time-zone list is made on its first request, not before readiness: reading
+    the tz database takes about 30 ms of CPU, in every worker."""
+
+    def __init__(self, files: dict[str, Asset]):
+        self._files = files
+
+    def __getitem__(self, name: str) -> Asset:
+        if name == TIME_ZONES and name not in self._files:
+            self._files[name] = _asset(TIME_ZONES, json.dumps(sorted(time_zones())).encode())
+        return self._files[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*(name for name in self._files if name != TIME_ZONES), TIME_ZONES])
+
+    def __len__(self) -> int:
+        return len(self._files) + (TIME_ZONES not in self._files)
+
+
+def load_assets(folder: Path = STATIC_DIR) -> Assets:
     """Every servable file of the folder by name, the page's asset links versioned."""
     assets = {
         path.name: _asset(path.name, path.read_bytes())
@@ -77,8 +97,7 @@ def load_assets(folder: Path = STATIC_DIR) -> dict[str, Asset]:
 
         page = re.sub(r'((?:src|href)=")/static/([\w.-]+)"', versioned, assets[PAGE].body.decode())
         assets[PAGE] = _asset(PAGE, page.encode())
-    assets[TIME_ZONES] = _asset(TIME_ZONES, json.dumps(sorted(time_zones())).encode())
-    return assets
+    return Assets(assets)
 
 
 def _send(req, resp, asset: Asset, cache_control: str) -> None:
@@ -98,7 +117,7 @@ class Page:
 
     public = True  # the page asks for the token itself
 
-    def __init__(self, assets: dict[str, Asset]):
+    def __init__(self, assets: Mapping[str, Asset]):
         self.assets = assets
 
     # Browsers add parameters of their own (links shared with tracking tags): not strict.
@@ -116,7 +135,7 @@ class Static:
 
     public = True
 
-    def __init__(self, assets: dict[str, Asset]):
+    def __init__(self, assets: Mapping[str, Asset]):
         self.assets = assets
 
     @operation("A file of the dashboard (script, style sheet, image)", tags=TAGS, strict=False,
@@ -138,7 +157,7 @@ class Favicon:
 
     public = True
 
-    def __init__(self, assets: dict[str, Asset]):
+    def __init__(self, assets: Mapping[str, Asset]):
         self.assets = assets
 
     @operation("The dashboard's icon", tags=TAGS, strict=False,
