@@ -97,7 +97,7 @@ def test_all_roles_run_restart_and_stop_cleanly(env, tmp_path, instances):
 
 def test_a_program_that_cannot_start_ends_supervisord(env, database, tmp_path, instances):
     # A database with a newer schema than this code: the daemons refuse it at once.
-    database.execute("INSERT INTO schema_migrations (version, name, sha256) VALUES (9999, 'future', 'x')")
+    database.execute("INSERT INTO schema_migrations (version, name, sha256, kind) VALUES (9999, 'future', 'x', 'contract')")
     instance = Instance(env, tmp_path / "b", AYON_RUN_SETUP="false", AYON_RUN_MAINTENANCE="false").start()
     instances.append(instance)
     code = instance.proc.wait(90)
@@ -115,7 +115,7 @@ def test_the_watchdog_still_watches_after_supervisord_reloads(env, database, tmp
     instances.append(instance)
     running = {"server", "webactions", "installer", "logcollector"}
     instance.wait_running(running)
-    database.execute("INSERT INTO schema_migrations (version, name, sha256) VALUES (9999, 'future', 'x')")
+    database.execute("INSERT INTO schema_migrations (version, name, sha256, kind) VALUES (9999, 'future', 'x', 'contract')")
     os.kill(instance.proc.pid, signal.SIGHUP)
     code = instance.proc.wait(90)
     assert code == 1, instance.output[-2000:]

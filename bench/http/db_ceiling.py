@@ -37,8 +37,7 @@ WITH found AS (
 SELECT '{"events": [' || coalesce((SELECT string_agg(doc, ',' ORDER BY created_at DESC, id DESC)
                         FROM (SELECT * FROM found ORDER BY created_at DESC, id DESC LIMIT $1) p), '')
     || '], "next_cursor": ' || coalesce(to_json(CASE WHEN EXISTS (SELECT FROM found OFFSET $1) THEN
-        (SELECT translate(encode(convert_to((to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text
-                                            || '|' || (id)::text, 'UTF8'), 'base64'), E'+/=\n', '-_') FROM (
+        (SELECT translate(encode(convert_to((to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text || '|' || (id)::text, 'UTF8'), 'base64'), E'+/=\n', '-_') FROM (
             -- Only the page's last row is encoded, not every row the OFFSET skips.
             SELECT created_at, id FROM found ORDER BY created_at DESC, id DESC OFFSET $1 - 1 LIMIT 1) last)
         END)::text, 'null') || '}'
