@@ -15,11 +15,13 @@ for a body that does not come.
 import asyncio
 import errno
 import signal
+import weakref
 
 from gunicorn.asgi.protocol import ASGIProtocol, BodyReceiver
 from gunicorn.workers.gasgi import ASGIWorker
 
 from server.api.common import BodyTimeout
+from server.api.stream import CONNECTION
 
 ACCEPT_BATCH = 2
 
@@ -123,6 +125,18 @@ class HTTPProtocol(ASGIProtocol):
         # The request whose answer announced `Connection: close`.
         self._closing_request = None
         self._linger = None  # a _Linger while draining before the close
+        # An event stream on this connection (server/api/stream.py) writes to the transport itself:
+        # it learns here whether the body is chunked, and is told when the client leaves.
+        self.stream_chunked = True
+        self.stream_lost = None
+
+    def _build_http_scope(self, request, sockname, peername):
+        scope = super()._build_http_scope(request, sockname, peername)
+        if request.method == "GET":
+            # Weakly: the scope lives in the request's task, which the connection holds.
+            scope.setdefault("extensions", {})[CONNECTION] = weakref.ref(self)
+            self.stream_chunked = request.version >= (1, 1)
+        return scope
 
     # Slow clients.
 
@@ -263,6 +277,9 @@ class HTTPProtocol(ASGIProtocol):
     def connection_lost(self, exc):
         self._cancel_header_timer()
         self._stop_lingering()
+        lost, self.stream_lost = self.stream_lost, None
+        if lost is not None:
+            lost()
         super().connection_lost(exc)
 
 
