@@ -125,10 +125,30 @@ class HTTPProtocol(ASGIProtocol):
         # The request whose answer announced `Connection: close`.
         self._closing_request = None
         self._linger = None  # a _Linger while draining before the close
-        # An event stream on this connection (server/api/stream.py) writes to the transport itself:
-        # it learns here whether the body is chunked, and is told when the client leaves.
+        # Whether the last GET's answer is chunked: an event stream handed this connection writes its own chunks.
         self.stream_chunked = True
-        self.stream_lost = None
+
+    def hand_over(self, protocol):
+        """Give this connection to `protocol` (an event stream's, server/api/stream.py); its transport, or None.
+
+        The request ends as if the client had left: gunicorn's send() does
+        nothing more, its loop for this connection ends without closing it,
+        and the request's objects are freed; the transport, its socket and
+        the new protocol are all that is left of the connection.
+        """
+        transport = self.transport
+        if transport is None or self._closed or transport.is_closing():
+            return None
+        self._cancel_header_timer()
+        self._cancel_keepalive_timer()
+        self._closed = True
+        self._conn_lost_handled = True
+        self.worker.nr_conns -= 1  # gunicorn counts it in connection_lost, which now goes to `protocol`
+        transport.set_protocol(protocol)
+        self.transport = None
+        if self._body_receiver is not None:
+            self._body_receiver.signal_disconnect()  # falcon's watcher of the request ends
+        return transport
 
     def _build_http_scope(self, request, sockname, peername):
         scope = super()._build_http_scope(request, sockname, peername)
@@ -277,9 +297,6 @@ class HTTPProtocol(ASGIProtocol):
     def connection_lost(self, exc):
         self._cancel_header_timer()
         self._stop_lingering()
-        lost, self.stream_lost = self.stream_lost, None
-        if lost is not None:
-            lost()
         super().connection_lost(exc)
 
 

@@ -103,20 +103,22 @@ def encode(event_id: str, topic: str, status: str, description: str, updated_at:
 
 
 class Subscriber:
-    """One open stream: its filter, cursor and connection; written to directly once its headers are out.
+    """One open stream: its filter, cursor and connection.
 
-    Until then (and on a connection that is not server/worker.py's, such as
-    a test client) messages wait in `pending` for the stream's generator to
+    Under server/worker.py the connection is handed over once the headers
+    and the first comment are out (`Connection`): the request ends, and the
+    broker writes to the transport itself. Elsewhere (a test client, another
+    ASGI server) messages wait in `pending` for the stream's generator to
     yield them.
     """
 
-    __slots__ = ("group", "cursor", "transport", "chunked", "pending", "waiter", "closed", "replaying",
-                 "replayed", "replayed_until", "resync", "wrote", "limit", "broker", "pending_bytes")
+    __slots__ = ("group", "cursor", "transport", "chunked", "pending", "pending_bytes", "waiter", "closed",
+                 "replaying", "replayed", "replayed_until", "resync", "wrote", "limit", "broker")
 
     def __init__(self, broker, cursor, limit: int):
         self.broker, self.cursor, self.limit = broker, cursor, limit
         self.group = None
-        self.transport = None  # set once the headers are out and the connection can be written to
+        self.transport = None  # set once the connection is handed over
         self.chunked = True
         self.pending: list | None = None  # made when needed: most streams never hold a message back
         self.pending_bytes = 0
@@ -127,6 +129,10 @@ class Subscriber:
         self.replayed_until = 0.0
         self.resync = False
         self.wrote = False  # since the last heartbeat pass
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        return self.group.patterns if self.group is not None else ()
 
     def deliver(self, item: Encoded) -> None:
         """A live message (or a heartbeat) for this stream."""
@@ -149,7 +155,7 @@ class Subscriber:
             self.wake()
             return
         self.write(item)
-        if self.transport is not None and self.transport.get_write_buffer_size() > self.limit:
+        if not self.closed and self.transport.get_write_buffer_size() > self.limit:
             self.drop(f"{self.transport.get_write_buffer_size() // 1024} KiB were not read")
 
     def write(self, item: Encoded) -> None:
@@ -180,12 +186,39 @@ class Subscriber:
         if transport is not None:
             transport.abort()
 
+    def end(self) -> None:
+        """End the stream cleanly (the worker stops): the last chunk, then the connection closes."""
+        transport = self.transport
+        self.close()
+        if transport is not None and not transport.is_closing():
+            if self.chunked:
+                transport.write(b"0\r\n\r\n")
+            transport.close()
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self.take()
             self.broker.unsubscribe(self)
             self.wake()
+
+
+class Connection(asyncio.Protocol):
+    """A stream's connection once handed over: it only notices the client leaving."""
+
+    __slots__ = ("sub",)
+
+    def __init__(self, sub: Subscriber):
+        self.sub = sub
+
+    def data_received(self, data) -> None:
+        pass  # a client says nothing more on a stream; what it sends is dropped
+
+    def eof_received(self) -> bool:
+        return False  # the client is done: the transport closes
+
+    def connection_lost(self, exc) -> None:
+        self.sub.close()
 
 
 class Group:
@@ -215,6 +248,7 @@ class Broker:
         self.ticker: asyncio.TimerHandle | None = None
         self.last_beat = time.monotonic()
         self.encoded = 0  # messages encoded (once each, whatever the number of subscribers)
+        self.replays: set[asyncio.Task] = set()
 
     @property
     def limit(self) -> int:
@@ -289,15 +323,40 @@ class Broker:
 
     def _resync_all(self) -> None:
         for sub in self.subscribers():
-            sub.resync = True
-            sub.wake()
+            if sub.transport is not None:
+                self.replay(sub)
+            else:
+                sub.resync = True
+                sub.wake()
+
+    def replay(self, sub: Subscriber) -> None:
+        """Replay from the table into a handed-over stream, in a task of its own while it lasts."""
+        if sub.replaying or sub.closed:
+            return
+        task = asyncio.get_running_loop().create_task(self._replay_into(sub))
+        self.replays.add(task)
+        task.add_done_callback(self.replays.discard)
+
+    async def _replay_into(self, sub: Subscriber) -> None:
+        async for item in replay_items(self.ctx, sub):
+            sub.write(item)
+            if sub.transport.get_write_buffer_size() > sub.limit // 2:
+                # Most of a page unread: wait (bounded) for the client to take it.
+                deadline = time.monotonic() + 30
+                while (not sub.closed and sub.transport.get_write_buffer_size() > sub.limit // 2
+                       and time.monotonic() < deadline):
+                    await asyncio.sleep(0.05)
+                if not sub.closed and sub.transport.get_write_buffer_size() > sub.limit:
+                    sub.drop("a replay was not read")
+            if sub.closed:
+                return
 
     def _tick(self) -> None:
         self.ticker = None
         now = time.monotonic()
         if shutting_down():
             for sub in self.subscribers():
-                sub.close()
+                sub.end()
             return
         beat = now - self.last_beat >= self.heartbeat
         if beat:
@@ -358,23 +417,67 @@ def replay(db, after: tuple[datetime.datetime, str], patterns) -> list[tuple]:
     return db.fetchall(REPLAY_SQL.format(topics=topics), params)
 
 
+async def replay_items(ctx, sub: Subscriber):
+    """The events after the stream's cursor, from the table, as messages; live ones meanwhile wait in `pending`.
+
+    Afterwards the live messages that waited are delivered, less those the
+    replay already sent, and its keys are kept a while for the same reason.
+    """
+    sub.replaying = True
+    keys = set()
+    try:
+        for _ in range(REPLAY_PAGES):
+            try:
+                rows = await ctx.run(replay, ctx.db, sub.cursor, sub.patterns)
+            except BROKEN:
+                return  # the broker reconnects and asks for another replay
+            for row in rows:
+                item = encode(*row)
+                cursor = (row[4], row[0])
+                if cursor > sub.cursor:
+                    sub.cursor = cursor
+                keys.add(item.key)
+                if sub.replayed is not None and item.key in sub.replayed:
+                    continue
+                if sub.closed:
+                    return
+                yield item
+            if len(rows) < REPLAY_PAGE:
+                return
+    finally:
+        sub.replayed = keys | (sub.replayed or set())
+        sub.replayed_until = time.monotonic() + REPLAY_OVERLAP_SECONDS
+        sub.replaying = False
+        if sub.transport is not None and not sub.closed:
+            for item in sub.take():
+                sub.deliver(item)
+
+
 class Stream:
-    """One client's stream: replay from its cursor, then live messages written by the broker."""
+    """One client's stream: the first comment, then the connection handed to the broker (or, elsewhere, yields)."""
 
     def __init__(self, ctx, sub: Subscriber, connection):
         self.ctx, self.sub, self.connection = ctx, sub, connection
 
-    async def run(self, patterns, replay_first: bool):
+    async def run(self, replay_first: bool):
         sub = self.sub
-        loop = asyncio.get_running_loop()
+        handed_over = False
         try:
             yield SSEvent(retry=RETRY_MS, comment="connected")  # the headers go out with it
-            self._attach()
+            handed_over = self._hand_over()
+            if handed_over:
+                if replay_first:
+                    sub.broker.replay(sub)
+                else:
+                    for item in sub.take():
+                        sub.deliver(item)
+                return  # the request ends here; the broker writes to the connection from now on
             sub.resync = sub.resync or replay_first
+            loop = asyncio.get_running_loop()
             while not sub.closed:
                 if sub.resync:
                     sub.resync = False
-                    async for item in self._replay(patterns):
+                    async for item in replay_items(self.ctx, sub):
                         yield item
                     continue
                 if sub.pending:
@@ -386,60 +489,21 @@ class Stream:
                 await sub.waiter
                 sub.waiter = None
         finally:
-            sub.close()
+            if not handed_over:
+                sub.close()
 
-    def _attach(self) -> None:
-        """Write to the connection directly from now on (the headers and first chunk are out)."""
+    def _hand_over(self) -> bool:
+        """Give the connection to the broker, when it is server/worker.py's and still open."""
         protocol = self.connection() if self.connection is not None else None
-        if protocol is None or protocol.transport is None or protocol.transport.is_closing():
-            return
-        protocol.stream_lost = self.sub.close
-        self.sub.chunked = protocol.stream_chunked
-        self.sub.transport = protocol.transport
-
-    async def _replay(self, patterns):
-        """The events after the stream's cursor, from the table; live messages meanwhile wait in `pending`."""
-        sub = self.sub
-        sub.replaying = True
-        keys = set()
-        try:
-            for _ in range(REPLAY_PAGES):
-                try:
-                    rows = await self.ctx.run(replay, self.ctx.db, sub.cursor, patterns)
-                except BROKEN:
-                    return  # the broker reconnects and asks for another replay
-                for row in rows:
-                    item = encode(*row)
-                    cursor = (row[4], row[0])
-                    if cursor > sub.cursor:
-                        sub.cursor = cursor
-                    keys.add(item.key)
-                    if sub.replayed is not None and item.key in sub.replayed:
-                        continue
-                    if sub.transport is None:
-                        yield item
-                    elif not sub.closed:
-                        sub.write(item)
-                if sub.transport is not None and not sub.closed:
-                    await self._drain()
-                if len(rows) < REPLAY_PAGE or sub.closed:
-                    return
-        finally:
-            sub.replayed = keys | (sub.replayed or set())
-            sub.replayed_until = time.monotonic() + REPLAY_OVERLAP_SECONDS
-            sub.replaying = False
-            if sub.transport is not None and not sub.closed:
-                for item in sub.take():
-                    sub.deliver(item)
-
-    async def _drain(self) -> None:
-        """Wait (bounded) until the client has taken most of a replay page."""
-        deadline = time.monotonic() + 30
-        while (self.sub.transport.get_write_buffer_size() > self.sub.limit // 2 and not self.sub.closed
-               and time.monotonic() < deadline):
-            await asyncio.sleep(0.05)
-        if self.sub.transport is not None and self.sub.transport.get_write_buffer_size() > self.sub.limit:
-            self.sub.drop("a replay was not read")
+        if protocol is None:
+            return False
+        chunked = protocol.stream_chunked
+        transport = protocol.hand_over(Connection(self.sub))
+        if transport is None:
+            return False
+        self.sub.chunked = chunked
+        self.sub.transport = transport
+        return True
 
 
 def _decode(doc):
@@ -511,7 +575,7 @@ class EventStream:
             now = await self.ctx.run(self.ctx.db.fetchone, "SELECT clock_timestamp()")
             sub.cursor = max(sub.cursor, (now[0], "00000000-0000-0000-0000-000000000000"))
         connection = (req.scope.get("extensions") or {}).get(CONNECTION)
-        resp.sse = Stream(self.ctx, sub, connection).run(patterns, replay_first)
+        resp.sse = Stream(self.ctx, sub, connection).run(replay_first)
         resp.set_header("Cache-Control", "no-store")
         resp.set_header("X-Accel-Buffering", "no")  # proxies must not hold the stream back
 
