@@ -21,9 +21,12 @@ from gunicorn.asgi.protocol import ASGIProtocol, BodyReceiver
 from gunicorn.workers.gasgi import ASGIWorker
 
 from server.api.common import BodyTimeout
-from server.api.stream import CONNECTION
 
 ACCEPT_BATCH = 2
+
+# The scope extension that gives an event stream (server/api/stream.py CONNECTION) its connection, weakly.
+# Not imported from there: the master loads this class before it prepares the metrics folder.
+CONNECTION = "ayon.connection"
 
 # A request's headers must be complete this long after the connection opens
 # (or after the first byte of a later request on it), or the connection is

@@ -15,10 +15,10 @@ SEQ = re.compile(rb'"description": "b(\d+)"')
 
 
 class Subscriber(asyncio.Protocol):
-    __slots__ = ("harness", "request", "slow", "transport", "tail", "status", "started", "closed", "seen")
+    __slots__ = ("harness", "request", "slow", "patterns", "transport", "tail", "status", "started", "closed", "seen")
 
-    def __init__(self, harness, request: bytes, slow: bool):
-        self.harness, self.request, self.slow = harness, request, slow
+    def __init__(self, harness, request: bytes, slow: bool, patterns: tuple = ()):
+        self.harness, self.request, self.slow, self.patterns = harness, request, slow, patterns
         self.transport = None
         self.tail = b""
         self.status = None
@@ -72,7 +72,10 @@ class Harness:
         self.arrivals: dict[int, array.array] = {}
 
     async def open(self, paths: list[tuple[str, bool]], parallel: int = 200, timeout: float = 120) -> None:
-        """One subscriber per (path, slow); returns once every reading one's stream has started."""
+        """One subscriber per (path, slow); returns once every reading one's stream has started.
+
+        Each subscriber keeps the topics its path names (`patterns`).
+        """
         loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(parallel)
 
@@ -85,7 +88,8 @@ class Harness:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 sock.setblocking(False)
                 await loop.sock_connect(sock, (self.host, self.port))
-                _, sub = await loop.create_connection(lambda: Subscriber(self, request, slow), sock=sock)
+                topics = tuple(path.partition("topic=")[2].split(",")) if "topic=" in path else ()
+                _, sub = await loop.create_connection(lambda: Subscriber(self, request, slow, topics), sock=sock)
                 self.subs.append(sub)
                 await asyncio.wait_for(sub.started, timeout)
 

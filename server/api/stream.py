@@ -19,11 +19,16 @@ nothing.
 import asyncio
 import base64
 import datetime
+import ctypes
+import ctypes.util
+import gc
 import logging
+import socket
 import time
 
 import falcon
 from falcon.asgi import SSEvent
+from prometheus_client import Counter
 
 from server.api.common import dumps
 from server.api.events import TOPIC_FILTER
@@ -42,7 +47,16 @@ REPLAY_PAGES = 20
 # Replay and live notifications overlap: a replay's keys are kept this long after it, to skip those.
 REPLAY_OVERLAP_SECONDS = 10.0
 TICK_SECONDS = 1.0  # the broker's one timer: heartbeats, the worker's stop, replay overlaps ending
+# After this many subscribers left (or all of them), the freed memory is handed back to the system.
+TRIM_AFTER = 1000
 CONNECTION = "ayon.connection"  # the scope extension server/worker.py adds: the HTTP connection, weakly
+
+# No labels: one series each, summed over the workers by /metrics.
+ENCODED = Counter("ayon_stream_messages_encoded", "Live event messages encoded, once per worker whatever the "
+                  "number of subscribers.")
+SENT = Counter("ayon_stream_messages_sent", "Live event messages written to event-stream subscribers.")
+DROPPED = Counter("ayon_stream_subscribers_dropped", "Event-stream subscribers disconnected for not reading "
+                  "(AYON_STREAM_SUBSCRIBER_BUFFER).")
 
 _worker = None  # the gunicorn worker, when running under one (see server/gunicorn_conf.py)
 
@@ -71,6 +85,27 @@ def encode_id(updated_at: datetime.datetime, event_id: str) -> str:
 def chunk(data: bytes) -> bytes:
     """`data` as one HTTP/1.1 chunk (the stream's body is chunked)."""
     return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+_libc = None
+
+
+def give_back_memory() -> None:
+    """Collect, then return the C heap's free pages to the system (glibc's malloc_trim), where there is one.
+
+    Subscribers leave behind many small freed blocks; without a trim glibc
+    keeps the pages they were on, and the worker's RSS stays up.
+    """
+    global _libc
+    gc.collect()
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
 
 
 class Encoded:
@@ -178,6 +213,7 @@ class Subscriber:
     def drop(self, why: str) -> None:
         """Disconnect a client that does not read fast enough; it reconnects and replays from its cursor."""
         self.broker.dropped += 1
+        DROPPED.inc()
         log.warning("event stream: disconnected a subscriber that is not reading (%s; limit "
                     "AYON_STREAM_SUBSCRIBER_BUFFER=%d bytes); it can reconnect with Last-Event-ID",
                     why, self.limit)
@@ -247,8 +283,8 @@ class Broker:
         self.ready = asyncio.Event()
         self.ticker: asyncio.TimerHandle | None = None
         self.last_beat = time.monotonic()
-        self.encoded = 0  # messages encoded (once each, whatever the number of subscribers)
         self.replays: set[asyncio.Task] = set()
+        self.peak = 0  # the most subscribers since memory was last given back
 
     @property
     def limit(self) -> int:
@@ -266,6 +302,7 @@ class Broker:
         group.members.add(sub)
         sub.group = group
         self.count += 1
+        self.peak = max(self.peak, self.count)
         loop = asyncio.get_running_loop()
         if self.listener is None and self.connecting is None:
             self.connecting = loop.create_task(self._connect())
@@ -315,11 +352,15 @@ class Broker:
 
     def publish(self, item: Encoded, topic: str) -> None:
         """One message to every stream whose filter takes its topic."""
-        self.encoded += 1
+        sent = 0
         for group in list(self.groups.values()):
             if matches(topic, group.patterns):
                 for sub in list(group.members):
                     sub.deliver(item)
+                    sent += 1
+        ENCODED.inc()
+        if sent:
+            SENT.inc(sent)
 
     def _resync_all(self) -> None:
         for sub in self.subscribers():
@@ -368,6 +409,9 @@ class Broker:
                 if not sub.wrote:
                     sub.deliver(KEEPALIVE)
                 sub.wrote = False
+        if self.peak - self.count >= TRIM_AFTER or (self.peak and not self.count):
+            self.peak = self.count
+            give_back_memory()
         if self.count:
             self.ticker = asyncio.get_running_loop().call_later(min(TICK_SECONDS, self.heartbeat), self._tick)
 
@@ -503,6 +547,14 @@ class Stream:
             return False
         self.sub.chunked = chunked
         self.sub.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # The kernel holds no more for a stream than the worker may: a client that does not read
+            # is found within a few seconds, and costs the machine a bounded amount.
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sub.limit)
+            except OSError:
+                pass
         return True
 
 
