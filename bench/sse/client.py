@@ -15,7 +15,7 @@ SEQ = re.compile(rb'"description": "b(\d+)"')
 
 
 class Subscriber(asyncio.Protocol):
-    __slots__ = ("harness", "request", "slow", "patterns", "transport", "tail", "status", "started", "closed", "seen")
+    __slots__ = ("harness", "request", "slow", "patterns", "transport", "tail", "status", "started", "closed", "seen", "messages")
 
     def __init__(self, harness, request: bytes, slow: bool, patterns: tuple = ()):
         self.harness, self.request, self.slow, self.patterns = harness, request, slow, patterns
@@ -24,7 +24,8 @@ class Subscriber(asyncio.Protocol):
         self.status = None
         self.started = asyncio.get_running_loop().create_future()
         self.closed = False
-        self.seen = 0
+        self.seen = 0  # messages of the benchmark's publisher (b<seq>)
+        self.messages = 0  # messages of any kind
 
     def connection_made(self, transport):
         self.transport = transport
@@ -48,6 +49,7 @@ class Subscriber(asyncio.Protocol):
         self.tail = buf[cut + 2:]
         if not self.started.done() and b": connected" in buf:
             self.started.set_result(None)
+        self.messages += buf.count(b"\ndata: ", 0, cut)
         arrivals = self.harness.arrivals
         for match in SEQ.finditer(buf, 0, cut):
             seq = int(match.group(1))
