@@ -11,7 +11,7 @@ import re
 import socket
 import time
 
-SEQ = re.compile(rb'"description": "b(\d+)"')
+SEQ = re.compile(rb'"description": "b(\d+)[ "]')
 
 
 class Subscriber(asyncio.Protocol):

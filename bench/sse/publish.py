@@ -4,7 +4,7 @@ Reads lines on stdin: `N` publishes N events, one every 1/RATE s, their
 topics taken round-robin from TOPIC...; `b` publishes one event on
 bench.broadcast. For each event it prints `seq commit-time` once its
 transaction committed (the time the NOTIFY leaves PostgreSQL for the
-listeners). The description is `b<seq>`: subscribers find the sequence
+listeners). The description is `b<seq>` and 400 more characters: subscribers find the sequence
 number in what they read.
 """
 
@@ -14,6 +14,7 @@ import time
 from server.core import db, events
 
 BROADCAST = "bench.broadcast"
+PADDING = "x" * 400  # a message of about 700 bytes, as an event with a few lines of description
 
 
 def main() -> None:
@@ -38,7 +39,7 @@ def main() -> None:
                 time.sleep(wait)
             seq += 1
             with conn, conn.cursor() as cur:
-                events.dispatch(cur, topic, description=f"b{seq}", sender="bench")
+                events.dispatch(cur, topic, description=f"b{seq} {PADDING}", sender="bench")
             out.append(f"{seq} {time.time():.6f} {topic}")
         print("\n".join(out), flush=True)
         print("done", flush=True)

@@ -92,6 +92,7 @@ class Result:
     slow: int
     dropped: int
     open_s: float
+    published_per_s: float
 
 
 class Publisher:
@@ -207,6 +208,7 @@ async def measure(stack: servers.Stack, count: int, publisher: Publisher, args, 
             times.append(t - committed)
             last = max(last, t)
     delivered = len(times)
+    published = (len(sent) - 1) / max(sent[-1][1] - sent[0][1], 1e-9)
     behind = sum(1 for sub, _ in readers if sub.seen < expected[id(sub)])
     for sub, p in readers:
         if sub.seen < expected[id(sub)] and args.verbose:
@@ -222,11 +224,11 @@ async def measure(stack: servers.Stack, count: int, publisher: Publisher, args, 
     result = Result(stack.name, count, (connected - start) / count / 1024, (loaded - start) / count / 1024,
                     start / 2**20, after / start, broadcast, percentiles(times),
                     delivered / max(last - first, 1e-9), used / max(delivered, 1) * 1e6, behind, len(slow_subs),
-                    dropped, open_s)
+                    dropped, open_s, published)
     if delivered < total:
         say(f"  {stack.name} {count}: {total - delivered} of {total} deliveries missing")
     say(f"  {stack.name} {count}: broadcast p50/p99/max {broadcast[0]:.0f}/{broadcast[1]:.0f}/{broadcast[2]:.0f} ms;"
-        f" {args.rate:g}/s for {args.seconds} s: {result.delivered_per_s:,.0f} deliveries/s, p99 "
+        f" {args.rate:g}/s for {args.seconds} s (committed at {published:.0f}/s): {result.delivered_per_s:,.0f} deliveries/s, p99 "
         f"{result.sustained_ms[1]:.0f} ms, {result.cpu_us:.1f} µs worker CPU each, {behind} behind; slow "
         f"readers dropped {dropped}/{len(slow_subs)}; RSS after leaving {result.rss_after_ratio:.2f}x start")
     return result
@@ -248,14 +250,14 @@ def report(results: list[Result], args, load: tuple[float, float]) -> tuple[list
         f"1 subscriber in {SLOW_SHARE} never reads; 1-minute load average {load[0]:.2f} before, {load[1]:.2f} after.",
         "",
         "| stack | subscribers | KiB RSS / subscriber (loaded) | RSS after leaving | one event to all p50/p99/max ms "
-        "| sustained p50/p99/max ms | deliveries/s | worker CPU µs / delivery | behind | slow readers dropped |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| sustained p50/p99/max ms | events/s committed | deliveries/s | worker CPU µs / delivery | behind | slow readers dropped |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.stack} | {r.count:,} | {r.kib_per_sub:.1f} ({r.kib_per_sub_loaded:.1f}) | {r.rss_after_ratio:.2f}x of "
             f"{r.rss_start_mib:.0f} MiB | {'/'.join(f'{v:.0f}' for v in r.broadcast_ms)} | "
-            f"{'/'.join(f'{v:.0f}' for v in r.sustained_ms)} | {r.delivered_per_s:,.0f} | {r.cpu_us:.1f} | {r.behind} | "
+            f"{'/'.join(f'{v:.0f}' for v in r.sustained_ms)} | {r.published_per_s:.0f} | {r.delivered_per_s:,.0f} | {r.cpu_us:.1f} | {r.behind} | "
             f"{r.dropped}/{r.slow} |")
     ok = True
     by = {(r.stack, r.count): r for r in results}
