@@ -51,12 +51,22 @@ TICK_SECONDS = 1.0  # the broker's one timer: heartbeats, the worker's stop, rep
 TRIM_AFTER = 1000
 CONNECTION = "ayon.connection"  # the scope extension server/worker.py adds: the HTTP connection, weakly
 
-# No labels: one series each, summed over the workers by /metrics.
-ENCODED = Counter("ayon_stream_messages_encoded", "Live event messages encoded, once per worker whatever the "
-                  "number of subscribers.")
-SENT = Counter("ayon_stream_messages_sent", "Live event messages written to event-stream subscribers.")
-DROPPED = Counter("ayon_stream_subscribers_dropped", "Event-stream subscribers disconnected for not reading "
-                  "(AYON_STREAM_SUBSCRIBER_BUFFER).")
+_counters = None
+
+
+def counters():
+    """(encoded, sent, dropped): made when the first stream opens, as a labelless counter writes its
+    file at once, and the master loads this module before it prepares the metrics folder."""
+    global _counters
+    if _counters is None:
+        _counters = (
+            Counter("ayon_stream_messages_encoded", "Live event messages encoded, once per worker whatever the "
+                    "number of subscribers."),
+            Counter("ayon_stream_messages_sent", "Live event messages written to event-stream subscribers."),
+            Counter("ayon_stream_subscribers_dropped", "Event-stream subscribers disconnected for not reading "
+                    "(AYON_STREAM_SUBSCRIBER_BUFFER)."))
+    return _counters
+
 
 _worker = None  # the gunicorn worker, when running under one (see server/gunicorn_conf.py)
 
@@ -213,7 +223,7 @@ class Subscriber:
     def drop(self, why: str) -> None:
         """Disconnect a client that does not read fast enough; it reconnects and replays from its cursor."""
         self.broker.dropped += 1
-        DROPPED.inc()
+        counters()[2].inc()
         log.warning("event stream: disconnected a subscriber that is not reading (%s; limit "
                     "AYON_STREAM_SUBSCRIBER_BUFFER=%d bytes); it can reconnect with Last-Event-ID",
                     why, self.limit)
@@ -285,6 +295,7 @@ class Broker:
         self.last_beat = time.monotonic()
         self.replays: set[asyncio.Task] = set()
         self.peak = 0  # the most subscribers since memory was last given back
+        counters()  # in /metrics from the first stream on
 
     @property
     def limit(self) -> int:
@@ -358,9 +369,10 @@ class Broker:
                 for sub in list(group.members):
                     sub.deliver(item)
                     sent += 1
-        ENCODED.inc()
+        encoded, written, _ = counters()
+        encoded.inc()
         if sent:
-            SENT.inc(sent)
+            written.inc(sent)
 
     def _resync_all(self) -> None:
         for sub in self.subscribers():
