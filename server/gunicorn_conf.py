@@ -18,7 +18,8 @@ worker_class = "server.worker.BalancedASGIWorker"
 # uvloop (a runtime dependency): the same app answers 1.2-1.4x more requests than on asyncio's
 # loop (docs/benchmarks.md). server/worker.py holds signals until the loop runs, which uvloop needs.
 asgi_loop = "uvloop"
-worker_connections = 1000
+# Every open event stream is a connection: room for the most a worker holds, and requests beside them.
+worker_connections = _settings.stream_max_subscribers + 1000
 # Long-lived requests (the event stream) must not be killed as hung workers.
 timeout = 120
 # After the drain (server/drain.py): requests in flight get this long. supervisord waits longer
@@ -74,6 +75,7 @@ def on_starting(server):
     checking = threading.Thread(target=check, name="ayon-listen-check")
     checking.start()
     prepare_multiprocess_dir(_metrics_dir)
+    check_open_files(_settings.stream_max_subscribers, logging.getLogger("ayon.server"))
     _share_imports()
     checking.join()
     if failed:
@@ -88,6 +90,33 @@ def on_starting(server):
     # Objects that live as long as the process, out of the collector's sight: a collection in a
     # worker would otherwise write to (and so copy) every page holding them.
     gc.freeze()
+
+
+# Descriptors a worker needs besides its streams: listening socket, database pools, logs, metrics files.
+WORKER_FDS = 64
+
+
+def check_open_files(max_subscribers: int, log) -> int:
+    """Raise the soft open-files limit to the hard one (the workers inherit it); warn when streams would not fit.
+
+    Returns the soft limit now in force.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, max_subscribers + WORKER_FDS)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass  # kept as it is; the check below says what that allows
+    if soft != resource.RLIM_INFINITY and soft < max_subscribers + WORKER_FDS:
+        log.warning("the open-files limit (nofile) is %d, below AYON_STREAM_MAX_SUBSCRIBERS=%d plus %d for the "
+                    "rest: each web worker holds about %d event streams, then refuses new connections; raise "
+                    "the limit (docker/podman --ulimit nofile=N:N, Compose ulimits) or lower the setting",
+                    soft, max_subscribers, WORKER_FDS, max(soft - WORKER_FDS, 0))
+    return soft
 
 
 # The server's heartbeat (program `server`, the master's pid) comes from a thread in each worker,

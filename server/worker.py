@@ -15,6 +15,7 @@ for a body that does not come.
 import asyncio
 import errno
 import signal
+import weakref
 
 from gunicorn.asgi.protocol import ASGIProtocol, BodyReceiver
 from gunicorn.workers.gasgi import ASGIWorker
@@ -23,6 +24,10 @@ from server.api.common import BodyTimeout
 from server.drain import draining
 
 ACCEPT_BATCH = 2
+
+# The scope extension that gives an event stream (server/api/stream.py CONNECTION) its connection, weakly.
+# Not imported from there: the master loads this class before it prepares the metrics folder.
+CONNECTION = "ayon.connection"
 
 # A request's headers must be complete this long after the connection opens
 # (or after the first byte of a later request on it), or the connection is
@@ -124,6 +129,38 @@ class HTTPProtocol(ASGIProtocol):
         # The request whose answer announced `Connection: close`.
         self._closing_request = None
         self._linger = None  # a _Linger while draining before the close
+        # Whether the last GET's answer is chunked: an event stream handed this connection writes its own chunks.
+        self.stream_chunked = True
+
+    def hand_over(self, protocol):
+        """Give this connection to `protocol` (an event stream's, server/api/stream.py); its transport, or None.
+
+        The request ends as if the client had left: gunicorn's send() does
+        nothing more, its loop for this connection ends without closing it,
+        and the request's objects are freed; the transport, its socket and
+        the new protocol are all that is left of the connection.
+        """
+        transport = self.transport
+        if transport is None or self._closed or transport.is_closing():
+            return None
+        self._cancel_header_timer()
+        self._cancel_keepalive_timer()
+        self._closed = True
+        self._conn_lost_handled = True
+        self.worker.nr_conns -= 1  # gunicorn counts it in connection_lost, which now goes to `protocol`
+        transport.set_protocol(protocol)
+        self.transport = None
+        if self._body_receiver is not None:
+            self._body_receiver.signal_disconnect()  # falcon's watcher of the request ends
+        return transport
+
+    def _build_http_scope(self, request, sockname, peername):
+        scope = super()._build_http_scope(request, sockname, peername)
+        if request.method == "GET":
+            # Weakly: the scope lives in the request's task, which the connection holds.
+            scope.setdefault("extensions", {})[CONNECTION] = weakref.ref(self)
+            self.stream_chunked = request.version >= (1, 1)
+        return scope
 
     # Slow clients.
 

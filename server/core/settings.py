@@ -168,6 +168,8 @@ SETTINGS = [
     Setting("AYON_HTTP_BIND", Bind(), "0.0.0.0:5000", "Address the web server listens on: `HOST:PORT` or `[IPV6]:PORT`, an address of this machine.", check=check_bind, checked_when=lambda v: v.run_server),
     Setting("AYON_SERVER_WORKERS", Integer(1, 64), "2", "Number of gunicorn worker processes (1–64)."),
     Setting("AYON_DRAIN_SECONDS", Integer(0, 300), "5", f"Seconds the server goes on serving after SIGTERM (a stop or `supervisorctl restart server`) while `/health/ready` answers 503, so load balancers take it out first (0–300; match the Kubernetes `preStop` delay); then it takes no new connections and gives those in flight up to {SERVER_GRACE_SECONDS} s."),
+    Setting("AYON_STREAM_MAX_SUBSCRIBERS", Integer(1, 1000000), "10000", "Open event streams (`/api/events/stream`) one web worker holds at most (1–1000000); past it a new one is answered 503. Each takes a file descriptor: the server warns at start when its `nofile` limit is lower."),
+    Setting("AYON_STREAM_SUBSCRIBER_BUFFER", Size("4K", "64M"), "64K", "Unsent bytes an event stream may hold in the worker (4K–64M); a client that reads too slowly for that is disconnected, and reconnects with Last-Event-ID to catch up from the table."),
     Setting("AYON_LOG_LEVEL", Choice(("debug", "info", "warning", "error")), "info", "Lowest level of log records kept."),
     Setting("AYON_LOG_FORMAT", Choice(("text", "json")), "text", "Format of log lines on stdout."),
     Setting("AYON_ADMIN_TOKEN", Token(TOKEN_MIN, TOKEN_MAX, optional=True), "", f"Admin API token ({TOKEN_MIN} or more visible ASCII characters); unset lets setup generate one on first run and print it once.", secret=True),

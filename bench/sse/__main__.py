@@ -1,0 +1,3 @@
+from bench.sse.run import main
+
+main()
