@@ -251,7 +251,8 @@ def report(results: list[Result], args, load: tuple[float, float]) -> tuple[list
         "",
         "| stack | subscribers | KiB RSS / subscriber (loaded) | RSS after leaving "
         "| one event to all p50/p99/max ms "
-        "| sustained p50/p99/max ms | events/s committed | deliveries/s | worker CPU µs / delivery | behind | slow readers dropped |",
+        "| sustained p50/p99/max ms | events/s committed | deliveries/s | worker CPU µs / delivery "
+        "| behind | slow readers dropped |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
