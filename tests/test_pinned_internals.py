@@ -55,6 +55,21 @@ def test_server_drain_was_written_against_gunicorn_27_0_1():
     assert callable(drain.install) and "_will_close" in vars(worker.HTTPProtocol)
 
 
+def test_the_stream_hand_over_was_written_against_gunicorn_27_0_1():
+    assert (pinned("gunicorn"), gunicorn.__version__) == ("27.0.1", "27.0.1")
+    # HTTPProtocol.hand_over ends a request as if the client had left and gives its transport to the
+    # event stream: the flags and timers it sets must still be the ones gunicorn's protocol reads.
+    init = inspect.getsource(ASGIProtocol.__init__)
+    for name in ("self._closed", "self._conn_lost_handled", "self._body_receiver"):
+        assert name in init, name
+    for name in ("_cancel_keepalive_timer", "_build_http_scope"):
+        assert callable(getattr(ASGIProtocol, name, None)), name
+    assert "_conn_lost_handled" in inspect.getsource(ASGIProtocol.connection_lost)
+    assert "nr_conns -= 1" in inspect.getsource(ASGIProtocol.connection_lost)
+    assert callable(getattr(BodyReceiver, "signal_disconnect", None))
+    assert "hand_over" in vars(worker.HTTPProtocol)
+
+
 def test_server_metrics_was_written_against_prometheus_client_0_26_0():
     assert (pinned("prometheus-client"), version("prometheus-client")) == ("0.26.0", "0.26.0")
     # metrics._Pending writes a histogram's sum and buckets, and reads its bounds, directly.
