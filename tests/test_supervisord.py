@@ -102,7 +102,7 @@ def test_a_program_that_cannot_start_ends_supervisord(env, database, tmp_path, i
     instances.append(instance)
     code = instance.proc.wait(90)
     assert code != 0
-    assert "this code does not know (a newer schema)" in instance.output
+    assert "this code does not know (a newer schema, and a contract migration" in instance.output
     # Exiting within startsecs is a failed start (FATAL); later, exit 2 is final: either ends the instance.
     assert re.match(r"Error: program (webactions|installer|logcollector) "
                     r"(could not be started \(FATAL\)|cannot run: it exited with status 2)",
