@@ -1,6 +1,7 @@
 """One way to write a time in the API: RFC 3339 in UTC with `Z` and six fraction digits, on every endpoint."""
 
 import datetime
+import json
 import re
 
 from server.api import stream
@@ -42,8 +43,9 @@ def test_every_endpoint_writes_times_one_way(client, database):
         assert result.status_code == 200, (path, result.text)
         pages[path] = times_in(result.json)
     pages["POST /api/actions/{id}/take"] = times_in(client.simulate_post(f"/api/actions/{action['id']}/take").json)
-    message = stream.message(action["id"], "action.render", "pending", "", datetime.datetime.now(datetime.timezone.utc))
-    pages["/api/events/stream"] = times_in(message.json)
+    message = stream.encode(action["id"], "action.render", "pending", "", datetime.datetime.now(datetime.timezone.utc))
+    data = [line for line in message.sse.decode().splitlines() if line.startswith("data: ")]
+    pages["/api/events/stream"] = times_in(json.loads(data[0][len("data: "):]))
 
     for where, found in pages.items():
         assert found, f"{where}: no time to check"
