@@ -43,7 +43,7 @@ OFFICIAL_IMAGES = {"docker.io/library/postgres": re.compile(r"^(1[4-9])(-bookwor
 OFFICIAL_VARIABLES = {"docker.io/library/postgres": {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "PGDATA"}}
 OFFICIAL_COMMANDS = {"docker.io/library/postgres": {"pg_isready"}}
 # Variables the user sets when running compose, beside the AYON_* settings.
-COMPOSE_INPUTS = {"POSTGRES_PASSWORD", "HTTP_PORT", "SERVER_PORT", "SERVER_2_PORT", "AYON_IMAGE"}
+COMPOSE_INPUTS = {"POSTGRES_PASSWORD", "HTTP_PORT", "SERVER_PORT", "SERVER_2_PORT", "AYON_IMAGE", "AYON_NOFILE"}
 # The service `compose exec server python -m maintenance` reaches in every Compose file (upstream's docs).
 COMPOSE_SERVER = "server"
 DEPLOY = ROOT / "deploy"

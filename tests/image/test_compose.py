@@ -12,6 +12,7 @@ loopback.
 import json
 import os
 import re
+import resource
 import select
 import subprocess
 import sys
@@ -158,6 +159,9 @@ class ComposeProject:
         conf.write_text(CONTAINERS_CONF)
         self.env = {**os.environ, "CONTAINERS_CONF": str(conf), "AYON_ADMIN_TOKEN": TOKEN}
         self.env.pop("AYON_IMAGE", None)
+        # The files ask for 65536 open files; no container gets more than this host's hard limit.
+        self.nofile = min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        self.env["AYON_NOFILE"] = str(self.nofile)
         # The files' own host-port variables, on free loopback ports.
         for variable in re.findall(r"\$\{(\w+_PORT):-\d+\}", path.read_text()):
             self.env[variable] = f"127.0.0.1:{free_port()}"
@@ -312,6 +316,9 @@ def test_every_server_becomes_ready(project):
     for service, container in project.long_running().items():
         verdict = container.wait_healthy(timeout=READY_TIMEOUT)
         progress(f"{service}: {verdict}")
+        # AYON_NOFILE reached the container, and the entrypoint raised the soft limit to it.
+        limits = container.exec("cat", "/proc/1/limits").stdout
+        assert re.search(rf"^Max open files +{project.nofile} +{project.nofile} ", limits, re.M), (service, limits)
     # The health check the file gives PostgreSQL works (podman runs it only on request here).
     postgres = project.containers()["postgres"]
     wait_for(lambda: podman("healthcheck", "run", postgres.name).returncode == 0, READY_TIMEOUT, "postgres healthy",
