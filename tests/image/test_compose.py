@@ -162,13 +162,19 @@ class ComposeProject:
         # The files ask for 65536 open files; no container gets more than this host's hard limit.
         self.nofile = min(65536, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
         self.env["AYON_NOFILE"] = str(self.nofile)
+        # A service's own `ulimits` replace containers.conf's default_ulimits under podman, so the
+        # process limit this host needs goes beside them in an override file, as the README says.
+        override = {"services": {service: {"ulimits": {"nproc": {"soft": 1024, "hard": 1024}}}
+                                 for service, spec in self.services.items() if "ulimits" in spec}}
+        self.override = workdir / "ulimits.override.yml"
+        self.override.write_text(yaml.safe_dump(override))
         # The files' own host-port variables, on free loopback ports.
         for variable in re.findall(r"\$\{(\w+_PORT):-\d+\}", path.read_text()):
             self.env[variable] = f"127.0.0.1:{free_port()}"
         self.volumes: set[str] = set()
 
     def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        argv = [PODMAN_COMPOSE, "-p", self.name, "-f", str(self.path), *args]
+        argv = [PODMAN_COMPOSE, "-p", self.name, "-f", str(self.path), "-f", str(self.override), *args]
         return subprocess.run(argv, env=self.env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=timeout)
 
