@@ -24,5 +24,5 @@ def test_bench_startup_once():
     for program in ("gunicorn: master", "gunicorn: worker", "supervision.supervisord", "procs.logcollector",
                     "procs.installer", "procs.webactions", "maintenance --daemon", "supervision.console"):
         assert program in out, out
-    assert re.search(r"^ready in [\d.]+ s: target <= 1 s (met|MISSED)$", out, re.M), out
+    assert re.search(r"^ready in [\d.]+ s: target <= 0.5 s (met|MISSED)$", out, re.M), out
     assert re.search(r"^PSS \d+ MiB: target <= 120 MiB (met|MISSED)$", out, re.M), out

@@ -3,9 +3,9 @@
 Compared in the same run with a ceiling: gunicorn alone (same worker class and
 count) serving a constant falcon app, which is the least any server start costs.
 
-`python -m bench.startup [--runs 3] [--strict]`. The targets (issue 15): ready
-within 1 s, the tree (every role, 2 web workers) within 120 MiB PSS; `--strict`
-exits 1 when one is missed.
+`python -m bench.startup [--runs 3] [--strict]`. The targets: ready within
+0.5 s (issue 30; issue 15 asked for 1 s), the tree (every role, 2 web
+workers) within 120 MiB PSS; `--strict` exits 1 when one is missed.
 """
 
 import argparse
@@ -26,7 +26,7 @@ from tests.pg import EmbeddedPostgres, free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
-TARGET_READY_SECONDS = 1.0
+TARGET_READY_SECONDS = 0.5  # issue 30 (issue 15 asked for 1 s)
 TARGET_PSS_MIB = 120
 PROGRAMS = {"setup", "server", "webactions", "installer", "logcollector", "maintenance"}
 
@@ -123,7 +123,7 @@ def main() -> None:
             print(f"{pss:7.1f}  {name}")
         ready_met, pss_met = med[0] <= TARGET_READY_SECONDS, med[2] <= TARGET_PSS_MIB
         print()
-        print(f"ready in {med[0]:.2f} s: target <= {TARGET_READY_SECONDS:.0f} s {'met' if ready_met else 'MISSED'}")
+        print(f"ready in {med[0]:.2f} s: target <= {TARGET_READY_SECONDS:g} s {'met' if ready_met else 'MISSED'}")
         print(f"PSS {med[2]:.0f} MiB: target <= {TARGET_PSS_MIB} MiB {'met' if pss_met else 'MISSED'}")
     finally:
         pg.stop()
