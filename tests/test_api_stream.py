@@ -10,7 +10,7 @@ import time
 import falcon.testing
 
 from server.api import stream as stream_mod
-from server.core import events
+from server.core import db, events
 from tests.apiclient import AUTH, assert_error, client, gunicorn, make_app, wait_for  # noqa: F401
 
 
@@ -139,3 +139,36 @@ def test_heartbeat_comments_and_resync_after_losing_listen(database_url, databas
 
     asyncio.run(scenario())
 
+
+
+
+def test_a_replay_whose_read_fails_is_read_again(gunicorn, database, database_url):
+    # The replay of a resumed stream reads the table; when that read fails (a failover ends its
+    # connection mid-query), it is read again on a fresh connection, and nothing is skipped.
+    first = SSEClient(gunicorn.url, "/api/events/stream?topic=test.replay")
+    try:
+        wait_for(lambda: "connected" in first.comments, 10, "the stream to start")
+        events.dispatch(database, "test.replay", description="seen")
+        wait_for(lambda: first.messages, 10, "the first event")
+        seen_id = first.messages[0]["id"]
+    finally:
+        first.close()
+    missed = [events.dispatch(database, "test.replay", description=f"missed {n}") for n in range(3)]
+    holder = db.connect(database_url, "ayon-test-holder")
+    try:
+        with holder.cursor() as cur:
+            cur.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")  # the replay's read waits on it
+        resumed = SSEClient(gunicorn.url, "/api/events/stream?topic=test.replay", headers={"Last-Event-ID": seen_id})
+        try:
+            waiting = wait_for(lambda: database.fetchall(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'ayon-server' AND wait_event_type = 'Lock'"),
+                10, "the replay's read to wait on the lock")
+            assert "connected" in resumed.comments and not resumed.messages
+            database.fetchall("SELECT pg_terminate_backend(%s)", (waiting[0][0],))  # its connection ends mid-read
+            holder.rollback()
+            wait_for(lambda: len(resumed.messages) >= 3 or resumed.closed.is_set(), 15, "the replay")
+            assert [m["id"] for m in resumed.data()] == missed, resumed.data()
+        finally:
+            resumed.close()
+    finally:
+        holder.close()

@@ -44,6 +44,7 @@ HEARTBEAT_SECONDS = 15.0
 RETRY_MS = 3000
 REPLAY_PAGE = 500
 REPLAY_PAGES = 20
+REPLAY_RETRY_SECONDS = 15.0  # a replay page's retries on a lost database, before the stream is ended
 # Replay and live notifications overlap: a replay's keys are kept this long after it, to skip those.
 REPLAY_OVERLAP_SECONDS = 10.0
 TICK_SECONDS = 1.0  # the broker's one timer: heartbeats, the worker's stop, replay overlaps ending
@@ -483,10 +484,19 @@ async def replay_items(ctx, sub: Subscriber):
     keys = set()
     try:
         for _ in range(REPLAY_PAGES):
+            # A page read on a pooled connection to a database that just failed over fails once per stale
+            # connection: tried again on a fresh one. Should the database stay away, the stream is ended
+            # instead, so its client reconnects with Last-Event-ID and replays then; nothing is skipped.
             try:
-                rows = await ctx.run(replay, ctx.db, sub.cursor, sub.patterns)
-            except BROKEN:
-                return  # the broker reconnects and asks for another replay
+                rows = await retry.Retry("event stream: replay", first=0.2, cap=2.0, timeout=REPLAY_RETRY_SECONDS,
+                                         stop=lambda: sub.closed).acall(
+                    lambda: ctx.run(replay, ctx.db, sub.cursor, sub.patterns), retry_on=BROKEN)
+            except retry.GaveUp as exc:
+                if not sub.closed:
+                    log.warning("event stream: ended a stream whose replay could not be read for %.0f s (%s); its "
+                                "client reconnects with Last-Event-ID and replays then", exc.waited, exc.reason)
+                    sub.end()
+                return
             for row in rows:
                 item = encode(*row)
                 cursor = (row[4], row[0])
