@@ -13,7 +13,7 @@ import threading
 import psutil
 import pytest
 
-from tests.apiclient import AUTH, gunicorn  # noqa: F401 (fixture)
+from tests.apiclient import AUTH, gunicorn, wait_for  # noqa: F401 (fixture)
 from tests.apiclient import http as request
 from tests.test_archive import make_zip
 
@@ -32,8 +32,23 @@ def alias_bomb(levels: int = LEVELS) -> str:
     return "\n".join(lines + [f"name: *l{levels}", f"version: *l{levels}"]) + "\n"
 
 
-def workers_rss(server) -> int:
-    return sum(child.memory_info().rss for child in psutil.Process(server.proc.pid).children())
+def workers_rss(server) -> dict[int, int]:
+    return {child.pid: child.memory_info().rss for child in psutil.Process(server.proc.pid).children()}
+
+
+def settled_workers(server, workers: int = 2) -> dict[int, int]:
+    """Each worker's RSS once all of them are forked and done starting (two samples alike)."""
+    last: dict[int, int] = {}
+
+    def settled():
+        nonlocal last
+        now = workers_rss(server)
+        alike = len(now) == workers and now.keys() == last.keys() and all(
+            abs(now[pid] - last[pid]) < 256 * 1024 for pid in now)
+        last = now
+        return now if alike else None
+
+    return wait_for(settled, 30, lambda: f"{workers} started workers (now {last})", every=0.3)
 
 
 @pytest.fixture
@@ -70,7 +85,8 @@ def test_the_alias_bomb_is_a_short_400_by_upload_and_by_url(gunicorn, bomb_site)
     allowed = request(gunicorn.url + "/api/config", "PATCH", {**AUTH, "Content-Type": "application/json"},
                    json.dumps({"installer": {"allow_private_urls": True}}).encode())
     assert allowed[0] == 200, allowed[1]
-    before = workers_rss(gunicorn)
+    # Measured once both workers are forked and started: the fixture is ready when one answers.
+    before = settled_workers(gunicorn)
     # Several times each, so both workers meet it.
     for _ in range(4):
         assert_short_refusal(*request(gunicorn.url + "/api/addons", "POST",
@@ -78,5 +94,7 @@ def test_the_alias_bomb_is_a_short_400_by_upload_and_by_url(gunicorn, bomb_site)
         assert_short_refusal(*request(gunicorn.url + "/api/addons/install-from-url", "POST",
                                    {**AUTH, "Content-Type": "application/json"},
                                    json.dumps({"url": url, "sha256": sha256}).encode(), timeout=20)[:2])
-    grown = workers_rss(gunicorn) - before
+    after = workers_rss(gunicorn)
+    assert after.keys() == before.keys(), f"a worker was replaced: {sorted(before)} -> {sorted(after)}"
+    grown = sum(after.values()) - sum(before.values())
     assert grown < MAX_GROWTH, f"the workers grew by {grown / 2**20:.1f} MiB"
