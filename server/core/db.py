@@ -3,6 +3,7 @@
 import copy
 import hashlib
 import logging
+import math
 import os
 import re
 import secrets
@@ -109,19 +110,26 @@ class Watchdog:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._next = 0
+        self._wake_at = math.inf  # when the thread looks next (inf: it waits to be told)
         os.register_at_fork(after_in_child=self._forked)
 
     def _forked(self) -> None:
         self._due, self._fired, self._thread, self._cond = {}, set(), None, threading.Condition()
+        self._wake_at = math.inf
 
     def watch(self, conn, seconds: float) -> int:
         with self._cond:
             self._next += 1
-            self._due[self._next] = (time.monotonic() + seconds, conn.fileno())
+            deadline = time.monotonic() + seconds
+            self._due[self._next] = (deadline, conn.fileno())
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="db-watchdog", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            # Woken only when this bound ends before the one it waits for: one bound for every request
+            # of a pool means one wake-up per bound, not a thread switch per borrowing.
+            if deadline < self._wake_at:
+                self._wake_at = deadline
+                self._cond.notify()
             return self._next
 
     def done(self, token: int) -> bool:
@@ -146,7 +154,8 @@ class Watchdog:
                         except OSError:
                             pass
                 soonest = min((deadline for deadline, _ in self._due.values()), default=None)
-                self._cond.wait(None if soonest is None else max(0.01, soonest - now))
+                self._wake_at = math.inf if soonest is None else max(now + 0.01, soonest)
+                self._cond.wait(None if soonest is None else self._wake_at - now)
 
 
 WATCHDOG = Watchdog()
