@@ -33,6 +33,9 @@ def pooled_env(env, bouncer, pooled_url, database_url):
 def test_listen_check_tells_transaction_pooling_apart(bouncer, pooled_url, database_url):
     assert db.notifications_arrive(database_url)
     assert db.notifications_arrive(pooled_url, timeout=2) is (bouncer.mode == "session")
+    # What the programs do: the NOTIFY through the pooler, the LISTEN on the session URL.
+    assert db.notifications_arrive(database_url, sender_url=pooled_url)
+    assert db.notifications_arrive(pooled_url, timeout=2, sender_url=pooled_url) is (bouncer.mode == "session")
 
 
 def test_the_server_refuses_listen_through_transaction_pooling(bouncer, env, pooled_url):

@@ -673,47 +673,78 @@ def try_advisory_lock(conn, name: str) -> bool:
     return taken
 
 
-def notifications_arrive(url: str, timeout: float = 5.0) -> bool:
-    """Whether a NOTIFY reaches a LISTEN on `url` within `timeout` s: False through a transaction pooler.
+def notification_arrives(listener, send: Callable[[str], None], timeout: float = 5.0) -> bool:
+    """Whether a NOTIFY that `send(channel)` makes on another connection reaches the autocommit `listener`.
 
-    There LISTEN registers on whichever server connection ran it, which goes
-    back to the pool; nothing ever reaches the client. A random channel keeps
-    concurrent checks apart.
+    False through a transaction pooler: there LISTEN registers on whichever
+    server connection ran it, which goes back to the pool, and nothing ever
+    reaches the client. A random channel keeps concurrent checks apart; only
+    the check's own notification is taken from `listener.notifies`, the rest
+    stay for its owner.
     """
     channel = f"ayon_check_{secrets.token_hex(8)}"
-    listener = connect(url, "ayon-listen-check")
-    sender = None
+    with listener.cursor() as cur:
+        cur.execute(f"LISTEN {channel}")
     try:
-        listener.autocommit = True
-        with listener.cursor() as cur:
-            cur.execute(f"LISTEN {channel}")
-        sender = connect(url, "ayon-listen-check")
-        sender.autocommit = True
-        with sender.cursor() as cur:
-            cur.execute("SELECT pg_notify(%s, 'check')", (channel,))
+        send(channel)
         deadline = time.monotonic() + timeout
         while True:
             listener.poll()
-            if any(n.channel == channel for n in listener.notifies):
-                return True
+            for note in listener.notifies:
+                if note.channel == channel:
+                    listener.notifies.remove(note)
+                    return True
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
             select.select([listener.fileno()], [], [], min(left, 0.5))
     finally:
+        if not listener.closed:
+            try:
+                with listener.cursor() as cur:
+                    cur.execute(f"UNLISTEN {channel}")
+            except BROKEN:
+                pass  # the caller sees the connection fail on its next use
+
+
+def notifications_arrive(url: str, timeout: float = 5.0, sender_url: str | None = None) -> bool:
+    """Whether a NOTIFY reaches a LISTEN on `url` within `timeout` s: False through a transaction pooler.
+
+    The NOTIFY is sent on a second connection, to `sender_url` when given (an
+    instance's AYON_POSTGRES_URL: through a pooler it borrows a server
+    connection the pooler already holds) and closed at once.
+    """
+    listener = connect(url, "ayon-listen-check")
+    try:
+        listener.autocommit = True
+
+        def send(channel: str) -> None:
+            sender = connect(sender_url or url, "ayon-listen-check")
+            try:
+                sender.autocommit = True
+                with sender.cursor() as cur:
+                    cur.execute("SELECT pg_notify(%s, 'check')", (channel,))
+            finally:
+                sender.close()
+
+        return notification_arrives(listener, send, timeout)
+    finally:
         listener.close()
-        if sender is not None:
-            sender.close()
 
 
-def check_listen(url: str, setting: str, timeout: float = 5.0) -> None:
+def listen_refused(url: str, setting: str, timeout: float) -> ConfigError:
+    """The error of a URL on which LISTEN stays silent, naming the setting to fix."""
+    return ConfigError(
+        f"{setting}: LISTEN/NOTIFY does not work through {host_port(url)} (a notification did not arrive "
+        f"within {timeout:g} s; a transaction pooler such as PgBouncer's pool_mode=transaction drops it); "
+        "set AYON_POSTGRES_SESSION_URL to a direct or session-pooled URL of the same database"
+    )
+
+
+def check_listen(url: str, setting: str, timeout: float = 5.0, sender_url: str | None = None) -> None:
     """Refuse a URL on which LISTEN would stay silent (ConfigError, exit 2), naming the setting to fix."""
-    if not notifications_arrive(url, timeout):
-        raise ConfigError(
-            f"{setting}: LISTEN/NOTIFY does not work through {host_port(url)} (a notification did not arrive "
-            f"within {timeout:g} s; a transaction pooler such as PgBouncer's pool_mode=transaction drops it); "
-            "set AYON_POSTGRES_SESSION_URL to a direct or session-pooled URL of the same database"
-        )
+    if not notifications_arrive(url, timeout, sender_url):
+        raise listen_refused(url, setting, timeout)
 
 
 _SERVER_PREFIX = re.compile(r"^connection to server (at|on) .*? failed: ")

@@ -16,6 +16,7 @@ from typing import Any
 
 from server.core import config, events, instancelock, layout, migrations, retry
 from server.core import settings as settings_mod
+from server.core import db as dbmod
 from server.core.db import BROKEN, PROGRAM_LIMITS, Database, check_listen
 from server.core.errors import AyonError, DatabaseUnavailable, first_line, run_main
 from server.core.heartbeat import Heartbeat
@@ -24,6 +25,8 @@ from server.core.logs import setup_logging
 _NOTHING = object()
 # Between LISTEN reconnects, and the longest a wait blocks before it looks at the stop flag.
 RETRY_SECONDS = 1.0
+# How long a NOTIFY may take to reach a new LISTEN before the URL is refused as a transaction pooler's.
+LISTEN_CHECK_SECONDS = 5.0
 
 
 def start(program: str, spool: bool = True) -> tuple[settings_mod.Settings, logging.Logger]:
@@ -80,12 +83,17 @@ def wait_for_setup(values: settings_mod.Settings, stop: threading.Event, say) ->
     return True
 
 
+def session_setting(values: settings_mod.Settings) -> str:
+    """The variable that gives the URL LISTEN uses."""
+    return "AYON_POSTGRES_SESSION_URL" if values["postgres_session_url"] else "AYON_POSTGRES_URL"
+
+
 def check_session_url(values: settings_mod.Settings, log: logging.Logger) -> None:
     """Refuse (ConfigError, exit 2) a session URL on which LISTEN would stay silent; unreachable, it is left
-    to the LISTEN retries."""
+    to the LISTEN retries. The NOTIFY goes through AYON_POSTGRES_URL: behind a pooler, one server
+    connection fewer for the check."""
     try:
-        check_listen(values.session_url,
-                     "AYON_POSTGRES_SESSION_URL" if values["postgres_session_url"] else "AYON_POSTGRES_URL")
+        check_listen(values.session_url, session_setting(values), LISTEN_CHECK_SECONDS, values.postgres_url)
     except BROKEN as exc:
         log.warning("could not check that LISTEN works: %s", first_line(exc))
 
@@ -210,6 +218,24 @@ class Daemon:
             self._listen_failed(exc)
             return False
 
+    def _check_listening(self) -> None:
+        """Refuse (ConfigError, exit 2) a session URL on which LISTEN stays silent: a NOTIFY sent through
+        the pool must reach the new listener. Checked on the program's own connections, it costs none of
+        its own; a connection lost meanwhile is left to the LISTEN retries."""
+        try:
+            arrived = dbmod.notification_arrives(
+                self.listener.conn, lambda channel: self.db.execute("SELECT pg_notify(%s, 'check')", (channel,)),
+                LISTEN_CHECK_SECONDS)
+        except BROKEN as exc:
+            self.log.warning("could not check that LISTEN works: %s", first_line(exc))
+            self.listener.close()
+            self.listener = None  # the loop connects again
+            return
+        if not arrived:
+            self.listener.close()
+            self.listener = None
+            raise dbmod.listen_refused(self.settings.session_url, session_setting(self.settings), LISTEN_CHECK_SECONDS)
+
     def _listen_failed(self, exc: BaseException) -> None:
         self.listening.failed(exc)
         if self.listener is not None:
@@ -263,14 +289,13 @@ class Daemon:
             self.log.error("%s", exc)
             return exc.exit_code
         if self._channels():
-            check_session_url(self.settings, self.log)
+            # LISTEN before the configuration is read and the first tick catches up: what is stored
+            # after that catch-up then wakes the loop, instead of waiting for the next poll.
+            if self._start_listening():
+                self._check_listening()
         heartbeat = Heartbeat(heartbeat_database(self.settings, self.program), self.settings.instance_id,
                               self.program, self.stop, self.heartbeat_info)
         heartbeat.start()
-        if self._channels():
-            # LISTEN before the configuration is read and the first tick catches up: what is stored
-            # after that catch-up then wakes the loop, instead of waiting for the next poll.
-            self._start_listening()
         self.refresh_config()
         self.prepare()
         self.log.info("%s started", self.program)
