@@ -1,6 +1,7 @@
 """podman helpers for the image tests: containers of the image under test, checked from outside."""
 
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -8,11 +9,12 @@ import uuid
 IMAGE = os.environ.get("AYON_TEST_IMAGE", "").strip()
 # runc refuses the host's unlimited rlimits inside the sandbox; these fit every program.
 PODMAN = ["podman", "--runtime", "runc"]
-RUN_OPTIONS = ["--network", "host", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+NPROC = 1024
+RUN_OPTIONS = ["--network", "host", "--ulimit", "nofile=1024:1024", "--ulimit", f"nproc={NPROC}:{NPROC}"]
 # The same for programs that run podman themselves (podman-compose): a containers.conf named by CONTAINERS_CONF.
-CONTAINERS_CONF = """\
+CONTAINERS_CONF = f"""\
 [containers]
-default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+default_ulimits = ["nofile=1024:1024", "nproc={NPROC}:{NPROC}"]
 
 [engine]
 runtime = "runc"
@@ -39,6 +41,14 @@ def podman(*args: str, timeout: float = 120, check: bool = False) -> subprocess.
 
 def progress(message: str) -> None:
     print(f"[image-test] {message}", flush=True)
+
+
+def open_files(container: "Container") -> tuple[int, int]:
+    """The soft and hard open-files limits of the container's first process, as /proc/1/limits gives them."""
+    limits = container.exec("cat", "/proc/1/limits").stdout
+    found = re.search(r"^Max open files +(\d+) +(\d+) ", limits, re.M)
+    assert found, limits
+    return int(found.group(1)), int(found.group(2))
 
 
 class Container:

@@ -31,10 +31,12 @@ from tests.conftest import ROOT
 from tests.image.podman import (
     CONTAINERS_CONF,
     IMAGE,
+    NPROC,
     PODMAN,
     STOP_GRACE,
     TOKEN,
     Container,
+    open_files,
     podman,
     progress,
     supervisor_status,
@@ -164,7 +166,7 @@ class ComposeProject:
         self.env["AYON_NOFILE"] = str(self.nofile)
         # A service's own `ulimits` replace containers.conf's default_ulimits under podman, so the
         # process limit this host needs goes beside them in an override file, as the README says.
-        override = {"services": {service: {"ulimits": {"nproc": {"soft": 1024, "hard": 1024}}}
+        override = {"services": {service: {"ulimits": {"nproc": {"soft": NPROC, "hard": NPROC}}}
                                  for service, spec in self.services.items() if "ulimits" in spec}}
         self.override = workdir / "ulimits.override.yml"
         self.override.write_text(yaml.safe_dump(override))
@@ -323,8 +325,7 @@ def test_every_server_becomes_ready(project):
         verdict = container.wait_healthy(timeout=READY_TIMEOUT)
         progress(f"{service}: {verdict}")
         # AYON_NOFILE reached the container, and the entrypoint raised the soft limit to it.
-        limits = container.exec("cat", "/proc/1/limits").stdout
-        assert re.search(rf"^Max open files +{project.nofile} +{project.nofile} ", limits, re.M), (service, limits)
+        assert open_files(container) == (project.nofile, project.nofile), service
     # The health check the file gives PostgreSQL works (podman runs it only on request here).
     postgres = project.containers()["postgres"]
     wait_for(lambda: podman("healthcheck", "run", postgres.name).returncode == 0, READY_TIMEOUT, "postgres healthy",

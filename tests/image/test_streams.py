@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import re
 import resource
 import time
 import urllib.request
@@ -11,7 +10,7 @@ import uuid
 import uvloop
 
 from bench.sse.client import Harness
-from tests.image.podman import IMAGE, TOKEN, Container, podman, progress
+from tests.image.podman import IMAGE, NPROC, TOKEN, Container, open_files, podman, progress
 from tests.pg import free_port
 
 SUBSCRIBERS = 2000
@@ -29,12 +28,11 @@ def test_two_thousand_subscribers_get_one_event(container_factory):
     container.name = "ayon-test-streams-" + uuid.uuid4().hex[:6]
     flags = [item for key, value in container.env.items() for item in ("-e", f"{key}={value}")]
     podman("run", "-d", "--name", container.name, "--network", "host", "--ulimit", f"nofile=1024:{NOFILE}",
-           "--ulimit", "nproc=1024:1024", "--health-interval", "disable", *flags, IMAGE, check=True)
+           "--ulimit", f"nproc={NPROC}:{NPROC}", "--health-interval", "disable", *flags, IMAGE, check=True)
     try:
         container.wait_healthy()
         # The soft limit went up to the hard one, and the server said what that holds.
-        limits = container.exec("cat", "/proc/1/limits").stdout
-        assert re.search(rf"^Max open files +{NOFILE} +{NOFILE} ", limits, re.M), limits
+        assert open_files(container) == (NOFILE, NOFILE)
         assert f"the open-files limit (nofile) is {NOFILE}, below AYON_STREAM_MAX_SUBSCRIBERS=10000" in \
             container.logs(400)
 
