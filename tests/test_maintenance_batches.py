@@ -9,7 +9,7 @@ from tests.test_maintenance import run_cli, start_cli
 
 
 def test_removal_across_many_batches_and_tied_times_keeps_exactly_what_must_stay(env, database):
-    # More rows than several first batches, most sharing one updated_at: the walk must go on past a
+    # More rows than two batches, most sharing one updated_at: the walk must go on past a
     # tie on (updated_at, id), neither stopping at a batch's last row nor taking a kept row.
     old = "now() - interval '200 days'"
     rows = 2 * _events.BATCH + 37

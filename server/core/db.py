@@ -673,6 +673,10 @@ def try_advisory_lock(conn, name: str) -> bool:
     return taken
 
 
+# The check's NOTIFY, on a channel of its own.
+CHECK_NOTIFY = "SELECT pg_notify(%s, 'check')"
+
+
 def notification_arrives(listener, send: Callable[[str], None], timeout: float = 5.0) -> bool:
     """Whether a NOTIFY that `send(channel)` makes on another connection reaches the autocommit `listener`.
 
@@ -723,7 +727,7 @@ def notifications_arrive(url: str, timeout: float = 5.0, sender_url: str | None 
             try:
                 sender.autocommit = True
                 with sender.cursor() as cur:
-                    cur.execute("SELECT pg_notify(%s, 'check')", (channel,))
+                    cur.execute(CHECK_NOTIFY, (channel,))
             finally:
                 sender.close()
 

@@ -16,8 +16,15 @@ from typing import Any
 
 from server.core import config, events, instancelock, layout, migrations, retry
 from server.core import settings as settings_mod
-from server.core import db as dbmod
-from server.core.db import BROKEN, PROGRAM_LIMITS, Database, check_listen
+from server.core.db import (
+    BROKEN,
+    CHECK_NOTIFY,
+    PROGRAM_LIMITS,
+    Database,
+    check_listen,
+    listen_refused,
+    notification_arrives,
+)
 from server.core.errors import AyonError, DatabaseUnavailable, first_line, run_main
 from server.core.heartbeat import Heartbeat
 from server.core.logs import setup_logging
@@ -223,9 +230,8 @@ class Daemon:
         the pool must reach the new listener. Checked on the program's own connections, it costs none of
         its own; a connection lost meanwhile is left to the LISTEN retries."""
         try:
-            arrived = dbmod.notification_arrives(
-                self.listener.conn, lambda channel: self.db.execute("SELECT pg_notify(%s, 'check')", (channel,)),
-                LISTEN_CHECK_SECONDS)
+            arrived = notification_arrives(self.listener.conn, lambda channel: self.db.execute(CHECK_NOTIFY, (channel,)),
+                                           LISTEN_CHECK_SECONDS)
         except BROKEN as exc:
             self.log.warning("could not check that LISTEN works: %s", first_line(exc))
             self.listener.close()
@@ -234,7 +240,7 @@ class Daemon:
         if not arrived:
             self.listener.close()
             self.listener = None
-            raise dbmod.listen_refused(self.settings.session_url, session_setting(self.settings), LISTEN_CHECK_SECONDS)
+            raise listen_refused(self.settings.session_url, session_setting(self.settings), LISTEN_CHECK_SECONDS)
 
     def _listen_failed(self, exc: BaseException) -> None:
         self.listening.failed(exc)
