@@ -57,7 +57,7 @@ class Subscriber:
                 response = conn.getresponse()
                 if response.status != 200:
                     response.read()
-                    time.sleep(0.2)  # 503 during the gap: back after its Retry-After, sooner here
+                    self.stop.wait(0.2)  # 503 during the gap: back after its Retry-After, sooner here
                     continue
                 self.connected.set()
                 block: dict = {}
@@ -73,7 +73,7 @@ class Subscriber:
                     if self.stop.is_set():
                         break
             except (OSError, httpclient.HTTPException, ValueError):
-                time.sleep(0.2)
+                self.stop.wait(0.2)
             finally:
                 conn.close()
                 self.reconnects += 1
@@ -167,16 +167,16 @@ def test_kill_the_primary_promote_the_standby_nothing_lost(pair, tmp_path):
                 written.append(json.loads(text)["id"])
             else:
                 unsure += 1
-                time.sleep(0.1)
+                stop.wait(0.1)
             n += 1
-            time.sleep(0.02)
+            stop.wait(0.02)  # the write load's pace
 
     def reader():
         while not stop.is_set():
             sent = time.monotonic()
             status, _, headers = http(server.url + "/api/events?limit=5", headers=AUTH, timeout=30)
             statuses.append((sent, time.monotonic(), "GET /api/events", status, headers))
-            time.sleep(0.05)
+            stop.wait(0.05)  # the read load's pace
 
     threads = [threading.Thread(target=writer, daemon=True), threading.Thread(target=reader, daemon=True)]
     try:
