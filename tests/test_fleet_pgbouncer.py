@@ -14,6 +14,7 @@ import pytest
 from server.api.common import is_public
 from server.api.openapi import routes
 from server.core import db, events, migrations
+from server.core.errors import ConfigError
 from tests.apiclient import AUTH, Gunicorn, http, make_app, running_gunicorn, wait_for
 from tests.conftest import ROOT
 from tests.test_api_stream import SSEClient
@@ -36,6 +37,17 @@ def test_listen_check_tells_transaction_pooling_apart(bouncer, pooled_url, datab
     # What the programs do: the NOTIFY through the pooler, the LISTEN on the session URL.
     assert db.notifications_arrive(database_url, sender_url=pooled_url)
     assert db.notifications_arrive(pooled_url, timeout=2, sender_url=pooled_url) is (bouncer.mode == "session")
+
+
+def test_a_session_url_on_another_database_is_refused(database_url):
+    # A tired operator's copy: the right server, the wrong database. The NOTIFY goes where the events
+    # are written, the LISTEN would never hear it.
+    other = db.with_database(database_url, "postgres")
+    assert db.notifications_arrive(other, timeout=1, sender_url=database_url) is False
+    with pytest.raises(ConfigError) as refused:
+        db.check_listen(other, "AYON_POSTGRES_SESSION_URL", 1, sender_url=database_url)
+    assert str(refused.value).startswith("AYON_POSTGRES_SESSION_URL: LISTEN/NOTIFY does not work through")
+    assert "another database than AYON_POSTGRES_URL's" in str(refused.value)
 
 
 def test_the_server_refuses_listen_through_transaction_pooling(bouncer, env, pooled_url):

@@ -740,7 +740,8 @@ def listen_refused(url: str, setting: str, timeout: float) -> ConfigError:
     """The error of a URL on which LISTEN stays silent, naming the setting to fix."""
     return ConfigError(
         f"{setting}: LISTEN/NOTIFY does not work through {host_port(url)} (a notification did not arrive "
-        f"within {timeout:g} s; a transaction pooler such as PgBouncer's pool_mode=transaction drops it); "
+        f"within {timeout:g} s; a transaction pooler such as PgBouncer's pool_mode=transaction drops it, and a "
+        "LISTEN on another database than AYON_POSTGRES_URL's never hears it); "
         "set AYON_POSTGRES_SESSION_URL to a direct or session-pooled URL of the same database"
     )
 
